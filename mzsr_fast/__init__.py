@@ -1,0 +1,19 @@
+"""mzsr_fast: fast zero-shot super-resolution by meta-transfer learning (MZSR).
+
+Images are float RGB tensors in [0, 1], [B, C, H, W] (or [C, H, W]).
+"""
+from . import metrics, io  # noqa: F401
+from .dispatch import backends, set_default_backend, get_default_backend
+from .degradation import PRESETS, Preset, degrade, preset
+from .gaussian import gaussian_kernel, sample_kernel_params
+from .model import MZSRNet, functional_forward
+from .ops.blur_downsample import blur_downsample
+from .resize import imresize
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "gaussian_kernel", "sample_kernel_params", "preset", "Preset", "PRESETS", "imresize",
+    "blur_downsample", "degrade", "MZSRNet", "functional_forward", "backends",
+    "set_default_backend", "get_default_backend", "metrics", "io",
+]

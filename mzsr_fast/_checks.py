@@ -1,0 +1,51 @@
+"""Argument checks shared by the public functions.
+
+Each check raises ValueError/TypeError with a message that names the argument
+and says what was expected, so a user never has to read a stack of kernel code
+to learn what they passed wrong.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def as_batched_image(x, name: str = "x") -> tuple[torch.Tensor, bool]:
+    """Accept an image [C, H, W] or batch [B, C, H, W]; return it 4-D.
+
+    Returns (x4, was_3d) so the caller can give a 3-D answer back.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in (3, 4):
+        raise ValueError(
+            f"{name}: expected an image [C, H, W] or a batch [B, C, H, W], "
+            f"got a {x.dim()}-D tensor of shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+    if x.numel() == 0:
+        raise ValueError(f"{name}: expected a non-empty image, got shape {tuple(x.shape)}")
+    return (x.unsqueeze(0), True) if x.dim() == 3 else (x, False)
+
+
+def integer_scale(scale, name: str = "scale") -> int:
+    """An integer scale factor >= 1 (floats like 2.0 are accepted)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"{name}: expected an integer >= 1, got {scale!r}")
+    if not math.isfinite(scale) or scale < 1 or int(scale) != scale:
+        raise ValueError(f"{name}: expected an integer >= 1, got {scale!r}")
+    return int(scale)
+
+
+def finite_tensor(t: torch.Tensor, name: str) -> None:
+    """Raise if t holds NaN or infinity (use on small parameter tensors only)."""
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name}: expected finite values, got NaN or infinity")
+
+
+def same_device(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+    if a.device != b.device:
+        raise ValueError(f"{name_b}: expected a tensor on {a.device} like {name_a}, got {b.device}")

@@ -1,0 +1,78 @@
+"""PSNR and SSIM as the SR papers (and the MZSR paper) report them (SPEC section 9).
+
+Both take images in [0, 1], [C, H, W] or [B, C, H, W] (RGB, or one channel),
+quantise them to 0..255, crop the ground truth to a multiple of scale (top
+left kept) and the SR image to the same size, take MATLAB's rounded Y channel,
+shave scale pixels on every border and score in float64.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from . import _checks
+
+__all__ = ["psnr", "ssim", "rgb_to_y", "prepare"]
+
+
+def rgb_to_y(rgb255: torch.Tensor) -> torch.Tensor:
+    """MATLAB rgb2ycbcr luma of [B, 3, H, W] values in 0..255, rounded: [B, H, W]."""
+    r, g, b = rgb255.unbind(1)
+    return torch.round(16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255)
+
+
+def _luma(x: torch.Tensor, name: str) -> torch.Tensor:
+    x4, _ = _checks.as_batched_image(x, name)
+    if x4.shape[1] not in (1, 3):
+        raise ValueError(f"{name}: expected 1 or 3 channels, got {x4.shape[1]}")
+    x255 = torch.round(x4.detach().double().clamp(0, 1) * 255)
+    return rgb_to_y(x255) if x4.shape[1] == 3 else x255[:, 0]
+
+
+def prepare(sr: torch.Tensor, gt: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two Y images that are scored, [B, h, w] float64 on 0..255."""
+    scale = _checks.integer_scale(scale)
+    y_sr, y_gt = _luma(sr, "sr"), _luma(gt, "gt")
+    h, w = (y_gt.shape[-2] // scale) * scale, (y_gt.shape[-1] // scale) * scale
+    if y_sr.shape[-2] < h or y_sr.shape[-1] < w:
+        raise ValueError(f"sr: expected at least the ground truth's size cropped to a multiple of "
+                         f"scale, {h} x {w}, got {tuple(y_sr.shape[-2:])}")
+    if y_sr.shape[0] != y_gt.shape[0]:
+        raise ValueError(f"sr: expected as many images as gt ({y_gt.shape[0]}), got {y_sr.shape[0]}")
+    if h <= 2 * scale or w <= 2 * scale:
+        raise ValueError(f"gt: image of {h} x {w} is too small to shave {scale} pixels from each border")
+    crop = (slice(None), slice(scale, h - scale), slice(scale, w - scale))
+    return y_sr[crop], y_gt[crop]
+
+
+def psnr(sr: torch.Tensor, gt: torch.Tensor, scale: int) -> float:
+    """Mean PSNR (dB, peak 255) over the batch."""
+    a, b = prepare(sr, gt, scale)
+    mse = ((a - b) ** 2).flatten(1).mean(1)
+    values = [math.inf if m == 0 else 10 * math.log10(255.0 ** 2 / m) for m in mse.tolist()]
+    return sum(values) / len(values)
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    g = torch.exp(-((torch.arange(size, dtype=torch.float64) - size // 2) ** 2) / (2 * sigma ** 2))
+    g = g / g.sum()
+    return torch.outer(g, g)
+
+
+def ssim(sr: torch.Tensor, gt: torch.Tensor, scale: int) -> float:
+    """Mean SSIM (Wang et al.: 11x11 Gaussian window, sigma 1.5, K1 0.01,
+    K2 0.03, L 255) over the 'valid' window positions and the batch."""
+    a, b = prepare(sr, gt, scale)
+    if min(a.shape[-2:]) < 11:
+        raise ValueError(f"gt: the scored region {tuple(a.shape[-2:])} is smaller than the 11x11 SSIM window")
+    window = _gaussian_window().to(a.device)[None, None]
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    a, b = a[:, None], b[:, None]
+    mu_a, mu_b = F.conv2d(a, window), F.conv2d(b, window)
+    var_a = F.conv2d(a * a, window) - mu_a ** 2
+    var_b = F.conv2d(b * b, window) - mu_b ** 2
+    cov = F.conv2d(a * b, window) - mu_a * mu_b
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return ssim_map.flatten(1).mean(1).mean().item()

@@ -1,0 +1,86 @@
+"""blur_downsample and anisotropic_blur_downsample: the degradation op.
+
+Correlation with a blur kernel under a half-sample symmetric border, then
+direct subsampling (rows and columns 0, s, 2s, ...) or MATLAB bicubic
+downscaling by 1/s. The blur itself ("blur at stride s") is what the backends
+implement; bicubic mode is blur at stride 1 followed by imresize.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+
+import torch
+
+from .. import _checks, dispatch
+from ..reference import blur_downsample as reference
+from ..resize import imresize
+
+__all__ = ["blur_downsample", "MODES"]
+
+MODES = ("direct", "bicubic")
+
+
+def _check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+
+
+def _check_kernel(kernel, batch: int, x: torch.Tensor) -> torch.Tensor:
+    """kernel [k, k] or [B, k, k] -> [1 or B, k, k] in x's dtype and device."""
+    if not isinstance(kernel, torch.Tensor):
+        raise TypeError(f"kernel: expected a torch.Tensor, got {type(kernel).__name__}")
+    if kernel.dim() not in (2, 3) or kernel.shape[-1] != kernel.shape[-2] or kernel.shape[-1] % 2 == 0 \
+            or kernel.numel() == 0:
+        raise ValueError(f"kernel: expected [k, k] or [B, k, k] with k odd, got shape {tuple(kernel.shape)}")
+    if kernel.dim() == 3 and kernel.shape[0] != batch:
+        raise ValueError(f"kernel: expected one kernel per image ({batch}), got {kernel.shape[0]}")
+    if not kernel.is_floating_point():
+        raise TypeError(f"kernel: expected a floating-point tensor, got dtype {kernel.dtype}")
+    _checks.same_device(x, kernel, "x", "kernel")
+    if not torch.compiler.is_compiling():
+        _checks.finite_tensor(kernel, "kernel")
+    kernel = kernel.to(x.dtype)
+    return kernel if kernel.dim() == 3 else kernel.unsqueeze(0)
+
+
+def _blur_native(x, kernel, stride):
+    from . import blur_downsample_native
+    return blur_downsample_native.blur(x, kernel, stride)
+
+
+def _blur_triton(x, kernel, stride):
+    return importlib.import_module(dispatch.TRITON_MODULES["blur_downsample"]).blur(x, kernel, stride)
+
+
+def _blur_torch(x, kernel, stride):
+    return reference.blur(x, kernel if kernel.shape[0] > 1 else kernel[0], stride)
+
+
+# backend name -> blur(x [B, C, H, W], kernel [1 or B, k, k], stride) -> [B, C, ceil(H/s), ceil(W/s)]
+_BLUR = {"cpu": _blur_native, "cuda": _blur_native, "triton": _blur_triton, "torch": _blur_torch}
+
+
+def _apply(x4, blur_fn, scale: int, mode: str):
+    if mode == "direct":
+        return blur_fn(scale)
+    h, w = x4.shape[-2:]
+    return imresize(blur_fn(1), scale=1.0 / scale, size=(math.ceil(h / scale), math.ceil(w / scale)))
+
+
+def blur_downsample(x: torch.Tensor, kernel: torch.Tensor, scale: int, mode: str = "direct",
+                    backend: str | None = None) -> torch.Tensor:
+    """Blur with a symmetric border, then subsample by an integer scale.
+
+    x: [C, H, W] or [B, C, H, W]; kernel: [k, k] (shared) or [B, k, k] (per
+    image), k odd; mode "direct" (rows/columns 0, s, 2s, ...) or "bicubic"
+    (MATLAB imresize by 1/s). Returns [(B,) C, ceil(H / s), ceil(W / s)].
+    Differentiable with respect to x and kernel.
+    """
+    x4, was_3d = _checks.as_batched_image(x, "x")
+    scale = _checks.integer_scale(scale)
+    _check_mode(mode)
+    kernel3 = _check_kernel(kernel, x4.shape[0], x4)
+    blur = _BLUR[dispatch.choose("blur_downsample", x4.device, backend)]
+    out = _apply(x4, lambda stride: blur(x4, kernel3, stride), scale, mode)
+    return out.squeeze(0) if was_3d else out

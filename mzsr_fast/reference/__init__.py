@@ -1,0 +1,1 @@
+"""Plain-PyTorch references of the fused ops (float64 capable, autograd by torch)."""
