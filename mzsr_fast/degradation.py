@@ -9,7 +9,7 @@ import torch
 from .gaussian import gaussian_kernel
 from .ops.blur_downsample import blur_downsample
 
-__all__ = ["Preset", "preset", "PRESETS", "degrade"]
+__all__ = ["Preset", "preset", "PRESETS", "degrade", "load_kernel"]
 
 
 @dataclass(frozen=True)
@@ -65,3 +65,60 @@ def degrade(x: torch.Tensor, kernel: torch.Tensor, scale: int, mode: str = "dire
                             device=generator.device if generator is not None else y.device)
         y = y + noise_sigma * noise.to(y.device)
     return y.clamp(0, 1)
+
+
+def load_kernel(spec, size: int = 21) -> tuple[torch.Tensor, str | None]:
+    """A blur kernel from what a user can type or pass: (kernel [k, k] float64, mode).
+
+    spec: a [k, k] tensor or array, a preset name ("g_d_2.0"), a (theta,
+    lambda1, lambda2) triple or the string "theta,lambda1,lambda2" (a Gaussian
+    of the given size), or a .npy / .mat file (MATLAB variable "kernel").
+    mode is the preset's subsampling mode, None where spec does not say.
+    """
+    import os
+
+    import numpy as np
+
+    mode = None
+    if isinstance(spec, str) and spec in PRESETS:
+        p = PRESETS[spec]
+        return p.kernel, p.mode
+    if isinstance(spec, str) and spec.count(",") == 2 and not os.path.exists(spec):
+        try:
+            spec = tuple(float(v) for v in spec.split(","))
+        except ValueError:
+            raise ValueError(f"kernel: expected 'theta,lambda1,lambda2' as three numbers, got {spec!r}") from None
+    if isinstance(spec, (tuple, list)) and len(spec) == 3 and all(isinstance(v, (int, float)) for v in spec):
+        theta, lambda1, lambda2 = spec
+        kernel = gaussian_kernel(torch.tensor(float(theta), dtype=torch.float64), lambda1, lambda2, size)
+        return kernel, mode
+    if isinstance(spec, (str, os.PathLike)):
+        path = os.fspath(spec)
+        if not os.path.isfile(path):
+            raise ValueError(f"kernel: {path!r} is neither a preset ({', '.join(PRESETS)}), "
+                             f"'theta,lambda1,lambda2' nor an existing .npy/.mat file")
+        if path.endswith(".npy"):
+            try:
+                spec = np.load(path, allow_pickle=False)
+            except ValueError as error:
+                raise ValueError(f"kernel: {path}: not a readable .npy array ({error})") from None
+        elif path.endswith(".mat"):
+            try:
+                from scipy.io import loadmat
+            except ImportError:
+                raise ValueError(f"kernel: reading {path} needs scipy (pip install scipy)") from None
+            try:
+                spec = loadmat(path)["kernel"]
+            except (KeyError, ValueError, OSError) as error:
+                raise ValueError(f"kernel: {path}: expected a MATLAB file with a variable 'kernel' ({error})") from None
+        else:
+            raise ValueError(f"kernel: {path}: expected a .npy or .mat file")
+    kernel = torch.as_tensor(np.asarray(spec) if not isinstance(spec, torch.Tensor) else spec)
+    if kernel.dim() != 2 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 == 0:
+        raise ValueError(f"kernel: expected a square kernel of odd size, got shape {tuple(kernel.shape)}")
+    kernel = kernel.to(torch.float64)
+    if not bool(torch.isfinite(kernel).all()):
+        raise ValueError("kernel: expected finite values, got NaN or infinity")
+    if kernel.sum().abs() < 1e-12:
+        raise ValueError("kernel: expected weights with a non-zero sum")
+    return kernel, mode

@@ -61,7 +61,7 @@ def write_image(path, x: torch.Tensor) -> None:
     x4, _ = _checks.as_batched_image(x, "x")
     if x4.shape[0] != 1 or x4.shape[1] not in (1, 3):
         raise ValueError(f"x: expected one image with 1 or 3 channels, got shape {tuple(x.shape)}")
-    array = torch.round(x4[0].detach().float().clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
+    array = torch.round(x4[0].detach().double().clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
     image = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
     path = os.fspath(path)
     try:

@@ -1,0 +1,49 @@
+"""PSNR / SSIM as in the SR papers (SPEC section 9)."""
+import math
+
+import pytest
+import torch
+
+from mzsr_fast import metrics
+
+
+def test_rgb_to_y_matlab_values():
+    rgb = torch.tensor([[[[255.0]], [[255.0]], [[255.0]]], [[[0.0]], [[0.0]], [[0.0]]]])
+    assert metrics.rgb_to_y(rgb).flatten().tolist() == [235.0, 16.0]
+
+
+def test_identical_images():
+    x = torch.rand(3, 40, 40)
+    assert metrics.psnr(x, x, 2) == math.inf
+    assert metrics.ssim(x, x, 2) == pytest.approx(1.0)
+
+
+def test_known_psnr():
+    gt = torch.full((1, 30, 30), 100 / 255)
+    sr = torch.full((1, 30, 30), 110 / 255)
+    assert metrics.psnr(sr, gt, 3) == pytest.approx(10 * math.log10(255 ** 2 / 100))
+
+
+def test_modcrop_and_shave():
+    gt = torch.rand(3, 41, 43)
+    sr = gt.clone()
+    sr[:, 40:, :] = 0  # row 40 is outside the multiple-of-2 crop
+    sr[:, :2, :] = 0  # rows 0, 1 are shaved
+    assert metrics.psnr(sr, gt, 2) == math.inf
+    sr[:, 5, 5] = 1 - gt[:, 5, 5]
+    assert metrics.psnr(sr, gt, 2) < math.inf
+
+
+def test_ssim_decreases_with_noise():
+    gt = torch.rand(3, 48, 48)
+    noisy = (gt + 0.1 * torch.randn_like(gt)).clamp(0, 1)
+    assert 0 < metrics.ssim(noisy, gt, 2) < 1
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="sr: expected at least"):
+        metrics.psnr(torch.rand(3, 10, 10), torch.rand(3, 20, 20), 2)
+    with pytest.raises(ValueError, match="sr: expected 1 or 3 channels"):
+        metrics.psnr(torch.rand(2, 20, 20), torch.rand(3, 20, 20), 2)
+    with pytest.raises(ValueError, match="scale: expected an integer >= 1"):
+        metrics.ssim(torch.rand(3, 20, 20), torch.rand(3, 20, 20), 0)
