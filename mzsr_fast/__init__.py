@@ -9,11 +9,13 @@ from .gaussian import gaussian_kernel, sample_kernel_params
 from .model import MZSRNet, functional_forward
 from .ops.blur_downsample import blur_downsample
 from .resize import imresize
+from .adapt import adapt
+from .pretrained import load_model, save_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "gaussian_kernel", "sample_kernel_params", "preset", "Preset", "PRESETS", "imresize",
     "blur_downsample", "degrade", "MZSRNet", "functional_forward", "backends",
-    "set_default_backend", "get_default_backend", "metrics", "io",
+    "set_default_backend", "get_default_backend", "metrics", "io", "adapt", "load_model", "save_model",
 ]

@@ -67,3 +67,97 @@ def test_bad_files(tmp_path, capsys):
 def test_usage_error_exit_2(capsys):
     assert main(["degrade"]) == 2
     assert main(["nonsense"]) == 2
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    from mzsr_fast import MZSRNet
+    from mzsr_fast.pretrained import ModelInfo, save_model
+
+    net = MZSRNet()
+    net.reset_parameters(torch.Generator().manual_seed(0))
+    path = tmp_path / "model.safetensors"
+    save_model(path, net, ModelInfo("tiny", "direct_x2", "direct", (2,)))
+    return str(path)
+
+
+def test_sr_example(tmp_path, model_file, capsys):
+    out = tmp_path / "sr"
+    assert main(["sr", "example-lr", "-o", str(out), "--steps", "1", "--model", model_file]) == 0
+    assert read_image(out / "butterfly_lr_g_d_2.0_x2_mzsr1.png").shape == (3, 256, 256)
+    assert "[1/1]" in capsys.readouterr().out
+
+
+def test_sr_converts_gray_rgba_16bit(tmp_path, model_file):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.random.randint(0, 255, (24, 25), np.uint8), "L").save(folder / "gray.png")
+    Image.fromarray(np.random.randint(0, 255, (26, 24, 4), np.uint8), "RGBA").save(folder / "rgba.png")
+    Image.fromarray(np.random.randint(0, 65535, (24, 24), np.uint16)).save(folder / "deep.png")
+    with pytest.warns(UserWarning, match="alpha"):
+        assert main(["sr", str(folder), "-o", str(tmp_path / "o"), "--steps", "1", "--model", model_file]) == 0
+    assert read_image(tmp_path / "o" / "gray_x2_mzsr1.png").shape == (3, 48, 50)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--steps", "-1"], "steps: expected an integer >= 0"),
+    (["--scale", "4"], "scale: the model 'tiny' was trained for scales (2,), got 4"),
+    (["--kernel", "1,2"], "kernel: '1,2' is neither a preset"),
+])
+def test_sr_bad_input(tmp_path, model_file, capsys, extra, message):
+    assert main(["sr", "example-lr", "-o", str(tmp_path), "--model", model_file] + extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_sr_bad_images(tmp_path, model_file, capsys):
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "one.png")
+    assert main(["sr", str(tmp_path / "one.png"), "-o", str(tmp_path), "--model", model_file]) == 2
+    assert "smaller than the 21x21 kernel" in capsys.readouterr().err
+    for scale in ("0", "1.5"):
+        assert main(["sr", "example-lr", "-o", str(tmp_path), "--model", model_file, "--scale", scale]) == 2
+
+
+def test_sr_without_trained_default_model_says_so(tmp_path, capsys):
+    from mzsr_fast.pretrained import bundled_models
+
+    if bundled_models()["direct_x2"]:
+        pytest.skip("default weights are shipped")
+    assert main(["sr", "example-lr", "-o", str(tmp_path)]) == 2
+    assert "not trained yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kernel,expected", [("g_d_0.2", 30.24), ("g_d_2.0", 28.73),
+                                             ("g_d_ani", 28.15), ("g_b_1.3", 30.54)])
+def test_eval_bicubic_prints_paper_column(shared_dir, tmp_path, capsys, kernel, expected):
+    args = ["eval", "--gt", str(shared_dir / "data" / "Set5"), "--kernel", kernel, "--method", "bicubic",
+            "-o", str(tmp_path)]
+    assert main(args) == 0
+    mean_row = [line for line in capsys.readouterr().out.splitlines() if "**mean**" in line][0]
+    assert f"| {expected:.2f} |" in mean_row
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert abs(report["scores"][-1]["psnr"] - expected) <= 0.01
+    assert (tmp_path / "results.md").exists() and (tmp_path / "results.csv").exists()
+
+
+def test_eval_reference_lr_folder(shared_dir, capsys):
+    args = ["eval", "--gt", str(shared_dir / "data" / "Set5"), "--lr", str(shared_dir / "data" / "mzsr_g20"),
+            "--kernel", "g_d_2.0", "--method", "bicubic"]
+    assert main(args) == 0
+    assert "| 28.73 |" in [line for line in capsys.readouterr().out.splitlines() if "**mean**" in line][0]
+
+
+def test_eval_mzsr_steps(tmp_path, model_file, capsys):
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    Image.fromarray(np.random.randint(0, 255, (52, 48, 3), np.uint8)).save(gt / "a.png")
+    assert main(["eval", "--gt", str(gt), "--steps", "0,1", "--model", model_file]) == 0
+    out = capsys.readouterr().out
+    assert "| mzsr | 0 |" in out and "| mzsr | 1 |" in out
+
+
+def test_eval_bad_input(tmp_path, capsys):
+    assert main(["eval", "--gt", str(tmp_path / "none")]) == 2
+    assert "--gt: " in capsys.readouterr().err
+    assert main(["eval", "--gt", str(tmp_path), "--steps", "1,x"]) == 2
+    assert "--steps: expected integers" in capsys.readouterr().err

@@ -1,0 +1,174 @@
+"""Test-time adaptation, MZSR(n) (SPEC section 8).
+
+Given an LR image y, its blur kernel k and the scale s:
+1. son = degrade(y, k, s) with the model's subsampling mode;
+2. n plain SGD steps on L1(f(imresize(son) to y's shape), y) over the whole image,
+   with the model's per-step learning rates;
+3. SR = f(imresize(y, s)), clipped to [0, 1].
+The given model is never changed: adaptation works on copies of its weights.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import _checks
+from .degradation import degrade, load_kernel
+from .model import functional_forward
+from .pretrained import ModelInfo, load_model
+from .resize import imresize
+
+__all__ = ["adapt", "learning_rates", "forward_tiled", "back_projection", "RECEPTIVE_RADIUS"]
+
+# Eight 3x3 convolutions: an output pixel sees 8 pixels on each side.
+RECEPTIVE_RADIUS = 8
+PRECISIONS = ("fp32", "bf16")
+
+
+def learning_rates(schedule: Sequence[float], steps: int) -> list[float]:
+    """The first `steps` rates of a schedule whose last entry repeats."""
+    return [schedule[min(i, len(schedule) - 1)] for i in range(steps)]
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def forward_tiled(fn, x: torch.Tensor, tile: int | None, margin: int = RECEPTIVE_RADIUS) -> torch.Tensor:
+    """fn(x) computed on tiles of tile x tile output pixels, each with `margin`
+    pixels of context, so memory stays bounded. For a network whose receptive
+    radius is at most margin (zero 'same' padding), the result equals fn(x).
+
+    x: [B, C, H, W] -> [B, C, H, W].
+    """
+    h, w = x.shape[-2:]
+    if tile is None or (h <= tile and w <= tile):
+        return fn(x)
+    out = torch.empty_like(x)
+    for top in range(0, h, tile):
+        for left in range(0, w, tile):
+            t0, l0 = max(top - margin, 0), max(left - margin, 0)
+            t1, l1 = min(top + tile + margin, h), min(left + tile + margin, w)
+            piece = fn(x[..., t0:t1, l0:l1])
+            bottom, right = min(top + tile, h), min(left + tile, w)
+            out[..., top:bottom, left:right] = piece[..., top - t0:bottom - t0, left - l0:right - l0]
+    return out
+
+
+def back_projection(sr: torch.Tensor, lr: torch.Tensor, scale: int, iterations: int = 4) -> torch.Tensor:
+    """Iterative back-projection with bicubic resizes: sr += up(lr - down(sr)).
+
+    sr: [B, C, sH, sW], lr: [B, C, H, W] -> [B, C, sH, sW] clipped to [0, 1].
+    """
+    for _ in range(iterations):
+        residual = lr - imresize(sr, scale=1 / scale, size=lr.shape[-2:])
+        sr = (sr + imresize(residual, scale=scale, size=sr.shape[-2:])).clamp(0, 1)
+    return sr
+
+
+def _kernels(kernel, batch: int) -> torch.Tensor:
+    """kernel spec -> [k, k] or [B, k, k] float64 (the son always uses the
+    model's subsampling mode, so a preset's own mode is not used here)."""
+    if isinstance(kernel, torch.Tensor) and kernel.dim() == 3:
+        if kernel.shape[0] != batch:
+            raise ValueError(f"kernel: expected one kernel per image ({batch}), got {kernel.shape[0]}")
+        return torch.stack([load_kernel(k)[0] for k in kernel])
+    return load_kernel(kernel)[0]
+
+
+def _check_steps(steps) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps: expected an integer >= 0, got {steps!r}")
+    return steps
+
+
+def _schedule(schedule, info: ModelInfo, steps: int) -> list[float]:
+    if schedule is None:
+        return learning_rates(info.schedule, steps)
+    rates = [schedule] if isinstance(schedule, (int, float)) else list(schedule)
+    if not rates or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not r >= 0 for r in rates):
+        raise ValueError(f"schedule: expected a list of per-step learning rates >= 0, got {schedule!r}")
+    return learning_rates(rates, steps)
+
+
+def _adapt_weights(params: dict[str, torch.Tensor], x: torch.Tensor, target: torch.Tensor,
+                   rates: list[float], precision: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Plain SGD on L1(f(x), target) with per-step rates. x, target: [1, C, H, W].
+    Returns the adapted weights and the loss before each step, [steps]."""
+    names = list(params)
+    weights = [p.detach().clone().requires_grad_(True) for p in params.values()]
+    losses = torch.zeros(len(rates), device=x.device)
+    for i, rate in enumerate(rates):
+        with _autocast(x.device, precision):
+            out = functional_forward(dict(zip(names, weights)), x)
+        loss = F.l1_loss(out.float(), target)
+        grads = torch.autograd.grad(loss, weights)
+        with torch.no_grad():
+            torch._foreach_add_(weights, grads, alpha=-rate)
+        losses[i] = loss.detach()
+    return {n: w.detach() for n, w in zip(names, weights)}, losses
+
+
+def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | None = None,
+          schedule: Sequence[float] | None = None, precision: str = "fp32", return_losses: bool = False,
+          backprojection: bool = False, tile: int | None = None, backend: str | None = None):
+    """Super-resolve LR images with MZSR(steps).
+
+    lr: [C, H, W] or [B, C, H, W] in [0, 1]; each image is adapted on its own.
+    kernel: [k, k] tensor, [B, k, k] (one per image), a preset name, a
+    (theta, lambda1, lambda2) triple or a .npy/.mat path. model: None (the
+    default bundled model), a bundled name, a .safetensors path or an MZSRNet
+    (left unchanged). mode: "direct" or "bicubic" subsampling of the son
+    (default: the model's). schedule: per-step learning rates (default: the
+    model's row of the SPEC table). precision: "fp32" or "bf16" (autocast).
+    tile: final inference on tiles of this many output pixels (bounded memory).
+    Returns SR [(B,) C, sH, sW]; with return_losses also the L1 loss before
+    each step, [B, steps].
+    """
+    y, was_3d = _checks.as_batched_image(lr, "lr")
+    scale = _checks.integer_scale(scale)
+    steps = _check_steps(steps)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
+        raise ValueError(f"tile: expected a positive integer or None, got {tile!r}")
+    if not torch.compiler.is_compiling():
+        _checks.finite_tensor(y, "lr")
+    net, info = load_model(model)
+    if info.scales and scale not in info.scales:
+        raise ValueError(f"scale: the model {info.name!r} was trained for scales {info.scales}, got {scale}")
+    kernels = _kernels(kernel, y.shape[0])
+    mode = mode or info.mode
+    if mode not in ("direct", "bicubic"):
+        raise ValueError(f"mode: expected 'direct' or 'bicubic', got {mode!r}")
+    k = kernels.shape[-1]
+    if min(y.shape[-2:]) < k:
+        raise ValueError(f"lr: image of {tuple(y.shape[-2:])} is smaller than the {k}x{k} kernel")
+    rates = _schedule(schedule, info, steps)
+
+    y = y.float()
+    params = {n: p.detach().to(y.device, torch.float32) for n, p in net.named_parameters()}
+    son = degrade(y, kernels.to(y.device), scale, mode=mode, backend=backend)
+    son_up = imresize(son, scale=scale, size=y.shape[-2:])
+    lr_up = imresize(y, scale=scale)
+    outputs, all_losses = [], []
+    for i in range(y.shape[0]):
+        adapted, losses = _adapt_weights(params, son_up[i:i + 1], y[i:i + 1], rates, precision)
+
+        def run(x, adapted=adapted):
+            with torch.no_grad(), _autocast(x.device, precision):
+                return functional_forward(adapted, x).float()
+
+        sr = forward_tiled(run, lr_up[i:i + 1], tile).clamp(0, 1)
+        if backprojection:
+            sr = back_projection(sr, y[i:i + 1], scale)
+        outputs.append(sr)
+        all_losses.append(losses)
+    sr = torch.cat(outputs)
+    sr = sr.squeeze(0) if was_3d else sr
+    return (sr, torch.stack(all_losses)) if return_losses else sr

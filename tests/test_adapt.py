@@ -1,0 +1,133 @@
+"""Test-time adaptation MZSR(n) (SPEC section 8)."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mzsr_fast
+from mzsr_fast.adapt import forward_tiled, learning_rates
+from mzsr_fast.pretrained import ModelInfo, SCHEDULES, load_model, save_model
+
+
+def _small_net():
+    net = mzsr_fast.MZSRNet()
+    net.reset_parameters(torch.Generator().manual_seed(1))
+    return net
+
+
+def _straightforward(lr, kernel, scale, rates, net, mode="direct"):
+    """SPEC section 8 written out step by step with nn.Module and torch.optim.SGD."""
+    net = copy.deepcopy(net)
+    son = mzsr_fast.degrade(lr[None], kernel, scale, mode=mode)
+    x = mzsr_fast.imresize(son, scale=scale, size=lr.shape[-2:])
+    optimizer = torch.optim.SGD(net.parameters(), lr=rates[0])
+    losses = []
+    for rate in rates:
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        loss = F.l1_loss(net(x), lr[None])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        sr = net(mzsr_fast.imresize(lr[None], scale=scale)).clamp(0, 1)[0]
+    return sr, losses
+
+
+def test_learning_rate_table():
+    assert learning_rates(SCHEDULES["direct_x2"], 7) == [0.02, 0.01, 0.01, 0.01, 0.005, 0.005, 0.005]
+    assert learning_rates(SCHEDULES["direct_x4"], 2) == [0.01, 0.005]
+    assert learning_rates(SCHEDULES["bicubic_x2"], 0) == []
+
+
+@pytest.mark.parametrize("mode", ["direct", "bicubic"])
+def test_adapt_equals_straightforward_implementation(mode):
+    net = _small_net()
+    before = copy.deepcopy(net.state_dict())
+    lr = torch.rand(3, 30, 26)
+    kernel = mzsr_fast.preset("g_d_2.0").kernel
+    sr, losses = mzsr_fast.adapt(lr, kernel, 2, steps=6, model=net, mode=mode, return_losses=True)
+    expected_sr, expected_losses = _straightforward(lr, kernel, 2, learning_rates(SCHEDULES["direct_x2"], 6),
+                                                    net, mode)
+    torch.testing.assert_close(losses[0], torch.tensor(expected_losses), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(sr, expected_sr, rtol=1e-4, atol=1e-5)
+    assert sr.shape == (3, 60, 52)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()), "model must be left unchanged"
+
+
+def test_zero_steps_is_plain_inference():
+    net = _small_net()
+    lr = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        expected = net(mzsr_fast.imresize(lr, scale=2)).clamp(0, 1)
+    torch.testing.assert_close(mzsr_fast.adapt(lr, "g_d_0.2", 2, steps=0, model=net), expected)
+
+
+def test_batched_equals_per_image():
+    net = _small_net()
+    lr = torch.rand(2, 3, 24, 22)
+    kernels = torch.stack([mzsr_fast.preset("g_d_2.0").kernel, mzsr_fast.preset("g_d_ani").kernel])
+    sr, losses = mzsr_fast.adapt(lr, kernels, 2, steps=2, model=net, return_losses=True)
+    for i in range(2):
+        single, single_losses = mzsr_fast.adapt(lr[i], kernels[i], 2, steps=2, model=net, return_losses=True)
+        torch.testing.assert_close(sr[i], single, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(losses[i], single_losses[0])
+
+
+def test_tiled_equals_untiled():
+    net = _small_net()
+    lr = torch.rand(1, 3, 40, 36)
+    whole = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=1, model=net)
+    tiled = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=1, model=net, tile=17)
+    torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-6)
+    x = torch.rand(1, 3, 50, 45)
+    torch.testing.assert_close(forward_tiled(net, x, 16).detach(), net(x).detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_close_to_fp32():
+    net = _small_net()
+    lr = torch.rand(1, 3, 24, 24)
+    fp32 = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=2, model=net)
+    bf16 = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=2, model=net, precision="bf16")
+    assert (bf16 - fp32).abs().mean() < 0.02
+
+
+def test_backprojection_keeps_range_and_consistency():
+    net = _small_net()
+    lr = torch.rand(1, 3, 24, 24)
+    sr = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=0, model=net, backprojection=True)
+    plain = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=0, model=net)
+    down = lambda x: mzsr_fast.imresize(x, scale=0.5, size=(24, 24))
+    assert (down(sr) - lr).abs().mean() < (down(plain) - lr).abs().mean()
+    assert sr.min() >= 0 and sr.max() <= 1
+
+
+def test_saved_model_round_trip(tmp_path):
+    net = _small_net()
+    save_model(tmp_path / "m.safetensors", net, ModelInfo("mine", "direct_x4", "direct", (4,)))
+    loaded, info = load_model(tmp_path / "m.safetensors")
+    assert info.kind == "direct_x4" and info.scales == (4,) and info.name == "mine"
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(ValueError, match=r"scale: the model 'mine' was trained for scales \(4,\), got 2"):
+        mzsr_fast.adapt(torch.rand(3, 24, 24), "g_d_2.0", 2, model=str(tmp_path / "m.safetensors"))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(steps=-1), "steps: expected an integer >= 0"),
+    (dict(scale=1.5), "scale: expected an integer >= 1"),
+    (dict(kernel="nope"), "kernel: 'nope' is neither a preset"),
+    (dict(lr=torch.rand(3, 10, 10)), r"lr: image of \(10, 10\) is smaller than the 21x21 kernel"),
+    (dict(lr=torch.full((3, 24, 24), float("nan"))), "lr: expected finite values"),
+    (dict(precision="fp8"), "precision: expected one of"),
+    (dict(schedule=[-1.0]), "schedule: expected a list"),
+    (dict(mode="area"), "mode: expected 'direct' or 'bicubic'"),
+    (dict(model=3), "model: expected None, a bundled name"),
+    (dict(model="missing.safetensors"), "model: 'missing.safetensors' is neither"),
+])
+def test_bad_input(kwargs, match):
+    call = dict(lr=torch.rand(3, 24, 24), kernel="g_d_2.0", scale=2, steps=1, model=_small_net())
+    call.update(kwargs)
+    with pytest.raises((ValueError, TypeError), match=match):
+        mzsr_fast.adapt(**call)
