@@ -187,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--lr", metavar="DIR", help="LR folder (default: degrade the GT with --kernel)")
     evaluate.add_argument("--kernel", default="g_d_2.0", help=kernel_help)
     evaluate.add_argument("--scale", type=int, default=2)
-    evaluate.add_argument("--steps", default="0,1,10", help="comma-separated n of MZSR(n)")
-    evaluate.add_argument("--method", choices=("mzsr", "bicubic"), default="mzsr")
+    evaluate.add_argument("--steps", default="0,1,10",
+                          help="comma-separated n of MZSR(n); for zssr its maximum steps (ZSSR: 3000)")
+    evaluate.add_argument("--method", choices=("mzsr", "bicubic", "zssr"), default="mzsr")
     evaluate.add_argument("--model", help="bundled model name or .safetensors path")
     evaluate.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     evaluate.add_argument("-o", "--output", metavar="OUTDIR", help="write results.md/.csv/.json here")

@@ -15,10 +15,11 @@ from .adapt import adapt
 from .degradation import degrade, load_kernel
 from .io import IMAGE_EXTENSIONS, read_image
 from .resize import imresize
+from .zssr import zssr
 
 __all__ = ["Score", "evaluate", "format_markdown", "write_report", "modcrop", "METHODS"]
 
-METHODS = ("mzsr", "bicubic")
+METHODS = ("mzsr", "bicubic", "zssr")
 
 
 @dataclass
@@ -67,6 +68,7 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
     LR inputs are read from lr_dir, else made by degrading the GT (cropped to a
     multiple of scale) with the kernel and rounding to 8 bits. kernel: anything
     load_kernel accepts; a preset degrades with its own subsampling mode.
+    steps: n of MZSR(n); for zssr the maximum training steps (ZSSR: 3000).
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
@@ -84,6 +86,8 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
             start = time.perf_counter()
             if method == "bicubic":
                 sr = imresize(lr, scale=scale, size=gt.shape[-2:])
+            elif method == "zssr":
+                sr = zssr(lr.float(), kernel_tensor, scale, steps=n)
             else:
                 sr = adapt(lr.float(), kernel_tensor, scale, steps=n, model=model, **adapt_options)
             if device.type == "cuda":

@@ -131,3 +131,17 @@ def test_bad_input(kwargs, match):
     call.update(kwargs)
     with pytest.raises((ValueError, TypeError), match=match):
         mzsr_fast.adapt(**call)
+
+
+def test_zssr_baseline_learns_from_the_image_alone():
+    from mzsr_fast.zssr import ZSSRConfig, zssr
+
+    lr = mzsr_fast.imresize(torch.rand(1, 3, 12, 12), scale=2.5)  # smooth 30x30 image
+    config = ZSSRConfig(crop_size=24, min_steps=8, policy_check_every=8, slope_range=16,
+                        back_projection_iterations=2)
+    sr, losses = zssr(lr, "g_d_2.0", 2, steps=40, config=config, return_losses=True,
+                      generator=torch.Generator().manual_seed(0))
+    assert sr.shape == (1, 3, 60, 60) and 0 <= sr.min() and sr.max() <= 1
+    assert sum(losses[-5:]) < sum(losses[:5])
+    with pytest.raises(ValueError, match="steps: expected an integer >= 0"):
+        zssr(lr, "g_d_2.0", 2, steps=-3)

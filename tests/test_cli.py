@@ -161,3 +161,11 @@ def test_eval_bad_input(tmp_path, capsys):
     assert "--gt: " in capsys.readouterr().err
     assert main(["eval", "--gt", str(tmp_path), "--steps", "1,x"]) == 2
     assert "--steps: expected integers" in capsys.readouterr().err
+
+
+def test_eval_zssr(tmp_path, capsys):
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    Image.fromarray(np.random.randint(0, 255, (48, 48, 3), np.uint8)).save(gt / "a.png")
+    assert main(["eval", "--gt", str(gt), "--method", "zssr", "--steps", "3"]) == 0
+    assert "| zssr | 3 |" in capsys.readouterr().out
