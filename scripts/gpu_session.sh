@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Everything only a GPU can show, in one call (for the lent H100/H200 machine):
+#   1. build the extension with CUDA and run the whole test suite on CUDA;
+#   2. run every benchmark and save the results with device and date to
+#      benchmarks/results/ (and $OUT when set, so they come back);
+#   3. continue the default model's training on the GPU for the time left.
+# Usage: bash scripts/gpu_session.sh [total minutes, default 9]
+# The device machine has python3 with a CUDA torch and no network: nothing is installed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+budget_s=$(( ${1:-9} * 60 ))
+start=$(date +%s)
+left() { echo $(( budget_s - ($(date +%s) - start) )); }
+out=${OUT:-benchmarks/results}
+mkdir -p "$out" benchmarks/results
+stamp="$(date -u +%Y-%m-%d)"
+device=$(python3 -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '-'))" 2>/dev/null || echo cpu)
+export PYTHONUNBUFFERED=1 MAX_JOBS=16 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+
+echo "== build ($device)"
+MZSR_FAST_CUDA=1 python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -3
+python3 -m mzsr_fast info | tee "$out/info-$device-$stamp.json"
+
+echo "== tests on CUDA"
+timeout $(( $(left) / 3 )) python3 -m pytest -q -x tests 2>&1 | tee "$out/tests-$device-$stamp.log" | tail -15
+
+echo "== benchmarks"
+timeout $(( $(left) / 2 )) python3 -m pytest benchmarks --benchmark-only -q -s \
+  --benchmark-json="benchmarks/results/$device-$stamp.json" 2>&1 | tee "$out/bench-$device-$stamp.log" | tail -40
+cp "benchmarks/results/$device-$stamp.json" "$out/" 2>/dev/null
+
+echo "== training for the time left"
+train_s=$(( $(left) - 30 ))
+if [ "$train_s" -gt 60 ] && [ -d ../shared/data/train -o -d shared/data/train ]; then
+  data=$( [ -d shared/data/train ] && echo shared/data/train || echo ../shared/data/train )
+  run=runs/gpu-metatrain
+  resume=$( [ -f "$run/latest.safetensors" ] && echo --resume )
+  timeout --signal=TERM "$train_s" python3 -m mzsr_fast.cli metatrain "$data" --init runs/pretrain/latest.safetensors \
+    --out "$run" --device cuda $resume 2>&1 | tail -5
+  cp "$run/latest.safetensors" "$out/" 2>/dev/null
+fi
+echo "== done in $(( $(date +%s) - start )) s"
