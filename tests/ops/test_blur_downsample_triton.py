@@ -1,0 +1,159 @@
+"""Triton-specific checks of blur_downsample (kernels/blur_downsample.py).
+
+tests/ops/test_blur_downsample.py compares every backend with the reference;
+this file covers what only the Triton code has: tile boundaries (the real
+heuristic and forced small tiles, so the backward kernel's per-tile skipping
+of mirrored copies is exercised), the custom ops (opcheck), the in-kernel
+Gaussian variant, the CPU half-precision path and the double-backward error.
+On CPU it runs under TRITON_INTERPRET=1 (tests/conftest.py), which is slow
+per operation: sizes and kernels are kept small.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mzsr_fast import dispatch
+from mzsr_fast.gaussian import gaussian_kernel
+from mzsr_fast.reference.blur_downsample import blur as reference_blur
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+_reason = dispatch.unavailable_reason("triton", "blur_downsample", DEVICE)
+pytestmark = pytest.mark.skipif(_reason is not None, reason=f"triton backend unavailable: {_reason}")
+
+if _reason is None:
+    from mzsr_fast.kernels import blur_downsample as tb
+
+
+def _ref(x, kernel3, stride):
+    return reference_blur(x, kernel3 if kernel3.shape[0] > 1 else kernel3[0], stride)
+
+
+def _compare(x, kernel3, stride, atol):
+    """Forward and both gradients of tb.blur against the reference."""
+    x = x.clone().requires_grad_(True)
+    kernel3 = kernel3.clone().requires_grad_(True)
+    out = tb.blur(x, kernel3, stride)
+    ref = _ref(x, kernel3, stride)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, atol=atol, rtol=0)
+    g = torch.randn_like(ref)
+    gx, gk = torch.autograd.grad(out, (x, kernel3), g)
+    rx, rk = torch.autograd.grad(ref, (x, kernel3), g)
+    torch.testing.assert_close(gx, rx, atol=atol, rtol=0)
+    torch.testing.assert_close(gk, rk, atol=atol * 10, rtol=0)
+
+
+@pytest.mark.parametrize("size", [63, 64, 65])
+def test_tile_boundary_default_blocks(size):
+    # Output widths around the 64-wide tile of the default heuristic (stride 1).
+    x = torch.rand(1, 1, 3, size, dtype=torch.float64, device=DEVICE)
+    kernel3 = torch.rand(1, 3, 3, dtype=torch.float64, device=DEVICE)
+    _compare(x, kernel3, 1, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape, k, stride, per_image", [
+    ((2, 1, 9, 17), 5, 2, True),      # output 5 x 9 just past the 4 x 8 tiles
+    ((1, 1, 10, 17), 3, 1, False),    # interior tiles skip the mirrored copies
+    ((1, 1, 17, 16), 9, 3, False),    # input 16 wide = two full tiles, output 6 x 6
+    ((1, 1, 3, 2), 7, 2, False),      # image smaller than the kernel: many mirrored copies
+])
+def test_small_tiles(monkeypatch, shape, k, stride, per_image):
+    monkeypatch.setattr(tb, "block_sizes", lambda rows, cols, device, max_tile=1024: (4, 8, 1))
+    x = torch.rand(*shape, dtype=torch.float64, device=DEVICE)
+    kernel3 = torch.rand(shape[0] if per_image else 1, k, k, dtype=torch.float64, device=DEVICE)
+    _compare(x, kernel3, stride, atol=1e-12)
+
+
+def test_block_size_heuristic():
+    cuda = torch.device("cuda")
+    assert tb.block_sizes(512, 512, cuda) == (16, 64, 4)
+    assert tb.block_sizes(7, 5, cuda) == (8, 16, 4)
+    assert tb.block_sizes(1, 1000, cuda) == (1, 64, 4)
+    assert tb.block_sizes(512, 512, cuda, max_tile=512) == (8, 64, 4)
+    assert tb.block_sizes(100, 3, torch.device("cpu"))[:2] == (64, 4)
+
+
+def test_opcheck_blur():
+    x = torch.rand(2, 1, 5, 4, device=DEVICE)
+    for kernel3 in (torch.rand(1, 3, 3, device=DEVICE), torch.rand(2, 3, 3, device=DEVICE)):
+        torch.library.opcheck(torch.ops.mzsr_fast.blur_downsample_triton.default,
+                              (x.requires_grad_(True), kernel3.requires_grad_(True), 2))
+    torch.library.opcheck(torch.ops.mzsr_fast.blur_downsample_triton_backward.default,
+                          (torch.rand(2, 1, 3, 2, device=DEVICE), x.detach(), torch.rand(1, 3, 3, device=DEVICE),
+                           2, True, True))
+
+
+def test_opcheck_gaussian():
+    x = torch.rand(2, 1, 5, 4, device=DEVICE, requires_grad=True)
+    params = [torch.tensor(v, device=DEVICE, requires_grad=True) for v in ([0.3, 2.0], [2.0, 1.5], [1.0, 0.7])]
+    torch.library.opcheck(torch.ops.mzsr_fast.gaussian_blur_downsample_triton.default, (x, *params, 3, 2))
+
+
+@pytest.mark.parametrize("dtype, per_image", [(torch.float64, True), (torch.float32, False)])
+def test_gaussian_matches_materialised_kernel(dtype, per_image):
+    n = 2 if per_image else 1
+    x = torch.rand(2, 2, 10, 11, dtype=dtype, device=DEVICE, requires_grad=True)
+    theta = torch.tensor([-0.5, 1.2][:n], dtype=dtype, device=DEVICE, requires_grad=True)
+    lambda1 = torch.tensor([4.0, 2.2][:n], dtype=dtype, device=DEVICE, requires_grad=True)
+    lambda2 = torch.tensor([1.0, 1.6][:n], dtype=dtype, device=DEVICE, requires_grad=True)
+    out = tb.gaussian_blur(x, theta, lambda1, lambda2, 7, 2)
+    kernel = gaussian_kernel(theta, lambda1, lambda2, 7)
+    ref = _ref(x, kernel, 2)
+    atol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(out, ref, atol=atol, rtol=0)
+    g = torch.randn_like(ref)
+    inputs = (x, theta, lambda1, lambda2)
+    for got, want in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g)):
+        torch.testing.assert_close(got, want, atol=atol * 100, rtol=1e-4)
+
+
+def test_private_gaussian_weights_match_gaussian_kernel():
+    # The backward chains through a check-free copy of gaussian_kernel's formula.
+    params = [torch.tensor(v, dtype=torch.float64) for v in ([0.3, -0.5, 2.9], [2.0, 4.0, 0.2], [1.5, 1.0, 0.2])]
+    for size in (1, 7, 21):
+        torch.testing.assert_close(tb._gaussian_weights(*params, size), gaussian_kernel(*params, size),
+                                   atol=0, rtol=0)
+
+
+def test_gradcheck_float64():
+    x = torch.rand(2, 1, 4, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    kernel3 = torch.rand(2, 3, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, k: tb.blur(a, k, 2), (x, kernel3), fast_mode=True)
+    params = [torch.tensor(v, dtype=torch.float64, device=DEVICE, requires_grad=True)
+              for v in ([0.4, 2.5], [2.0, 1.1], [1.2, 0.3])]
+    assert torch.autograd.gradcheck(lambda a, t, l1, l2: tb.gaussian_blur(a, t, l1, l2, 3, 2), (x, *params),
+                                    fast_mode=True)
+
+
+def test_double_backward_raises():
+    x = torch.rand(1, 1, 6, 6, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    kernel3 = torch.rand(1, 3, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    (gx,) = torch.autograd.grad(tb.blur(x, kernel3, 2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        gx.sum().backward()
+    # Gaussian op, parameters constant: fails when the gradient is differentiated.
+    (gx,) = torch.autograd.grad(tb.gaussian_blur(x, 0.3, 2.0, 1.0, 3, 2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        gx.sum().backward()
+    # Parameters that require grad: create_graph=True fails at once.
+    theta = torch.tensor([0.3], dtype=torch.float64, device=DEVICE, requires_grad=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(tb.gaussian_blur(x, theta, 2.0, 1.0, 3, 2).sum(), theta, create_graph=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision(dtype):
+    # CPU: computed in float32 and cast back; CUDA: float32 accumulation in the kernel.
+    x = torch.rand(1, 2, 9, 10, device=DEVICE)
+    kernel3 = torch.rand(1, 5, 5, device=DEVICE) / 25
+    out = tb.blur(x.to(dtype), kernel3.to(dtype), 2)
+    assert out.dtype == dtype
+    ref = _ref(x.to(dtype).float(), kernel3.to(dtype).float(), 2)
+    torch.testing.assert_close(out.float(), ref, atol=1e-2, rtol=1e-2)
+
+
+def test_non_contiguous_input():
+    x = torch.rand(1, 8, 9, 2, dtype=torch.float64, device=DEVICE).permute(0, 3, 1, 2)   # [1, 2, 8, 9]
+    kernel3 = torch.rand(1, 5, 5, dtype=torch.float64, device=DEVICE).transpose(1, 2)
+    torch.testing.assert_close(tb.blur(x, kernel3, 2), _ref(x, kernel3, 2), atol=1e-12, rtol=0)
