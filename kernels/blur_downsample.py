@@ -53,6 +53,8 @@ import torch
 import triton
 import triton.language as tl
 
+from mzsr_fast.gaussian import gaussian_weights
+
 __all__ = ["blur", "gaussian_blur", "block_sizes"]
 
 
@@ -466,27 +468,6 @@ def _(x, theta, lambda1, lambda2, size, stride):
     return x.new_empty(x.shape[0], x.shape[1], ho, wo)
 
 
-def _gaussian_weights(theta: torch.Tensor, lambda1: torch.Tensor, lambda2: torch.Tensor,
-                      size: int) -> torch.Tensor:
-    """[Bk] parameters -> [Bk, size, size] normalised weights, differentiable.
-
-    The formula of mzsr_fast.gaussian.gaussian_kernel (same operations in the
-    same order; the tests check they agree) without its argument checks,
-    which read tensor values and so cannot be traced with fake tensors
-    (opcheck, torch.compile) inside the backward.
-    """
-    offsets = torch.arange(size, dtype=theta.dtype, device=theta.device) - (size / 2 - 0.5)
-    y = offsets.view(size, 1)
-    x = offsets.view(1, size)
-    c, s = torch.cos(theta)[..., None, None], torch.sin(theta)[..., None, None]
-    l1, l2 = lambda1[..., None, None], lambda2[..., None, None]
-    a = c * c * l1 + s * s * l2
-    b = c * s * (l1 - l2)
-    d = s * s * l1 + c * c * l2
-    k = torch.exp(-0.5 * ((d * x * x - 2 * b * x * y + a * y * y) / (l1 * l2)))
-    return k / k.sum(dim=(-2, -1), keepdim=True)
-
-
 def _gaussian_setup_context(ctx, inputs, output):
     x, theta, lambda1, lambda2, size, stride = inputs
     ctx.save_for_backward(x, theta, lambda1, lambda2)
@@ -504,7 +485,7 @@ def _gaussian_backward(ctx, grad):
     params = [t.detach().to(_param_dtype(theta, lambda1, lambda2)).requires_grad_(True)
               for t in (theta, lambda1, lambda2)]
     with torch.enable_grad():
-        kernel = _gaussian_weights(*params, size=ctx.size)        # [Bk, k, k]
+        kernel = gaussian_weights(*params, size=ctx.size)        # [Bk, k, k]
     gx, gk = torch.ops.mzsr_fast.blur_downsample_triton_backward(grad, x, kernel.detach(), ctx.stride,
                                                                   need_x, need_params)
     grads = [None, None, None]

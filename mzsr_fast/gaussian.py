@@ -12,7 +12,7 @@ import torch
 
 from . import _checks
 
-__all__ = ["gaussian_kernel", "sample_kernel_params", "check_kernel_size"]
+__all__ = ["gaussian_kernel", "gaussian_weights", "sample_kernel_params", "check_kernel_size"]
 
 
 def _as_tensor(value, name: str, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -54,7 +54,15 @@ def gaussian_kernel(theta, lambda1, lambda2, size: int = 15) -> torch.Tensor:
             raise ValueError(f"{name}: expected variances > 0, got a minimum of {value.min().item()}")
     dtype = torch.promote_types(torch.promote_types(theta.dtype, lambda1.dtype), lambda2.dtype)
     theta, lambda1, lambda2 = torch.broadcast_tensors(theta.to(dtype), lambda1.to(dtype), lambda2.to(dtype))
-    offsets = torch.arange(size, dtype=dtype, device=theta.device) - (size / 2 - 0.5)
+    return gaussian_weights(theta, lambda1, lambda2, size)
+
+
+def gaussian_weights(theta: torch.Tensor, lambda1: torch.Tensor, lambda2: torch.Tensor,
+                     size: int) -> torch.Tensor:
+    """gaussian_kernel without argument checks, for code that must trace with
+    fake tensors (backward formulas, torch.compile): [...] tensors of one
+    dtype and shape -> [..., size, size]."""
+    offsets = torch.arange(size, dtype=theta.dtype, device=theta.device) - (size / 2 - 0.5)
     y = offsets.view(size, 1)  # row offset
     x = offsets.view(1, size)  # column offset
     c, s = torch.cos(theta)[..., None, None], torch.sin(theta)[..., None, None]
