@@ -7,7 +7,8 @@ from .dispatch import backends, set_default_backend, get_default_backend
 from .degradation import PRESETS, Preset, degrade, preset
 from .gaussian import gaussian_kernel, sample_kernel_params
 from .model import MZSRNet, functional_forward
-from .ops.blur_downsample import blur_downsample
+from .ops.blur_downsample import anisotropic_blur_downsample, blur_downsample
+from .ops.sgd_step import sgd_step  # noqa: F401  (fused multi-tensor SGD update)
 from .resize import imresize
 from .adapt import adapt
 from .pretrained import load_model, save_model
@@ -16,6 +17,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "gaussian_kernel", "sample_kernel_params", "preset", "Preset", "PRESETS", "imresize",
-    "blur_downsample", "degrade", "MZSRNet", "functional_forward", "backends",
+    "blur_downsample", "anisotropic_blur_downsample", "degrade", "MZSRNet", "functional_forward", "backends",
     "set_default_backend", "get_default_backend", "metrics", "io", "adapt", "load_model", "save_model",
 ]

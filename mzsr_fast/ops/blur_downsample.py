@@ -13,10 +13,11 @@ import math
 import torch
 
 from .. import _checks, dispatch
+from ..gaussian import check_kernel_size, gaussian_weights
 from ..reference import blur_downsample as reference
 from ..resize import imresize
 
-__all__ = ["blur_downsample", "MODES"]
+__all__ = ["blur_downsample", "anisotropic_blur_downsample", "MODES"]
 
 MODES = ("direct", "bicubic")
 
@@ -83,4 +84,76 @@ def blur_downsample(x: torch.Tensor, kernel: torch.Tensor, scale: int, mode: str
     kernel3 = _check_kernel(kernel, x4.shape[0], x4)
     blur = _BLUR[dispatch.choose("blur_downsample", x4.device, backend)]
     out = _apply(x4, lambda stride: blur(x4, kernel3, stride), scale, mode)
+    return out.squeeze(0) if was_3d else out
+
+
+def _check_gaussian_params(theta, lambda1, lambda2, batch: int, x: torch.Tensor):
+    """Numbers, 0-D, [1] or [B] tensors -> three [1] or [B] tensors of one float
+    dtype (float64 when x or a parameter tensor is float64, else float32)."""
+    values = ((theta, "theta"), (lambda1, "lambda1"), (lambda2, "lambda2"))
+    for value, name in values:
+        if isinstance(value, torch.Tensor):
+            if not value.is_floating_point():
+                raise TypeError(f"{name}: expected a number or a floating-point tensor, got dtype {value.dtype}")
+            if value.dim() > 1 or (value.dim() == 1 and value.shape[0] not in (1, batch)):
+                raise ValueError(f"{name}: expected a number, a 0-D tensor, [1] or [B] (B = {batch}), "
+                                 f"got shape {tuple(value.shape)}")
+            _checks.same_device(x, value, "x", name)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name}: expected a number or a floating-point tensor, got {type(value).__name__}")
+    tensors = [v for v, _ in values if isinstance(v, torch.Tensor)]
+    dtype = torch.float64 if x.dtype == torch.float64 or any(t.dtype == torch.float64 for t in tensors) \
+        else torch.float32
+    params = [v.to(dtype) if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=dtype, device=x.device)
+              for v, _ in values]
+    n = max(p.numel() for p in params)
+    params = [p.reshape(-1).expand(n) for p in params]
+    if not torch.compiler.is_compiling():
+        for p, (_, name) in zip(params, values):
+            _checks.finite_tensor(p, name)
+        for p, name in ((params[1], "lambda1"), (params[2], "lambda2")):
+            if not bool((p > 0).all()):
+                raise ValueError(f"{name}: expected variances > 0, got a minimum of {p.min().item()}")
+    return params
+
+
+def _gaussian_native(x, theta, lambda1, lambda2, size, stride):
+    from . import blur_downsample_native
+    return blur_downsample_native.gaussian_blur(x, theta, lambda1, lambda2, size, stride)
+
+
+def _gaussian_triton(x, theta, lambda1, lambda2, size, stride):
+    return importlib.import_module(dispatch.TRITON_MODULES["blur_downsample"]).gaussian_blur(
+        x, theta, lambda1, lambda2, size, stride)
+
+
+def _gaussian_torch(x, theta, lambda1, lambda2, size, stride):
+    return _blur_torch(x, gaussian_weights(theta, lambda1, lambda2, size).to(x.dtype), stride)
+
+
+# backend name -> blur with the Gaussian of theta, lambda1, lambda2 [1 or B] at stride
+_GAUSSIAN = {"cpu": _gaussian_native, "cuda": _gaussian_native, "triton": _gaussian_triton,
+             "torch": _gaussian_torch}
+
+
+def anisotropic_blur_downsample(x: torch.Tensor, theta, lambda1, lambda2, size: int, scale: int,
+                                mode: str = "direct", backend: str | None = None) -> torch.Tensor:
+    """blur_downsample with the anisotropic Gaussian kernel of SPEC section 2,
+    computed inside the kernel from its parameters (no [B, k, k] tensor on the
+    fused backends).
+
+    x: [C, H, W] or [B, C, H, W]; theta (radians), lambda1, lambda2
+    (variances > 0): numbers, 0-D, [1] (shared) or [B] (per image) tensors;
+    size: odd kernel size; scale: integer >= 1; mode "direct" or "bicubic".
+    Equals blur_downsample(x, gaussian_kernel(theta, lambda1, lambda2, size),
+    scale, mode) to float rounding. Returns [(B,) C, ceil(H / s), ceil(W / s)].
+    Differentiable with respect to x, theta, lambda1 and lambda2.
+    """
+    x4, was_3d = _checks.as_batched_image(x, "x")
+    scale = _checks.integer_scale(scale)
+    _check_mode(mode)
+    size = check_kernel_size(size)
+    theta, lambda1, lambda2 = _check_gaussian_params(theta, lambda1, lambda2, x4.shape[0], x4)
+    blur = _GAUSSIAN[dispatch.choose("blur_downsample", x4.device, backend)]
+    out = _apply(x4, lambda stride: blur(x4, theta, lambda1, lambda2, size, stride), scale, mode)
     return out.squeeze(0) if was_3d else out
