@@ -14,6 +14,8 @@ from importlib import resources
 
 import torch
 
+from .train.cli import register_train_commands
+
 EXAMPLES = {"example": "butterfly_hr.png", "example-lr": "butterfly_lr_g_d_2.0.png"}
 
 
@@ -195,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-o", "--output", metavar="OUTDIR", help="write results.md/.csv/.json here")
     evaluate.add_argument("--device")
     evaluate.set_defaults(run=cmd_eval)
+
+    register_train_commands(commands)
 
     info = commands.add_parser("info", help="version, devices and available backends")
     info.set_defaults(run=cmd_info)

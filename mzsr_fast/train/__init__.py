@@ -1,0 +1,20 @@
+"""Training MZSR: large-scale pretraining and meta-transfer learning.
+
+    from mzsr_fast.train import PretrainConfig, pretrain, MetatrainConfig, metatrain
+    pretrain(PretrainConfig("data/train", out="runs/pre"))
+    metatrain(MetatrainConfig("data/train", out="runs/meta", init="runs/pre"))
+
+Modules: data (images, patches, tasks, prefetching), checkpoints (atomic
+files, exact resume), run (the loop, stop signals, settings on resume),
+pretrain, metatrain, distributed (torchrun), progress (bar, CSV, TensorBoard),
+validation (PSNR on held-out images), cli (the subcommands).
+"""
+from .checkpoints import CheckpointManager
+from .data import DataError, ImageBank, PatchSampler, Prefetcher
+from .metatrain import VARIANTS, MetaLearner, MetatrainConfig, metatrain
+from .pretrain import Pretrainer, PretrainConfig, pretrain
+from .run import ConfigMismatchError, TrainResult
+
+__all__ = ["PretrainConfig", "pretrain", "Pretrainer", "MetatrainConfig", "metatrain", "MetaLearner", "VARIANTS",
+           "TrainResult", "ConfigMismatchError", "DataError", "ImageBank", "PatchSampler", "Prefetcher",
+           "CheckpointManager"]

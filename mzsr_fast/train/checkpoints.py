@@ -1,0 +1,269 @@
+"""Checkpoints of a training run: atomic files, the last N kept, exact resume.
+
+Layout of RUN_DIR:
+
+    latest.safetensors                  newest weights (plain MZSRNet state dict)
+    checkpoints/step-00001000.safetensors   weights at iteration 1000
+    checkpoints/step-00001000.state.pt  optimiser, RNG, step, config (plain
+                                        tensors/dicts, torch.load(weights_only=True))
+
+A checkpoint is committed when its state file exists: the weights are written
+first, the state (which records the weights' SHA-256) second, latest.safetensors
+third. Each file is written to a temporary file in the same folder, flushed,
+fsync'ed, renamed over the target with os.replace and the folder fsync'ed, so a
+process killed at any moment leaves the previous checkpoint intact; leftovers
+(temporary files, weights without a state) are ignored and removed later.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+__all__ = ["atomic_write", "fsync_dir", "Checkpoint", "CheckpointManager", "rng_state", "set_rng_state",
+           "weights_bytes", "load_weights", "resolve_weights", "load_into", "TEMP_PREFIX"]
+
+TEMP_PREFIX = ".tmp-"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp makes 0600
+STATE_FORMAT = 1
+_NAME = re.compile(r"^step-(\d{8,})\.state\.pt$")
+_WEIGHTS_NAME = re.compile(r"^step-(\d{8,})\.safetensors$")
+
+
+def fsync_dir(path) -> None:
+    """fsync a folder so a rename inside it survives a power cut (no-op where unsupported)."""
+    try:
+        fd = os.open(os.fspath(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, data: bytes) -> None:
+    """Write data to path so that path holds either its old content or all of data."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
+    try:
+        os.fchmod(fd, _FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(folder)
+
+
+def weights_bytes(state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """A state dict as safetensors bytes (CPU, contiguous)."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    return save_safetensors(tensors, metadata=metadata)
+
+
+def load_weights(path) -> dict[str, torch.Tensor]:
+    with open(os.fspath(path), "rb") as f:
+        return load_safetensors(f.read())
+
+
+def resolve_weights(path, name: str = "init") -> str:
+    """A weights file from a .safetensors path or a run folder (its latest.safetensors)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        candidate = os.path.join(path, "latest.safetensors")
+        if not os.path.isfile(candidate):
+            raise ValueError(f"{name}: {path} is a folder without latest.safetensors")
+        return candidate
+    if not os.path.isfile(path):
+        raise ValueError(f"{name}: {path}: no such weights file")
+    return path
+
+
+def load_into(model: torch.nn.Module, path) -> None:
+    """Load a safetensors state dict into model; ValueError naming the file when it does not fit."""
+    try:
+        weights = load_weights(path)
+    except Exception as error:  # noqa: BLE001  (safetensors raises its own types)
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise ValueError(f"{path}: weights do not fit {type(model).__name__} ({error})") from None
+
+
+def rng_state() -> dict:
+    """Every random number generator the process may use, as plain tensors and numbers."""
+    import numpy as np
+
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": np_state[0], "keys": torch.from_numpy(np_state[1].astype("int64")),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "state": torch.tensor(py_state[1], dtype=torch.int64),
+                   "gauss_next": py_state[2]},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            warnings.warn(f"checkpoint holds CUDA RNG states for {len(cuda)} devices, this machine has "
+                          f"{torch.cuda.device_count()}: CUDA RNG states not restored", stacklevel=2)
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    weights_path: str
+    state_path: str
+
+    def load(self, map_location="cpu") -> tuple[dict[str, torch.Tensor], dict]:
+        """(weights, state). Raises ValueError when the pair is broken."""
+        try:
+            state = torch.load(self.state_path, map_location=map_location, weights_only=True)
+        except Exception as error:  # noqa: BLE001  (any unreadable state file)
+            raise ValueError(f"{self.state_path}: unreadable checkpoint state ({error})") from None
+        try:
+            with open(self.weights_path, "rb") as f:
+                data = f.read()
+        except OSError as error:
+            raise ValueError(f"{self.weights_path}: missing checkpoint weights ({error})") from None
+        if hashlib.sha256(data).hexdigest() != state.get("weights_sha256"):
+            raise ValueError(f"{self.weights_path}: weights do not match their state file (SHA-256 differs)")
+        if state.get("step") != self.step:
+            raise ValueError(f"{self.state_path}: records step {state.get('step')}, its name says {self.step}")
+        return load_safetensors(data), state
+
+
+class CheckpointManager:
+    """Writes, lists, verifies and prunes the checkpoints of one run folder."""
+
+    def __init__(self, run_dir, keep: int = 3):
+        self.run_dir = os.fspath(run_dir)
+        self.folder = os.path.join(self.run_dir, "checkpoints")
+        self.keep = int(keep)
+
+    @property
+    def latest_weights(self) -> str:
+        return os.path.join(self.run_dir, "latest.safetensors")
+
+    def _paths(self, step: int) -> tuple[str, str]:
+        stem = os.path.join(self.folder, f"step-{step:08d}")
+        return stem + ".safetensors", stem + ".state.pt"
+
+    def list(self) -> list[Checkpoint]:
+        """Committed checkpoints (those with a state file), oldest first."""
+        if not os.path.isdir(self.folder):
+            return []
+        found = []
+        for name in os.listdir(self.folder):
+            match = _NAME.match(name)
+            if match:
+                step = int(match.group(1))
+                found.append(Checkpoint(step, *self._paths(step)))
+        return sorted(found, key=lambda c: c.step)
+
+    def latest(self) -> tuple[Checkpoint, dict[str, torch.Tensor], dict] | None:
+        """The newest checkpoint that loads and verifies, with its (weights, state);
+        broken newer ones are reported with a warning and skipped."""
+        for checkpoint in reversed(self.list()):
+            try:
+                weights, state = checkpoint.load()
+            except ValueError as error:
+                warnings.warn(f"skipping a broken checkpoint: {error}", stacklevel=2)
+                continue
+            return checkpoint, weights, state
+        return None
+
+    def clean(self) -> None:
+        """Remove leftovers of interrupted writes: temporary files and weights without a state."""
+        committed = {c.step for c in self.list()}
+        for folder in (self.run_dir, self.folder):
+            if not os.path.isdir(folder):
+                continue
+            for name in os.listdir(folder):
+                path = os.path.join(folder, name)
+                weights = _WEIGHTS_NAME.match(name) if folder == self.folder else None
+                orphan = weights is not None and int(weights.group(1)) not in committed
+                if name.startswith(TEMP_PREFIX) or orphan:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+
+    def save(self, step: int, state_dict: dict[str, torch.Tensor], state: dict,
+             metadata: dict[str, str] | None = None, extra_files: dict[str, bytes] | None = None) -> Checkpoint:
+        """Write weights, then state (with the weights' SHA-256), then latest.safetensors
+        and extra_files (name in RUN_DIR -> bytes); then prune to the last keep."""
+        os.makedirs(self.folder, exist_ok=True)
+        weights_path, state_path = self._paths(step)
+        data = weights_bytes(state_dict, metadata)
+        atomic_write(weights_path, data)
+        state = dict(state, step=int(step), format=STATE_FORMAT, weights_sha256=hashlib.sha256(data).hexdigest())
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        try:  # refuse to write a state that could not be resumed from
+            torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+        except Exception as error:  # noqa: BLE001
+            raise TypeError(f"checkpoint state is not loadable with weights_only=True: {error}") from None
+        atomic_write(state_path, buffer.getvalue())
+        atomic_write(self.latest_weights, data)
+        for name, blob in (extra_files or {}).items():
+            atomic_write(os.path.join(self.run_dir, name), blob)
+        self.prune()
+        return Checkpoint(step, weights_path, state_path)
+
+    def prune(self) -> None:
+        if self.keep <= 0:
+            return
+        for checkpoint in self.list()[:-self.keep]:
+            # the state first: without it the weights are an ignored leftover
+            for path in (checkpoint.state_path, checkpoint.weights_path):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        fsync_dir(self.folder)

@@ -1,0 +1,286 @@
+"""Meta-transfer learning, SPEC section 7.
+
+Each meta-iteration draws meta_batch tasks; a task is one blur kernel from the
+training distribution and 2 x task_batch HR patches (support, query), degraded
+with the task's kernel on the training device. mzsr_fast.maml.inner_loop takes
+inner_steps SGD steps on each support set; the meta loss is the MAML++
+multi-step loss (weighted query losses after every inner step, weights
+annealed towards the last step) and the meta optimiser is Adam.
+
+Gradient order: first order for iterations < first_order_until, then `order`
+(default 2 from the start, as the reference). Optional learnable inner rates
+(one per step and parameter tensor, MAML++ "LSLR"), trained by the same Adam.
+
+    from mzsr_fast.train import MetatrainConfig, metatrain
+    metatrain(MetatrainConfig("data/train", out="runs/meta", init="runs/pre"))
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..degradation import PRESETS
+from ..model import MZSRNet
+from ..pretrained import SCHEDULES, ModelInfo
+from . import distributed, validation
+from .checkpoints import load_into, resolve_weights, weights_bytes
+from .data import FLAT_THRESHOLD, ImageBank, PatchSampler, TaskBatch, task_pairs
+from .run import TrainResult, autocast, non_negative_int, positive_float, positive_int, train
+
+__all__ = ["Variant", "VARIANTS", "MetatrainConfig", "MetaLearner", "metatrain"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A model of the paper: task scales, subsampling, what it is validated on."""
+
+    name: str
+    scales: tuple[float, ...]
+    mode: str
+    val_scale: int
+    val_kernels: tuple[str, ...]
+    model_scales: tuple[int, ...]
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("direct_x2", (2.0,), "direct", 2, ("g_d_2.0",), (2,)),
+    Variant("bicubic_x2", (2.0,), "bicubic", 2, ("g_b_1.3",), (2,)),
+    Variant("direct_x4", (4.0,), "direct", 4, ("g_d_2.0",), (4,)),
+    Variant("multiscale", tuple(round(2.0 + 0.2 * i, 1) for i in range(11)), "direct", 2, ("g_d_2.0",),
+            (2, 3, 4)),
+)}
+
+
+@dataclasses.dataclass
+class MetatrainConfig:
+    """Settings of a meta-training run (defaults: SPEC section 7).
+
+    init: pretrained weights (.safetensors or a pretraining run folder); None
+    starts from the reference initialisation (not what the paper does).
+    task_batch: patches in each of the support and query sets of a task.
+    msl: MAML++ multi-step loss; off: the loss after the last step only.
+    msl_decay: per-iteration fall of the first K-1 MSL weights (None: the
+    reference's 1 / K / (10000 / 3), 6e-5 for K = 5); they stop at 0.03 / K
+    and the last weight takes the rest (SPEC section 7).
+    """
+
+    data_dir: str
+    out: str
+    init: str | None = None
+    iterations: int = 100_000
+    seed: int = 0
+    variant: str = "direct_x2"
+    meta_batch: int = 5
+    task_batch: int = 8
+    patch_size: int = 64
+    inner_steps: int = 5
+    inner_lr: float = 0.01
+    learn_inner_lr: bool = False
+    meta_lr: float = 1e-4
+    order: int = 2
+    first_order_until: int = 0
+    msl: bool = True
+    msl_decay: float | None = None
+    kernel_size: int = 15
+    flat_threshold: float = FLAT_THRESHOLD
+    amp: bool = False
+    checkpoint_every: int = 1000
+    keep: int = 3
+    resume: bool = False
+    allow_config_change: bool = False
+    device: str | None = None
+    threads: int | None = None
+    validate_every: int = 0
+    val_dir: str | None = None
+    val_kernels: tuple[str, ...] | None = None
+    val_steps: tuple[int, ...] = (1, 10)
+    log_every: int = 10
+    prefetch: int = 2
+    progress: bool = True
+
+    def check(self) -> "MetatrainConfig":
+        positive_int(self, "iterations", "meta_batch", "task_batch", "patch_size", "inner_steps", "kernel_size",
+                     "log_every", "prefetch")
+        non_negative_int(self, "seed", "first_order_until", "checkpoint_every", "keep", "validate_every")
+        positive_float(self, "inner_lr", "meta_lr")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant: expected one of {sorted(VARIANTS)}, got {self.variant!r}")
+        if self.order not in (1, 2):
+            raise ValueError(f"order: expected 1 (first order) or 2 (second order), got {self.order!r}")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size: expected an odd size, got {self.kernel_size}")
+        if self.msl_decay is not None:
+            positive_float(self, "msl_decay")
+        if self.patch_size < 2 * max(VARIANTS[self.variant].scales):
+            raise ValueError(f"patch_size: {self.patch_size} is too small for the scales of {self.variant}")
+        if self.validate_every and not self.val_dir:
+            raise ValueError("validate_every: validation needs a folder of held-out images (val_dir / --val-dir)")
+        for name in self.val_kernels or ():
+            if name not in PRESETS:
+                raise ValueError(f"val_kernels: unknown kernel preset {name!r}; expected some of {sorted(PRESETS)}")
+        if not self.val_steps or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in self.val_steps):
+            raise ValueError(f"val_steps: expected integers >= 0, got {self.val_steps!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads: expected a positive integer, got {self.threads}")
+        return self
+
+
+class MetaLearner:
+    """Model, inner rates, meta optimiser and task data of a meta-training run
+    (the trainer interface of run.train)."""
+
+    def __init__(self, config: MetatrainConfig, dist: distributed.Distributed | None = None,
+                 bank: ImageBank | None = None):
+        self.config = config.check()
+        self.dist = dist or distributed.Distributed()
+        self.device = self.dist.device
+        self.variant = VARIANTS[config.variant]
+        if config.amp and self.device.type != "cuda":
+            raise ValueError("amp: mixed precision (bf16 autocast) needs a CUDA device")
+        if config.meta_batch < self.dist.world_size:
+            raise ValueError(f"meta_batch: {config.meta_batch} tasks cannot be shared by "
+                             f"{self.dist.world_size} processes")
+        init = resolve_weights(config.init) if config.init else None  # a wrong path fails before loading data
+        self.bank = bank if bank is not None else ImageBank(config.data_dir, config.patch_size)
+        self.sampler = PatchSampler(self.bank, config.patch_size, config.seed, config.flat_threshold)
+        self.model = MZSRNet()
+        if init:
+            load_into(self.model, init)
+        else:
+            self.model.reset_parameters(torch.Generator().manual_seed(config.seed))
+        self.model.to(self.device)
+        self.names = [name for name, _ in self.model.named_parameters()]
+        groups = [{"params": list(self.model.parameters())}]
+        self.inner_lr = None
+        if config.learn_inner_lr:
+            self.inner_lr = torch.nn.Parameter(
+                torch.full((config.inner_steps, len(self.names)), config.inner_lr, device=self.device))
+            groups.append({"params": [self.inner_lr]})
+        self.optimizer = torch.optim.Adam(groups, lr=config.meta_lr)
+        self.tasks = self.dist.shard(config.meta_batch)
+        self.pin = self.device.type == "cuda"
+        k = config.inner_steps
+        self.val_kernels = tuple(config.val_kernels) if config.val_kernels else self.variant.val_kernels
+        self.columns = (["meta_lr", "order", "loss", "support_loss"] + [f"query_loss_{i + 1}" for i in range(k)]
+                        + [f"msl_{i + 1}" for i in range(k)]
+                        + (["inner_lr_mean"] if config.learn_inner_lr else [])
+                        + [f"psnr_{name}_mzsr{n}" for name in self.val_kernels for n in config.val_steps])
+        self._val_images = None
+        if config.validate_every and self.dist.is_main:  # fail before training, not at the first validation
+            size = max(PRESETS[name].size for name in self.val_kernels)
+            self._val_images = validation.load_images(config.val_dir, self.variant.val_scale, min_lr_size=size)
+
+    # -- data -------------------------------------------------------------
+    def batch(self, step: int) -> TaskBatch:
+        """This rank's tasks of iteration step, cut on the CPU (a pure function of seed and step)."""
+        return self.sampler.task_batch(step, *self.tasks, 2 * self.config.task_batch, self.variant.scales)
+
+    def task_sets(self, batch: TaskBatch):
+        """(support, query) on the device: pairs (inputs, targets) of [T, task_batch, 3, P, P]."""
+        inputs, targets = task_pairs(batch, self.device, self.variant.mode, self.config.kernel_size)
+        n = self.config.task_batch
+        return (inputs[:, :n], targets[:, :n]), (inputs[:, n:], targets[:, n:])
+
+    # -- schedules --------------------------------------------------------
+    def order_at(self, step: int) -> int:
+        return 1 if step < self.config.first_order_until else self.config.order
+
+    def loss_weights(self, step: int) -> torch.Tensor:
+        """The multi-step-loss weights [inner_steps] at iteration step."""
+        k = self.config.inner_steps
+        if not self.config.msl:
+            weights = torch.zeros(k)
+            weights[-1] = 1
+            return weights
+        from .. import maml
+        decay = self.config.msl_decay if self.config.msl_decay is not None else 1.0 / k / (10000 / 3)
+        return maml.msl_weights(step, k, decay=decay)
+
+    # -- one iteration ----------------------------------------------------
+    def compute_gradients(self, batch: TaskBatch, step: int) -> dict[str, torch.Tensor]:
+        """Meta-gradient of iteration step into .grad (summed over ranks).
+
+        Each rank's loss is its tasks' weighted query losses divided by the
+        global meta_batch, so the all-reduced gradient is that of the mean
+        over all tasks. Returns this rank's share of the logged quantities.
+        """
+        c = self.config
+        support, query = self.task_sets(batch)
+        params = dict(self.model.named_parameters())
+        lr = self.inner_lr if self.inner_lr is not None else c.inner_lr
+        from .. import maml
+        with autocast(self.device, c.amp):
+            result = maml.inner_loop(params, support, query, c.inner_steps, lr, order=self.order_at(step),
+                                     loss="l1")
+        query_losses = result.query_losses.float()  # [K, T_local]
+        share = query_losses.shape[1] / c.meta_batch  # this rank's share of the mean over all tasks
+        loss = maml.multi_step_loss(query_losses, self.loss_weights(step)) * share
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.dist.all_reduce_gradients(p for group in self.optimizer.param_groups for p in group["params"])
+        stats = {"loss": loss.detach(), "support_loss": result.support_losses[0].float().sum() / c.meta_batch}
+        per_step = query_losses.detach().sum(1) / c.meta_batch
+        stats.update({f"query_loss_{i + 1}": v for i, v in enumerate(per_step)})
+        return stats
+
+    def train_step(self, batch: TaskBatch, step: int) -> dict[str, torch.Tensor]:
+        stats = self.compute_gradients(batch, step)
+        self.optimizer.step()
+        return stats
+
+    def row(self, step: int) -> dict:
+        out = {"meta_lr": self.config.meta_lr, "order": self.order_at(step)}
+        out.update({f"msl_{i + 1}": float(w) for i, w in enumerate(self.loss_weights(step))})
+        if self.inner_lr is not None:
+            out["inner_lr_mean"] = float(self.inner_lr.detach().mean())
+        return out
+
+    # -- validation and checkpoints ---------------------------------------
+    def validate(self) -> dict[str, float]:
+        c = self.config
+        scale = self.variant.val_scale
+        return validation.mzsr_psnr(self.model, self._val_images, list(self.val_kernels), scale,
+                                    steps=tuple(c.val_steps), schedule=SCHEDULES[self.variant.name],
+                                    mode=self.variant.mode, device=self.device)
+
+    def model_info(self) -> ModelInfo:
+        v = self.variant
+        return ModelInfo(name=f"metatrain-{v.name}", kind=v.name, mode=v.mode, scales=v.model_scales)
+
+    def restore(self, weights: dict, state: dict) -> None:
+        self.model.load_state_dict(weights)
+        if self.inner_lr is not None:
+            saved = state.get("inner_lr")
+            if saved is None or saved.shape != self.inner_lr.shape:
+                raise ValueError("resume: the checkpoint has no learnable inner rates of shape "
+                                 f"{tuple(self.inner_lr.shape)}")
+            with torch.no_grad():
+                self.inner_lr.copy_(saved)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as error:  # parameter groups changed (allowed config change)
+            raise ValueError(f"resume: the saved optimiser state does not fit the new settings ({error}); "
+                             f"start a new run") from None
+
+    def checkpoint(self):
+        extra, files = {}, None
+        if self.inner_lr is not None:
+            rates = self.inner_lr.detach().cpu()
+            extra["inner_lr"] = rates
+            files = {"inner_lr.safetensors": weights_bytes({"inner_lr": rates},
+                                                           {"names": ",".join(self.names)})}
+        return extra, self.model_info().metadata(), files
+
+
+def metatrain(config: MetatrainConfig, on_step=None) -> TrainResult:
+    """Run (or, with config.resume, continue) meta-training in config.out.
+
+    Returns when config.iterations are done or a stop signal arrived (then
+    result.interrupted is True and a checkpoint was saved). on_step(step, run)
+    is called after each iteration. Under torchrun the tasks are shared by the
+    processes, the meta-gradients all-reduced, and only rank 0 writes.
+    RUN_DIR/latest.safetensors carries the variant's ModelInfo, so
+    mzsr_fast.adapt.adapt(model=path) uses the right subsampling and schedule.
+    """
+    return train("metatrain", config, MetaLearner, on_step)

@@ -1,0 +1,336 @@
+"""One training run in RUN_DIR: starting or resuming it, refusing changed
+settings, stop requests (Ctrl-C / SIGTERM), the iteration loop, logging and
+checkpoints. Both trainers (pretrain, metatrain) run through `train`:
+
+    train("metatrain", config, MetaLearner, on_step)
+
+A trainer is built as make_trainer(config, dist) and provides:
+
+    model, optimizer            what is trained (and saved)
+    columns                     names of the CSV columns it fills (time_s, the
+                                training seconds over all sessions, and it_per_s
+                                are added)
+    pin                         whether batches are pinned for CUDA copies
+    batch(step)                 this rank's CPU batch of iteration step (a pure
+                                function of seed and step; runs in the prefetch thread)
+    train_step(batch, step)     one optimiser step; returns {name: detached
+                                tensor}: this rank's share of the global mean of
+                                each quantity, averaged over the log interval
+    row(step)                   values logged as they are (lr, schedule weights)
+    validate()                  {column: value}, on rank 0, every validate_every
+    restore(weights, state)     load a checkpoint
+    checkpoint()                (extra state, safetensors metadata, extra files)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+
+import torch
+
+from . import distributed
+from .checkpoints import CheckpointManager, atomic_write, rng_state, set_rng_state
+from .data import Prefetcher
+from .distributed import Distributed
+from .progress import MetricsLog, ProgressBar
+
+__all__ = ["autocast", "ConfigMismatchError", "Run", "StopSignals", "config_dict", "config_differences",
+           "RUNTIME_FIELDS", "TrainResult", "train", "positive_int", "non_negative_int", "positive_float"]
+
+# Settings that may change between a run and its resumption without notice:
+# how long, where, how often to save/log/validate, and on what hardware.
+RUNTIME_FIELDS = frozenset({
+    "iterations", "out", "resume", "allow_config_change", "checkpoint_every", "keep", "device", "threads",
+    "validate_every", "val_dir", "val_kernels", "val_steps", "log_every", "prefetch", "progress",
+})
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when enabled (no loss scaling needed), else a no-op."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+class ConfigMismatchError(ValueError):
+    """Resuming with settings that differ from the checkpoint's."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a train function returns: the last completed iteration, whether it
+    stopped early on a signal, the run folder and newest weights, and the
+    logged training losses (step, loss)."""
+
+    step: int
+    interrupted: bool
+    run_dir: str
+    latest: str
+    losses: list = dataclasses.field(default_factory=list)
+
+
+def config_dict(config) -> dict:
+    """A config dataclass as plain JSON-able values (paths made absolute, tuples as lists)."""
+    out = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, tuple):
+            value = list(value)
+        if field.name in ("data_dir", "init", "out", "val_dir") and isinstance(value, (str, os.PathLike)):
+            value = os.path.abspath(os.fspath(value))
+        out[field.name] = value
+    return out
+
+
+def config_differences(saved: dict, current: dict, ignore=RUNTIME_FIELDS) -> list[str]:
+    """'name: saved -> current' for every setting that differs (runtime fields ignored)."""
+    lines = []
+    for key in sorted(set(saved) | set(current)):
+        if key in ignore:
+            continue
+        old, new = saved.get(key, "<not set>"), current.get(key, "<not set>")
+        if old != new:
+            lines.append(f"{key}: {old!r} -> {new!r}")
+    return lines
+
+
+class StopSignals:
+    """Ctrl-C and SIGTERM set a flag instead of killing the process, so the loop
+    can checkpoint and return. A second Ctrl-C raises KeyboardInterrupt.
+    Installs nothing outside the main thread."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.requested = False
+        self.signal_name: str | None = None
+        self._previous = {}
+
+    def _handler(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self):
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+class Run:
+    """A training run folder seen from one process (only rank 0 writes)."""
+
+    def __init__(self, kind: str, config, dist: Distributed, handle_signals: bool = True):
+        self.kind = kind
+        self.config = config
+        self.settings = config_dict(config)
+        self.dist = dist
+        self.run_dir = os.path.abspath(os.fspath(config.out))
+        self.checkpoints = CheckpointManager(self.run_dir, keep=config.keep)
+        self.signals = StopSignals(handle_signals)
+        self.changes: list[str] = []
+        self.elapsed_before = 0.0  # training seconds of earlier sessions of a resumed run
+        self.t0 = time.perf_counter()
+
+    def __enter__(self):
+        self.signals.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.signals.__exit__(*exc)
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.signals.requested
+
+    def request_stop(self) -> None:
+        """What a signal does; for callers that stop a run from code."""
+        self.signals.requested = True
+
+    def open(self):
+        """Prepare RUN_DIR. Returns None for a new run, else (step, weights, state)
+        of the checkpoint to resume from. Raises ValueError when RUN_DIR already
+        holds a run and resume is off, and ConfigMismatchError when a setting
+        changed and allow_config_change is off."""
+        if self.dist.is_main:
+            if os.path.exists(self.run_dir) and not os.path.isdir(self.run_dir):
+                raise ValueError(f"--out: {self.run_dir} exists and is not a folder")
+            os.makedirs(self.run_dir, exist_ok=True)
+            self.checkpoints.clean()
+        self.dist.barrier()
+        found = self.checkpoints.latest()
+        if found is None:
+            if self.config.resume and self.dist.is_main:
+                warnings.warn(f"--resume: no checkpoint in {self.run_dir}; starting a new run", stacklevel=2)
+            self._write_settings()
+            return None
+        checkpoint, weights, state = found
+        if not self.config.resume:
+            raise ValueError(f"--out: {self.run_dir} already holds a {state.get('kind', '?')} run at iteration "
+                             f"{checkpoint.step}; pass --resume to continue it, or choose another folder")
+        if state.get("kind") != self.kind:
+            raise ConfigMismatchError(f"--resume: {self.run_dir} holds a {state.get('kind')!r} run, "
+                                      f"not a {self.kind} run")
+        differences = config_differences(state.get("config", {}), self.settings)
+        if differences and not self.config.allow_config_change:
+            raise ConfigMismatchError(
+                f"--resume: the settings differ from the run in {self.run_dir} (iteration {checkpoint.step}): "
+                + "; ".join(differences) + ". Use the same settings, or pass --allow-config-change "
+                "to continue with the new ones")
+        self.changes = differences
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        if differences and self.dist.is_main:  # allowed, but never silent
+            for change in differences:
+                print(f"{self.kind}: resuming {self.run_dir} with a changed setting: {change}", file=sys.stderr)
+        if state.get("world_size", 1) != self.dist.world_size and self.dist.is_main:
+            warnings.warn(f"resuming a run made with {state.get('world_size')} process(es) on "
+                          f"{self.dist.world_size}: the same global batch, but sums are taken in another "
+                          f"order, so results are not bitwise those of an uninterrupted run", stacklevel=2)
+        self._write_settings()
+        return checkpoint.step, weights, state
+
+    def _write_settings(self) -> None:
+        if self.dist.is_main:
+            text = json.dumps({"kind": self.kind, **self.settings}, indent=2, sort_keys=True)
+            atomic_write(os.path.join(self.run_dir, "config.json"), text.encode())
+
+    def due(self, step: int) -> bool:
+        """Whether a checkpoint is due after step (every checkpoint_every, and the last)."""
+        every = self.config.checkpoint_every
+        return step >= self.config.iterations or (every > 0 and step % every == 0)
+
+    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict,
+             metadata: dict[str, str] | None = None, extra_files: dict[str, bytes] | None = None) -> None:
+        """Write a checkpoint (rank 0 only); every rank waits for it."""
+        if self.dist.is_main:
+            state = {
+                "kind": self.kind,
+                "config": self.settings,
+                "optimizer": optimizer.state_dict(),
+                "rng": rng_state(),
+                "world_size": self.dist.world_size,
+                "torch_version": str(torch.__version__),
+                "elapsed_s": self.elapsed_before + time.perf_counter() - self.t0,
+                **extra,
+            }
+            self.checkpoints.save(step, model.state_dict(), state, metadata=metadata, extra_files=extra_files)
+        self.dist.barrier()
+
+    def loop(self, trainer, start: int, resumed: bool, on_step=None) -> TrainResult:
+        """Iterations start..config.iterations of trainer (see the module docstring)."""
+        config, dist = self.config, self.dist
+        log = MetricsLog(self.run_dir, ["time_s", "it_per_s"] + list(trainer.columns),
+                         resume_step=start if resumed else None, enabled=dist.is_main)
+        bar = ProgressBar(config.iterations, start, self.kind, enabled=config.progress and dist.is_main)
+        losses, sums, count = [], {}, 0
+        t0 = self.t0 = time.perf_counter()
+        step, interrupted = start, False
+        prefetch = Prefetcher(trainer.batch, start, config.iterations, config.prefetch, pin=trainer.pin)
+        try:
+            for step in range(start, config.iterations):
+                got, batch = next(prefetch)
+                if got != step:
+                    raise RuntimeError(f"data loader out of step: got batch {got} for iteration {step}")
+                stats = trainer.train_step(batch, step)
+                for key, value in stats.items():
+                    sums[key] = sums[key] + value if key in sums else value.clone()
+                count += 1
+                done = step + 1
+                if on_step is not None:
+                    on_step(done, self)
+                stop = dist.any(self.stop_requested)
+                row = {}
+                if done % config.log_every == 0 or done == config.iterations or stop:
+                    keys = sorted(sums)
+                    totals = dist.sum(torch.stack([sums[k].float().reshape(()) for k in keys])).tolist()
+                    means = {k: v / count for k, v in zip(keys, totals)}
+                    sums, count = {}, 0
+                    elapsed = time.perf_counter() - t0
+                    row.update(means, time_s=self.elapsed_before + elapsed, it_per_s=(done - start) / elapsed,
+                               **trainer.row(step))
+                    losses.append((done, means["loss"]))
+                    bar.update(done, loss=means["loss"])
+                if config.validate_every and done % config.validate_every == 0 and dist.is_main:
+                    scores = trainer.validate()
+                    row.update(scores)
+                    bar.message(f"{self.kind} {done}: validation " +
+                                ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+                if row:
+                    log.log(done, row)
+                if self.due(done) or stop:
+                    extra, metadata, files = trainer.checkpoint()
+                    self.save(done, trainer.model, trainer.optimizer, extra,
+                              metadata=dict(metadata, step=str(done)), extra_files=files)
+                step = done
+                if stop:
+                    interrupted = True
+                    bar.message(f"{self.kind}: stopped by {self.signals.signal_name or 'request'} at iteration "
+                                f"{done}; checkpoint saved in {self.run_dir} (continue with --resume)")
+                    break
+        finally:
+            prefetch.close()
+            bar.close()
+            log.close()
+        return TrainResult(step, interrupted, self.run_dir, self.checkpoints.latest_weights, losses)
+
+
+def train(kind: str, config, make_trainer, on_step=None) -> TrainResult:
+    """Run or resume a training run of config.iterations iterations.
+
+    Returns when they are done, or after a stop signal (result.interrupted;
+    a checkpoint is saved first). on_step(step, run) is called after every
+    iteration, e.g. to stop a run from code with run.request_stop().
+    """
+    config.check()
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    dist = distributed.setup(config.device)
+    try:
+        with Run(kind, config, dist) as run:
+            resumed = run.open()
+            trainer = make_trainer(config, dist)
+            start = 0
+            if resumed is not None:
+                start, weights, state = resumed
+                trainer.restore(weights, state)
+                set_rng_state(state["rng"])
+            else:
+                dist.broadcast_parameters(p for group in trainer.optimizer.param_groups for p in group["params"])
+            return run.loop(trainer, start, resumed is not None, on_step)
+    finally:
+        dist.close()
+        torch.set_num_threads(threads)
+
+
+# Setting checks shared by the config dataclasses: ValueError naming the field.
+def positive_int(config, *names):
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+
+
+def non_negative_int(config, *names):
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+
+
+def positive_float(config, *names):
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name}: expected a positive number, got {value!r}")

@@ -1,0 +1,84 @@
+"""Validation during training on a held-out image folder (e.g. Set5).
+
+Pretraining: PSNR of the network on bicubically degraded images (what it is
+trained for). Meta-training: MZSR(n) PSNR for a fixed set of benchmark kernels,
+through mzsr_fast.adapt.adapt, exactly as at test time. Scores follow SPEC
+section 9 (Y channel, shave, peak 255).
+"""
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+
+from ..degradation import PRESETS, degrade
+from ..io import read_image
+from ..metrics import psnr
+from ..resize import imresize
+from .data import DataError, find_images
+
+__all__ = ["load_images", "pretrain_psnr", "mzsr_psnr", "quantise"]
+
+
+def quantise(x: torch.Tensor) -> torch.Tensor:
+    """Round to 8-bit levels, as a saved LR image would be."""
+    return torch.round(x.clamp(0, 1) * 255) / 255
+
+
+def load_images(folder, scale: int, min_lr_size: int = 3) -> list[tuple[str, torch.Tensor]]:
+    """(name, image [3, H, W] float32) for every image in folder, cropped to a
+    multiple of scale. Raises DataError (before any training) for an image
+    whose LR would be smaller than min_lr_size (the adapter needs at least the
+    kernel's size)."""
+    images = []
+    for path in find_images(folder):
+        image = read_image(path, torch.float32)
+        h, w = (image.shape[-2] // scale) * scale, (image.shape[-1] // scale) * scale
+        if min(h, w) // scale < min_lr_size:
+            raise DataError(f"{path}: validation image of {image.shape[-2]}x{image.shape[-1]} is too small: its "
+                            f"x{scale} LR must be at least {min_lr_size}x{min_lr_size} (at least "
+                            f"{min_lr_size * scale} pixels a side)")
+        images.append((os.path.relpath(path, folder), image[:, :h, :w].contiguous()))
+    if not images:
+        raise DataError(f"{folder}: no validation images")
+    return images
+
+
+@torch.no_grad()
+def pretrain_psnr(model: torch.nn.Module, images, scale: int, device) -> float:
+    """Mean PSNR of model(bicubic-up(bicubic-down(gt))) over images, and nothing else changed."""
+    values = []
+    for _, gt in images:
+        gt = gt.to(device)
+        lr = quantise(imresize(gt, scale=1.0 / scale))
+        sr = model(imresize(lr, scale=scale, size=gt.shape[-2:])[None]).clamp(0, 1)
+        values.append(psnr(sr, gt[None], scale))
+    return sum(values) / len(values)
+
+
+def mzsr_psnr(model: torch.nn.Module, images, kernels: list[str], scale: int, steps=(1, 10), schedule=None,
+              mode: str | None = None, device=None) -> dict[str, float]:
+    """{"psnr_<kernel>_mzsr<n>": mean PSNR} for each kernel preset and number of steps.
+
+    LR = degrade(gt, kernel) rounded to 8 bits; SR = adapt(LR, kernel, scale,
+    n, model=a copy of model, mode, schedule).
+    """
+    from ..adapt import adapt
+
+    net = copy.deepcopy(model).eval()
+    out = {}
+    for name in kernels:
+        preset = PRESETS[name]
+        kernel = preset.kernel
+        subsample = mode or preset.mode
+        scores = {n: [] for n in steps}
+        for _, gt in images:
+            gt = gt.to(device)
+            lr = quantise(degrade(gt.double(), kernel.to(device), scale, mode=subsample).float())
+            for n in steps:
+                sr = adapt(lr, kernel, scale=scale, steps=n, model=net, mode=subsample, schedule=schedule)
+                scores[n].append(psnr(sr, gt, scale))
+        for n in steps:
+            out[f"psnr_{name}_mzsr{n}"] = sum(scores[n]) / len(scores[n])
+    return out

@@ -1,0 +1,84 @@
+"""The trainers learn: loss falls over a short run on a fixed batch; the
+schedules (learning rate, gradient order, multi-step loss) do what they say."""
+import pytest
+import torch
+
+from mzsr_fast.train import MetaLearner, Pretrainer
+from mzsr_fast.train.pretrain import learning_rate
+from train_helpers import tiny_meta, tiny_pretrain
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_pretraining_loss_decreases_on_a_fixed_batch(smooth_dir, tmp_path):
+    trainer = Pretrainer(tiny_pretrain(smooth_dir, tmp_path, lr=3e-4, batch_size=8))
+    batch = trainer.batch(0)
+    losses = [float(trainer.train_step(batch, step)["loss"]) for step in range(25)]
+    assert losses[-1] < 0.85 * losses[0], losses
+    assert sum(losses[-5:]) < sum(losses[:5]), losses
+
+
+def test_meta_loss_decreases_on_a_fixed_batch(smooth_dir, tmp_path):
+    learner = MetaLearner(tiny_meta(smooth_dir, tmp_path, meta_lr=3e-4, inner_steps=1))
+    batch = learner.batch(0)
+    losses = [float(learner.train_step(batch, 0)["loss"]) for _ in range(12)]
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert sum(losses[-3:]) < sum(losses[:3]), losses
+
+
+def test_inner_steps_help_on_the_query_set(image_dir, tmp_path):
+    # with a sensible inner rate, the query loss after step 2 is below that after step 1
+    learner = MetaLearner(tiny_meta(image_dir, tmp_path, inner_lr=0.05))
+    stats = learner.compute_gradients(learner.batch(0), 0)
+    assert float(stats["query_loss_2"]) < float(stats["query_loss_1"])
+    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in learner.model.parameters())
+
+
+def test_learning_rate_schedule():
+    assert learning_rate(0) == 4e-4
+    assert learning_rate(99_999) == 4e-4
+    assert learning_rate(100_000) == 2e-4
+    assert learning_rate(200_000) == 1e-4
+    assert learning_rate(900_000) == 1e-4  # floor
+
+
+def test_gradient_order_switch(image_dir, tmp_path):
+    learner = MetaLearner(tiny_meta(image_dir, tmp_path, first_order_until=10))
+    assert [learner.order_at(s) for s in (0, 9, 10, 11)] == [1, 1, 2, 2]
+    assert MetaLearner(tiny_meta(image_dir, tmp_path)).order_at(0) == 2  # second order from the start
+    assert MetaLearner(tiny_meta(image_dir, tmp_path, order=1)).order_at(10 ** 6) == 1
+
+
+def test_first_and_second_order_meta_gradients_differ(image_dir, tmp_path):
+    grads = []
+    for order in (1, 2):
+        learner = MetaLearner(tiny_meta(image_dir, tmp_path, order=order, inner_lr=0.05))
+        learner.compute_gradients(learner.batch(0), 0)
+        grads.append(torch.cat([p.grad.flatten() for p in learner.model.parameters()]))
+    assert not torch.allclose(grads[0], grads[1])
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.5
+
+
+def test_multi_step_loss_weights_anneal(image_dir, tmp_path):
+    learner = MetaLearner(tiny_meta(image_dir, tmp_path, inner_steps=5))
+    start, later, settled = learner.loss_weights(0), learner.loss_weights(1000), learner.loss_weights(10_000)
+    torch.testing.assert_close(start, torch.full((5,), 0.2))
+    torch.testing.assert_close(later[:4], torch.full((4,), 0.2 - 1000 * 6e-5), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(settled, torch.tensor([0.006] * 4 + [0.976]), rtol=1e-4, atol=1e-6)
+    assert float(later[4]) > 0.2
+    last_only = MetaLearner(tiny_meta(image_dir, tmp_path, inner_steps=5, msl=False)).loss_weights(0)
+    assert last_only.tolist() == [0, 0, 0, 0, 1]
+
+
+def test_learnable_inner_rates_are_trained(image_dir, tmp_path):
+    learner = MetaLearner(tiny_meta(image_dir, tmp_path, learn_inner_lr=True))
+    before = learner.inner_lr.detach().clone()
+    learner.train_step(learner.batch(0), 0)
+    assert learner.inner_lr.shape == (2, 16)
+    assert not torch.equal(before, learner.inner_lr.detach())

@@ -1,0 +1,88 @@
+"""Resuming: bitwise the same weights as an uninterrupted run (CPU), stop
+signals, changed settings refused, the log kept consistent."""
+import csv
+import os
+import signal
+
+import pytest
+import torch
+
+from mzsr_fast.cli import main
+from mzsr_fast.train import ConfigMismatchError, metatrain, pretrain
+from mzsr_fast.train.checkpoints import CheckpointManager, load_weights
+from train_helpers import tiny_meta, tiny_pretrain
+
+
+def same_weights(a, b) -> bool:
+    wa, wb = load_weights(a), load_weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_pretrain_stopped_and_resumed_is_bitwise_the_uninterrupted_run(image_dir, tmp_path):
+    straight = pretrain(tiny_pretrain(image_dir, tmp_path / "straight", iterations=4))
+    half = pretrain(tiny_pretrain(image_dir, tmp_path / "split", iterations=2))
+    assert half.step == 2
+    resumed = pretrain(tiny_pretrain(image_dir, tmp_path / "split", iterations=4, resume=True))
+    assert resumed.step == 4
+    assert same_weights(straight.latest, resumed.latest)
+    state_a = torch.load(CheckpointManager(tmp_path / "straight").list()[-1].state_path, weights_only=True)
+    state_b = torch.load(CheckpointManager(tmp_path / "split").list()[-1].state_path, weights_only=True)
+    exp_avg = [s["exp_avg"] for s in state_a["optimizer"]["state"].values()]
+    assert all(torch.equal(x, s["exp_avg"]) for x, s in zip(exp_avg, state_b["optimizer"]["state"].values()))
+
+
+def test_metatrain_stopped_by_a_signal_and_resumed_is_bitwise_the_uninterrupted_run(image_dir, tmp_path):
+    # learnable inner rates and a switch from first to second order inside the run
+    settings = dict(iterations=3, learn_inner_lr=True, first_order_until=2, checkpoint_every=0)
+    straight = metatrain(tiny_meta(image_dir, tmp_path / "straight", **settings))
+
+    def interrupt(step, run):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: the loop checkpoints and returns
+
+    stopped = metatrain(tiny_meta(image_dir, tmp_path / "split", **settings), on_step=interrupt)
+    assert stopped.interrupted and stopped.step == 1
+    assert [c.step for c in CheckpointManager(tmp_path / "split").list()] == [1]
+    resumed = metatrain(tiny_meta(image_dir, tmp_path / "split", resume=True, **settings))
+    assert resumed.step == 3 and not resumed.interrupted
+    assert same_weights(straight.latest, resumed.latest)
+    assert same_weights(tmp_path / "straight" / "inner_lr.safetensors", tmp_path / "split" / "inner_lr.safetensors")
+    # the log holds each iteration once, with the order switch at iteration 3 (0-based step 2)
+    with open(tmp_path / "split" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert [r["order"] for r in rows] == ["1", "1", "2"]
+
+
+def test_resume_refuses_a_changed_setting(image_dir, tmp_path):
+    metatrain(tiny_meta(image_dir, tmp_path, iterations=1))
+    with pytest.raises(ConfigMismatchError) as error:
+        metatrain(tiny_meta(image_dir, tmp_path, iterations=2, resume=True, order=1, inner_lr=0.02))
+    message = str(error.value)
+    assert "order: 2 -> 1" in message and "inner_lr: 0.01 -> 0.02" in message
+    assert "--allow-config-change" in message
+    assert [c.step for c in CheckpointManager(tmp_path).list()] == [1]  # nothing was written
+
+
+def test_resume_refusal_through_the_cli_and_allowing_it(image_dir, tmp_path, capsys):
+    base = ["pretrain", str(image_dir), "--out", str(tmp_path), "--patch-size", "16", "--batch-size", "2",
+            "--threads", "1", "--no-progress"]
+    assert main(base + ["--iterations", "1"]) == 0
+    assert main(base + ["--iterations", "2", "--resume", "--lr", "1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "lr: 0.0004 -> 0.001" in err and "--allow-config-change" in err
+    assert main(base + ["--iterations", "2", "--resume", "--lr", "1e-3", "--allow-config-change"]) == 0
+    assert "with a changed setting: lr: 0.0004 -> 0.001" in capsys.readouterr().err
+    assert [c.step for c in CheckpointManager(tmp_path).list()][-1] == 2
+
+
+def test_an_existing_run_is_not_overwritten_without_resume(image_dir, tmp_path):
+    pretrain(tiny_pretrain(image_dir, tmp_path, iterations=1))
+    with pytest.raises(ValueError, match="already holds a pretrain run at iteration 1; pass --resume"):
+        pretrain(tiny_pretrain(image_dir, tmp_path, iterations=2))
+
+
+def test_resume_of_another_kind_of_run_is_refused(image_dir, tmp_path):
+    pretrain(tiny_pretrain(image_dir, tmp_path, iterations=1))
+    with pytest.raises(ConfigMismatchError, match="holds a 'pretrain' run"):
+        metatrain(tiny_meta(image_dir, tmp_path, iterations=2, resume=True))

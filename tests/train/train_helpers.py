@@ -1,0 +1,67 @@
+"""Helpers of the trainer tests: synthetic images and tiny settings."""
+from __future__ import annotations
+
+import numpy as np
+
+from mzsr_fast.train import MetatrainConfig, PretrainConfig
+
+
+def textured(h: int, w: int, seed: int, noise: float = 25.0) -> np.ndarray:
+    """A uint8 [h, w, 3] image with edges and texture (passes the flatness test)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = 128 + 60 * np.sin(x / (2 + seed % 3)) * np.cos(y / 3.0) + 40 * ((x + 2 * y) % 16 < 8)
+    image = base[..., None] + rng.normal(0, noise, (h, w, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def tiny_pretrain(data_dir, out, **overrides) -> PretrainConfig:
+    settings = dict(data_dir=str(data_dir), out=str(out), iterations=4, patch_size=16, batch_size=4, lr=1e-3,
+                    log_every=1, checkpoint_every=2, progress=False, prefetch=2, threads=1)
+    settings.update(overrides)
+    return PretrainConfig(**settings)
+
+
+def tiny_meta(data_dir, out, **overrides) -> MetatrainConfig:
+    settings = dict(data_dir=str(data_dir), out=str(out), iterations=3, meta_batch=2, task_batch=2,
+                    patch_size=16, inner_steps=2, meta_lr=1e-3, log_every=1, checkpoint_every=2,
+                    progress=False, prefetch=2, threads=1)
+    settings.update(overrides)
+    return MetatrainConfig(**settings)
+
+
+def distributed_worker(rank: int, world_size: int, init_file: str, data_dir: str, out_dir: str) -> None:
+    """One process of the 2-process gloo test (started by torch.multiprocessing.spawn).
+
+    Computes the meta-gradient of iteration 0 for a meta-batch of 4 (2 tasks
+    per rank) and of 3 (2 + 1), a pretraining gradient for a batch of 4, and a
+    2-iteration meta-training run through the whole loop; rank 0 saves them.
+    """
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from mzsr_fast.train import MetaLearner, Pretrainer, distributed, metatrain
+
+    torch.set_num_threads(1)
+    os.environ.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        info = distributed.setup("cpu")
+        assert info.world_size == world_size and info.rank == rank
+        results = {}
+        for tasks in (4, 3):
+            learner = MetaLearner(tiny_meta(data_dir, out_dir, meta_batch=tasks, inner_lr=0.05), info)
+            stats = learner.compute_gradients(learner.batch(0), 0)
+            results[f"meta{tasks}"] = [p.grad.clone() for p in learner.model.parameters()]
+            results[f"meta{tasks}_loss"] = info.sum(stats["loss"])
+        trainer = Pretrainer(tiny_pretrain(data_dir, out_dir, batch_size=4), info)
+        trainer.train_step(trainer.batch(0), 0)
+        results["pretrain"] = [p.grad.clone() for p in trainer.model.parameters()]
+        result = metatrain(tiny_meta(data_dir, os.path.join(out_dir, "run"), meta_batch=4, iterations=2))
+        results["run_step"] = result.step
+        if rank == 0:
+            torch.save(results, os.path.join(out_dir, "rank0.pt"))
+    finally:
+        dist.destroy_process_group()
