@@ -1,0 +1,171 @@
+// sgd_step: the arithmetic and the chunk plan shared by the CPU and CUDA kernels.
+//
+//   out_i = p_i - alpha * lr[task, i] * g_i          (p_i = 0 when params is empty)
+//
+// for every tensor i of a list. lr is an optional [lr_tasks, lr_tensors] table:
+// lr_tasks is 1 (one rate for all tasks) or T (the leading axis of every tensor),
+// lr_tensors is 1 (one rate for all tensors) or n (one per tensor). A param may be
+// broadcast over its leading task axis (stride 0, as made by p.expand(T, ...)).
+//
+// Multi-tensor design: the whole list is described by one flat table of chunks
+// (tensor index, offset into grads/out, offset into params, length, lr index),
+// each chunk lying inside one task slice of one tensor, so a single kernel
+// launch (CPU: one parallel loop) updates every tensor. The plan is pure
+// integer arithmetic: the CPU tests exercise exactly the indices the GPU uses.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#if defined(__CUDACC__)
+#define MZSR_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define MZSR_HOST_DEVICE inline
+#endif
+
+namespace mzsr_fast {
+namespace sgd_step {
+
+// One contiguous run of elements of one tensor that uses one learning rate.
+struct Chunk {
+  int64_t tensor;        // index into the lists
+  int64_t offset;        // first element in grads[tensor] and out[tensor]
+  int64_t param_offset;  // first element in params[tensor] (differs when broadcast)
+  int64_t length;        // number of elements
+  int64_t lr_index;      // index into the flat lr table (ignored without lr)
+};
+constexpr int kChunkFields = 5;  // a Chunk is 5 int64 values (the Triton plan has the same layout)
+
+// The rate of one chunk: alpha times its entry of the lr table (or alpha alone).
+template <typename opmath_t>
+MZSR_HOST_DEVICE opmath_t rate(const opmath_t* lr, int64_t lr_index, opmath_t alpha) {
+  return lr == nullptr ? alpha : alpha * lr[lr_index];
+}
+
+// One element: p - rate * g in opmath precision, rounded once to the storage type.
+// Two roundings in opmath (product, then difference), like torch's p - lr * g.
+template <typename scalar_t, typename opmath_t>
+MZSR_HOST_DEVICE scalar_t update(scalar_t p, scalar_t g, opmath_t r) {
+  const opmath_t step = r * static_cast<opmath_t>(g);
+  return static_cast<scalar_t>(static_cast<opmath_t>(p) - step);
+}
+
+// Without params (p = 0): -rate * g, the gradient of sgd_step wrt its grads.
+template <typename scalar_t, typename opmath_t>
+MZSR_HOST_DEVICE scalar_t scaled(scalar_t g, opmath_t r) {
+  return static_cast<scalar_t>(-(r * static_cast<opmath_t>(g)));
+}
+
+// Index of the lr entry used by tensor i, task t.
+MZSR_HOST_DEVICE int64_t lr_index(int64_t task, int64_t tensor, int64_t lr_tasks, int64_t lr_tensors) {
+  return (lr_tasks > 1 ? task : 0) * lr_tensors + (lr_tensors > 1 ? tensor : 0);
+}
+
+// What the planner needs to know about one tensor.
+struct TensorShape {
+  int64_t numel;
+  int64_t tasks;            // size of the leading axis (1 for 0-D tensors)
+  bool param_broadcast;     // params[i] has stride 0 on its leading axis
+};
+
+// Split every tensor into task slices (when the rate or the param layout varies
+// per task) and each slice into chunks of at most chunk_size elements.
+inline std::vector<Chunk> plan(const std::vector<TensorShape>& shapes, int64_t lr_tasks, int64_t lr_tensors,
+                               int64_t chunk_size) {
+  std::vector<Chunk> chunks;
+  for (int64_t i = 0; i < static_cast<int64_t>(shapes.size()); ++i) {
+    const TensorShape& s = shapes[i];
+    if (s.numel == 0) continue;
+    const bool per_task = lr_tasks > 1 || s.param_broadcast;
+    const int64_t slices = per_task ? s.tasks : 1;
+    const int64_t slice_len = s.numel / slices;
+    for (int64_t t = 0; t < slices; ++t) {
+      const int64_t li = lr_index(t, i, lr_tasks, lr_tensors);
+      for (int64_t start = 0; start < slice_len; start += chunk_size) {
+        const int64_t len = slice_len - start < chunk_size ? slice_len - start : chunk_size;
+        const int64_t offset = t * slice_len + start;
+        chunks.push_back(Chunk{i, offset, s.param_broadcast ? start : offset, len, li});
+      }
+    }
+  }
+  return chunks;
+}
+
+}  // namespace sgd_step
+}  // namespace mzsr_fast
+
+// ---------------------------------------------------------------------------
+// Host side (both backends): argument checks and the description of the lists.
+// Only device-generic ATen headers, so nvcc compiles this too.
+#include <ATen/core/Tensor.h>
+#include <ATen/OpMathType.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
+
+namespace mzsr_fast {
+namespace sgd_step {
+
+inline bool is_param_broadcast(const at::Tensor& p) {
+  return p.dim() >= 1 && p.size(0) > 1 && p.stride(0) == 0 && p.select(0, 0).is_contiguous();
+}
+
+// Checks the arguments of mzsr_fast::sgd_step and describes the tensors for plan().
+// The Python wrapper checks the same with friendlier messages; these guard direct calls.
+inline std::vector<TensorShape> check(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+                                      const c10::optional<at::Tensor>& lr, c10::DeviceType device_type) {
+  const bool has_params = !params.empty();
+  TORCH_CHECK(!has_params || params.size() == grads.size(), "sgd_step: params has ", params.size(),
+              " tensors but grads has ", grads.size());
+  std::vector<TensorShape> shapes;
+  shapes.reserve(grads.size());
+  int64_t leading = -1;  // common leading size, -1 when the tensors disagree
+  for (size_t i = 0; i < grads.size(); ++i) {
+    const at::Tensor& g = grads[i];
+    TORCH_CHECK(g.device().type() == device_type, "sgd_step: grads[", i, "] is on ", g.device(),
+                ", this kernel runs on ", device_type);
+    TORCH_CHECK(g.device() == grads[0].device(), "sgd_step: grads[", i, "] is on ", g.device(), ", grads[0] on ",
+                grads[0].device());
+    TORCH_CHECK(at::isFloatingType(g.scalar_type()), "sgd_step: grads[", i, "] has dtype ", g.scalar_type(),
+                ", expected a floating-point dtype");
+    TORCH_CHECK(g.scalar_type() == grads[0].scalar_type(), "sgd_step: grads[", i, "] has dtype ",
+                g.scalar_type(), ", grads[0] has ", grads[0].scalar_type());
+    TORCH_CHECK(g.is_contiguous(), "sgd_step: grads[", i, "] must be contiguous");
+    bool broadcast = false;
+    if (has_params) {
+      const at::Tensor& p = params[i];
+      TORCH_CHECK(p.sizes() == g.sizes(), "sgd_step: params[", i, "] has shape ", p.sizes(), ", grads[", i,
+                  "] has shape ", g.sizes());
+      TORCH_CHECK(p.scalar_type() == g.scalar_type(), "sgd_step: params[", i, "] has dtype ", p.scalar_type(),
+                  ", grads[", i, "] has ", g.scalar_type());
+      TORCH_CHECK(p.device() == g.device(), "sgd_step: params[", i, "] is on ", p.device(), ", grads[", i,
+                  "] on ", g.device());
+      broadcast = is_param_broadcast(p);
+      TORCH_CHECK(broadcast || p.is_contiguous(), "sgd_step: params[", i,
+                  "] must be contiguous or broadcast over its leading axis (p.expand(T, ...))");
+    }
+    const int64_t tasks = g.dim() == 0 ? 1 : g.size(0);
+    if (i == 0) leading = g.dim() == 0 ? -1 : tasks;
+    else if (g.dim() == 0 || tasks != leading) leading = -1;
+    shapes.push_back(TensorShape{g.numel(), tasks, broadcast});
+  }
+  if (lr.has_value() && lr->defined()) {
+    const at::Tensor& r = *lr;
+    TORCH_CHECK(r.dim() == 2, "sgd_step: lr must be a [lr_tasks, lr_tensors] table, got shape ", r.sizes());
+    TORCH_CHECK(r.is_contiguous(), "sgd_step: lr must be contiguous");
+    if (!grads.empty()) {
+      TORCH_CHECK(r.device() == grads[0].device(), "sgd_step: lr is on ", r.device(), ", grads on ",
+                  grads[0].device());
+      const auto opmath = at::toOpMathType(grads[0].scalar_type());
+      TORCH_CHECK(r.scalar_type() == opmath, "sgd_step: lr has dtype ", r.scalar_type(), ", expected ", opmath,
+                  " (the compute dtype of ", grads[0].scalar_type(), ")");
+    }
+    TORCH_CHECK(r.size(1) == 1 || r.size(1) == static_cast<int64_t>(grads.size()), "sgd_step: lr has ",
+                r.size(1), " columns, expected 1 or one per tensor (", grads.size(), ")");
+    TORCH_CHECK(r.size(0) == 1 || r.size(0) == leading, "sgd_step: lr has ", r.size(0),
+                " rows, expected 1 or the leading (task) size shared by every tensor");
+  }
+  return shapes;
+}
+
+}  // namespace sgd_step
+}  // namespace mzsr_fast
