@@ -1,0 +1,342 @@
+"""blur_downsample and anisotropic_blur_downsample: every backend against the
+plain-PyTorch reference (mzsr_fast.reference.blur_downsample, grouped conv2d).
+
+Backends that cannot run here are skipped with the reason from
+mzsr_fast.dispatch.unavailable_reason. Comparisons run in float64 (exact to
+rounding), plus float32 with a tolerance derived from the arithmetic. The raw
+C++/CUDA ops (mzsr_fast::blur_downsample, ...) also get opcheck and a
+torch.compile(fullgraph=True) check. Triton runs under the interpreter on CPU
+(tests/conftest.py), so its cases are few and small.
+"""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+import mzsr_fast
+from mzsr_fast import dispatch
+from mzsr_fast.gaussian import gaussian_kernel
+from mzsr_fast.ops.blur_downsample import anisotropic_blur_downsample, blur_downsample
+from mzsr_fast.reference.blur_downsample import blur_downsample as reference_blur_downsample
+
+BACKENDS = ("cpu", "cuda", "triton", "torch")
+NATIVE = ("cpu", "cuda")
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def _device(backend: str) -> str:
+    if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    name = request.param
+    reason = dispatch.unavailable_reason(name, "blur_downsample", _device(name))
+    if reason is not None:
+        pytest.skip(f"backend {name!r} unavailable: {reason}")
+    return name
+
+
+@pytest.fixture(params=NATIVE)
+def native(request):
+    name = request.param
+    reason = dispatch.unavailable_reason(name, "blur_downsample", name)
+    if reason is not None:
+        pytest.skip(f"backend {name!r} unavailable: {reason}")
+    import mzsr_fast.ops.blur_downsample_native  # noqa: F401  (fake kernels, autograd)
+    return name
+
+
+def _cases(n: int, seed: int, max_hw: int, sizes=(1, 3, 13, 15, 21), max_batch: int = 8):
+    """Random (B, C, H, W, k, scale, mode, shared): H, W in 1..max_hw and not
+    multiples of the scale (for scale > 1)."""
+    rng = random.Random(seed)
+    out = []
+    for index in range(n):
+        scale = 1 + index % 4
+        k = sizes[index % len(sizes)]
+
+        def side():
+            while True:
+                v = rng.randint(1, max_hw)
+                if scale == 1 or v % scale:
+                    return v
+        out.append((rng.randint(1, max_batch), rng.randint(1, 3), side(), side(), k, scale,
+                    ("direct", "bicubic")[(index // 4) % 2], rng.random() < 0.4))
+    return out
+
+
+def _random(shape, dtype=torch.float64, device="cpu", low=0.1):
+    """Uniform in [low, 1 + low): never zero, so no term hides."""
+    return torch.rand(shape, dtype=dtype, device=device) + low
+
+
+def _kernel_for_reference(kernel3):
+    return kernel3[0] if kernel3.shape[0] == 1 else kernel3
+
+
+def _check_against_reference(backend, b, c, h, w, k, scale, mode, shared, dtype=torch.float64, atol=1e-11):
+    device = _device(backend)
+    x = _random((b, c, h, w), dtype, device).requires_grad_(True)
+    kernel = _random((1 if shared else b, k, k), dtype, device)
+    kernel = (kernel / kernel.sum(dim=(-2, -1), keepdim=True)).detach().requires_grad_(True)
+    # the public function takes a shared kernel as [k, k]
+    out = blur_downsample(x, _kernel_for_reference(kernel), scale, mode=mode, backend=backend)
+    ref = reference_blur_downsample(x, _kernel_for_reference(kernel), scale, mode=mode)
+    assert out.shape == ref.shape == (b, c, math.ceil(h / scale), math.ceil(w / scale))
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, ref, atol=atol, rtol=0)
+    grad = _random(ref.shape, dtype, device)
+    gx, gk = torch.autograd.grad(out, (x, kernel), grad)
+    rx, rk = torch.autograd.grad(ref, (x, kernel), grad)
+    torch.testing.assert_close(gx, rx, atol=atol, rtol=0)
+    # The kernel gradient sums C * H' * W' products per image.
+    torch.testing.assert_close(gk, rk, atol=atol * max(1.0, c * ref.shape[-2] * ref.shape[-1] / 64), rtol=0)
+
+
+@pytest.mark.parametrize("case", _cases(40, seed=1, max_hw=70), ids=lambda c: "B{}C{}_{}x{}_k{}_s{}_{}_{}".format(
+    *c[:7], "shared" if c[7] else "per_image"))
+def test_matches_reference(backend, case, request):
+    if backend == "triton":
+        pytest.skip("triton: the small cases of test_matches_reference_small")
+    if backend == "torch" and request.node.callspec.indices["case"] % 4:
+        pytest.skip("torch is the reference itself: a quarter of the cases suffice")
+    _check_against_reference(backend, *case)
+
+
+@pytest.mark.parametrize("case", _cases(4, seed=2, max_hw=24, sizes=(1, 3, 5, 7), max_batch=3),
+                         ids=lambda c: "B{}C{}_{}x{}_k{}_s{}_{}_{}".format(
+                             *c[:7], "shared" if c[7] else "per_image"))
+def test_matches_reference_small(backend, case):
+    _check_against_reference(backend, *case)
+
+
+def test_image_smaller_than_kernel(backend):
+    # The symmetric border keeps mirroring: a 2 x 3 image under a 21 x 21 kernel.
+    _check_against_reference(backend, 2, 1, 2, 3, 21 if backend != "triton" else 7, 2, "direct", False)
+    _check_against_reference(backend, 1, 1, 1, 1, 3, 1, "direct", True)
+
+
+@pytest.mark.parametrize("k, scale", [(15, 2), (21, 4), (3, 1)])
+def test_float32_tolerance(backend, k, scale):
+    # Each output sums k * k products of terms below max|x| * max|kernel|; the
+    # rounding error stays within a few k * k * eps32 of max|x| * sum|kernel|.
+    if backend == "triton":
+        k = min(k, 5)
+    device = _device(backend)
+    x = _random((2, 3, 37, 29), torch.float64, device)
+    kernel = _random((2, k, k), torch.float64, device)
+    kernel = kernel / kernel.sum(dim=(-2, -1), keepdim=True)
+    ref = reference_blur_downsample(x, kernel, scale)
+    out = blur_downsample(x.float(), kernel.float(), scale, backend=backend)
+    assert out.dtype == torch.float32
+    scale_of_terms = x.abs().max() * kernel.abs().sum(dim=(-2, -1)).max()
+    atol = float(4 * k * k * EPS32 * scale_of_terms)
+    torch.testing.assert_close(out.double(), ref, atol=atol, rtol=0)
+
+
+def test_noncontiguous_and_channels_last(backend):
+    device = _device(backend)
+    base = _random((2, 2, 13, 16), torch.float64, device)
+    kernel = _random((2, 5, 5), torch.float64, device)
+    for x in (base.to(memory_format=torch.channels_last), base[:, :, :, ::2], base.transpose(-1, -2)):
+        assert not x.is_contiguous()
+        leaf = x.detach().requires_grad_(True)
+        out = blur_downsample(leaf, kernel, 2, backend=backend)
+        ref = reference_blur_downsample(x.contiguous(), kernel, 2)
+        torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+        grad = _random(out.shape, torch.float64, device)
+        (gx,) = torch.autograd.grad(out, leaf, grad)
+        leaf_ref = x.detach().contiguous().requires_grad_(True)
+        (rx,) = torch.autograd.grad(reference_blur_downsample(leaf_ref, kernel, 2), leaf_ref, grad)
+        torch.testing.assert_close(gx, rx, atol=1e-12, rtol=0)
+    # A non-contiguous kernel too.
+    kernel_t = kernel.transpose(-1, -2)
+    torch.testing.assert_close(blur_downsample(base, kernel_t, 3, backend=backend),
+                               reference_blur_downsample(base, kernel_t.contiguous(), 3), atol=1e-12, rtol=0)
+
+
+def test_gradcheck(backend):
+    device = _device(backend)
+    x = _random((2, 1, 7, 6), torch.float64, device).requires_grad_(True)
+    for kernel, scale in ((_random((2, 3, 3), torch.float64, device), 2),
+                          (_random((5, 5), torch.float64, device), 3)):
+        kernel.requires_grad_(True)
+        # fast_mode (one random projection instead of one column per element)
+        # where each call is slow: the Triton interpreter, the reference.
+        assert torch.autograd.gradcheck(lambda x, k: blur_downsample(x, k, scale, backend=backend), (x, kernel),
+                                        fast_mode=backend in ("triton", "torch"))
+
+
+# --- anisotropic_blur_downsample ---------------------------------------------------
+
+def _gaussian_params(n, device, dtype=torch.float64):
+    theta = (math.pi * torch.rand(n, dtype=dtype, device=device)).requires_grad_(True)
+    lambda1 = (1 + 3 * torch.rand(n, dtype=dtype, device=device)).requires_grad_(True)
+    lambda2 = (0.3 + torch.rand(n, dtype=dtype, device=device)).requires_grad_(True)
+    return theta, lambda1, lambda2
+
+
+@pytest.mark.parametrize("b, h, w, size, scale, mode, shared", [
+    (3, 23, 17, 13, 2, "direct", False),
+    (2, 9, 14, 21, 4, "direct", True),
+    (1, 11, 10, 15, 3, "bicubic", False),
+    (4, 6, 5, 3, 1, "direct", False),
+])
+def test_anisotropic_matches_reference(backend, b, h, w, size, scale, mode, shared):
+    if backend == "triton":
+        size = min(size, 5)
+    device = _device(backend)
+    x = _random((b, 2, h, w), torch.float64, device).requires_grad_(True)
+    params = _gaussian_params(1 if shared else b, device)
+    out = anisotropic_blur_downsample(x, *params, size, scale, mode=mode, backend=backend)
+    kernel = gaussian_kernel(*params, size=size)
+    ref = reference_blur_downsample(x, kernel[0] if shared else kernel, scale, mode=mode)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    grad = _random(ref.shape, torch.float64, device)
+    got = torch.autograd.grad(out, (x, *params), grad)
+    want = torch.autograd.grad(ref, (x, *params), grad)
+    for name, g, r in zip(("x", "theta", "lambda1", "lambda2"), got, want):
+        torch.testing.assert_close(g, r, atol=1e-10, rtol=1e-10, msg=lambda m: f"grad {name}: {m}")
+
+
+def test_anisotropic_numbers_and_scalars(backend):
+    device = _device(backend)
+    x = _random((2, 3, 12, 13), torch.float64, device)
+    size = 7
+    out = anisotropic_blur_downsample(x, -0.5, 4.0, torch.tensor(1.0, dtype=torch.float64, device=device),
+                                      size, 2, backend=backend)
+    ref = reference_blur_downsample(x, gaussian_kernel(torch.tensor(-0.5, dtype=torch.float64), 4.0, 1.0, size)
+                                    .to(device), 2)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    # [C, H, W] in, [C, H', W'] out
+    assert anisotropic_blur_downsample(x[0], 0.1, 2.0, 2.0, size, 3, backend=backend).shape == (3, 4, 5)
+
+
+def test_anisotropic_gradcheck(backend):
+    device = _device(backend)
+    x = _random((2, 1, 6, 7), torch.float64, device).requires_grad_(True)
+    params = _gaussian_params(2, device)
+    assert torch.autograd.gradcheck(
+        lambda x, t, a, b: anisotropic_blur_downsample(x, t, a, b, 5, 2, backend=backend), (x, *params),
+        fast_mode=backend in ("triton", "torch"))
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(size=4), ValueError, "size"),
+    (dict(size=0), ValueError, "size"),
+    (dict(lambda1=0.0), ValueError, "lambda1"),
+    (dict(lambda2=-1.0), ValueError, "lambda2"),
+    (dict(theta=float("nan")), ValueError, "theta"),
+    (dict(lambda1=float("inf")), ValueError, "lambda1"),
+    (dict(theta=torch.zeros(2, dtype=torch.float64)), ValueError, "theta"),
+    (dict(lambda2=torch.ones(3, 1, dtype=torch.float64)), ValueError, "lambda2"),
+    (dict(theta=torch.zeros(3, dtype=torch.int64)), TypeError, "theta"),
+    (dict(lambda1="2"), TypeError, "lambda1"),
+    (dict(scale=0), ValueError, "scale"),
+    (dict(scale=1.5), ValueError, "scale"),
+    (dict(mode="nearest"), ValueError, "mode"),
+    (dict(backend="fortran"), ValueError, "backend"),
+    (dict(x=torch.zeros(3, 5, 5, dtype=torch.int64)), TypeError, "x"),
+    (dict(x=torch.zeros(5, 5)), ValueError, "x"),
+])
+def test_anisotropic_bad_input(kwargs, error, match):
+    args = dict(x=torch.rand(3, 2, 9, 9, dtype=torch.float64), theta=0.3, lambda1=2.0, lambda2=1.0, size=7,
+                scale=2)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        anisotropic_blur_downsample(**args)
+
+
+# --- the raw C++/CUDA ops ------------------------------------------------------------
+
+def test_opcheck(native):
+    device = native
+    x = _random((2, 3, 11, 13), torch.float64, device).requires_grad_(True)
+    kernel = _random((2, 5, 5), torch.float64, device).requires_grad_(True)
+    ops = torch.ops.mzsr_fast
+    torch.library.opcheck(ops.blur_downsample.default, (x, kernel, 2))
+    torch.library.opcheck(ops.blur_downsample.default, (x.detach().float(), kernel[:1].detach().float(), 3))
+    grad = _random((2, 3, 6, 7), torch.float64, device)
+    for need_x, need_kernel in ((True, True), (True, False), (False, True)):
+        torch.library.opcheck(ops.blur_downsample_backward.default,
+                              (grad, x.detach(), kernel.detach(), 2, need_x, need_kernel))
+    theta, lambda1, lambda2 = _gaussian_params(2, device)
+    torch.library.opcheck(ops.gaussian_blur_downsample.default, (x, theta, lambda1, lambda2, 5, 2))
+
+
+def test_torch_compile_fullgraph(native):
+    device = native
+    ops = torch.ops.mzsr_fast
+
+    def degrade(x, kernel, theta, lambda1, lambda2):
+        return ops.blur_downsample(x, kernel, 2).sum() + ops.gaussian_blur_downsample(
+            x, theta, lambda1, lambda2, 5, 3).square().sum()
+
+    # aot_eager traces through the fake kernels and the autograd formulas like
+    # inductor does, without compiling C++ (seconds instead of a minute).
+    compiled = torch.compile(degrade, fullgraph=True, backend="aot_eager")
+    x = _random((2, 3, 10, 11), torch.float64, device).requires_grad_(True)
+    kernel = _random((1, 3, 3), torch.float64, device).requires_grad_(True)
+    params = _gaussian_params(2, device)
+    inputs = (x, kernel, *params)
+    got = compiled(*inputs)
+    want = degrade(*inputs)
+    torch.testing.assert_close(got, want)
+    for g, r in zip(torch.autograd.grad(got, inputs), torch.autograd.grad(want, inputs)):
+        torch.testing.assert_close(g, r)
+
+
+def test_double_backward_raises(native):
+    from mzsr_fast.ops.blur_downsample_native import DOUBLE_BACKWARD_ERROR
+    device = native
+    x = _random((1, 2, 9, 8), torch.float64, device).requires_grad_(True)
+    kernel = _random((3, 3), torch.float64, device).requires_grad_(True)
+    (gx,) = torch.autograd.grad(blur_downsample(x, kernel, 2, backend=native).square().sum(), x,
+                                create_graph=True)
+    with pytest.raises(RuntimeError, match=DOUBLE_BACKWARD_ERROR):
+        gx.sum().backward()
+    theta, lambda1, lambda2 = _gaussian_params(1, device)
+    out = anisotropic_blur_downsample(x, theta, lambda1, lambda2, 5, 2, backend=native)
+    for target in (x, theta, lambda2):
+        (g,) = torch.autograd.grad(out.square().sum(), target, create_graph=True, retain_graph=True)
+        with pytest.raises(RuntimeError, match=DOUBLE_BACKWARD_ERROR):
+            torch.autograd.grad(g.sum(), (x, theta, lambda1, lambda2), allow_unused=True)
+
+
+def test_raw_op_errors(native):
+    ops = torch.ops.mzsr_fast
+    x = torch.rand(1, 1, 8, 8, dtype=torch.float64, device=native)
+    with pytest.raises(RuntimeError, match="k odd"):
+        ops.blur_downsample(x, torch.rand(1, 4, 4, dtype=torch.float64, device=native), 2)
+    with pytest.raises(RuntimeError, match="stride"):
+        ops.blur_downsample(x, torch.rand(1, 3, 3, dtype=torch.float64, device=native), 0)
+    with pytest.raises(RuntimeError, match="B = 1"):
+        ops.blur_downsample(x, torch.rand(2, 3, 3, dtype=torch.float64, device=native), 1)
+    with pytest.raises(RuntimeError, match="grad_out"):
+        ops.blur_downsample_backward(torch.rand(1, 1, 3, 3, dtype=torch.float64, device=native), x,
+                                     torch.rand(1, 3, 3, dtype=torch.float64, device=native), 2, True, True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision(backend, dtype):
+    if backend == "triton" and dtype == torch.bfloat16:
+        pytest.skip("triton: bf16 is not reliable in the interpreter (ENVIRONMENT.md)")
+    device = _device(backend)
+    x = _random((2, 3, 17, 16), torch.float64, device)
+    kernel = _random((2, 5, 5), torch.float64, device)
+    kernel = kernel / kernel.sum(dim=(-2, -1), keepdim=True)
+    out = blur_downsample(x.to(dtype), kernel.to(dtype), 2, backend=backend)
+    assert out.dtype == dtype
+    ref = reference_blur_downsample(x.to(dtype).double(), kernel.to(dtype).double(), 2)
+    # Inputs are exact in dtype; the result is computed in float32 and rounded once.
+    torch.testing.assert_close(out.double(), ref, atol=2 * torch.finfo(dtype).eps * float(ref.abs().max()), rtol=0)
+
+
+def test_exported_from_package():
+    assert mzsr_fast.anisotropic_blur_downsample is anisotropic_blur_downsample
