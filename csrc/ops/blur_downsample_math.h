@@ -30,7 +30,10 @@ namespace blur_math {
 // border: m = i mod 2n; m >= n ? 2n - 1 - m : m. Repeats the edge pixel and
 // keeps mirroring for images smaller than the kernel.
 MZSR_HD int64_t symmetric_index(int64_t i, int64_t n) {
-  const int64_t period = 2 * n;
+  if (i >= 0 && i < n) return i;               // inside
+  if (i < 0 && i >= -n) return -1 - i;         // first mirror on the left
+  if (i >= n && i < 2 * n) return 2 * n - 1 - i;  // first mirror on the right
+  const int64_t period = 2 * n;                // images smaller than the kernel
   int64_t m = i % period;
   if (m < 0) m += period;
   return m >= n ? period - 1 - m : m;
@@ -112,6 +115,144 @@ MZSR_HD T gaussian_weight(const GaussianQuadratic<T>& q, int64_t dy, int64_t dx,
   const T x = gaussian_offset<T>(dx, size), y = gaussian_offset<T>(dy, size);
   const T quadratic = (q.xx * x * x + q.xy * x * y + q.yy * y * y) / q.det;
   return math_exp(T(-0.5) * quadratic);
+}
+
+// ---------------------------------------------------------------------------
+// Tiled GPU kernels (csrc/ops/cuda/blur_downsample.cu). Each block owns a tile
+// of th x tw outputs of one plane; its phases are block-strided loops over
+// thread ids (tid, nthreads) separated by __syncthreads() in the kernel, so
+// csrc/tests/test_math.cpp runs the very same functions on the host, one
+// phase at a time for every tid, and compares with a brute-force blur.
+
+struct TileGeometry {
+  int64_t H, W, Ho, Wo;  // input and output sizes of a plane
+  int k, r, s;           // kernel size, radius, stride
+  int th, tw;            // output tile
+  int in_rows, in_cols;  // padded input tile: s (th - 1) + k, s (tw - 1) + k
+};
+
+MZSR_HD TileGeometry make_tile_geometry(int64_t H, int64_t W, int k, int s, int th, int tw) {
+  TileGeometry t;
+  t.H = H;
+  t.W = W;
+  t.Ho = output_size(H, s);
+  t.Wo = output_size(W, s);
+  t.k = k;
+  t.r = k / 2;
+  t.s = s;
+  t.th = th;
+  t.tw = tw;
+  t.in_rows = s * (th - 1) + k;
+  t.in_cols = s * (tw - 1) + k;
+  return t;
+}
+
+// Phase: the padded input tile of the block whose first output is (i0, j0):
+// tile[ty][tx] = plane[sym(s i0 + ty - r, H)][sym(s j0 + tx - r, W)].
+template <typename Acc, typename In>
+MZSR_HD void load_input_tile(const In* plane, Acc* tile, const TileGeometry& t, int64_t i0, int64_t j0, int tid,
+                             int nthreads) {
+  const int n = t.in_rows * t.in_cols;
+  for (int e = tid; e < n; e += nthreads) {
+    const int ty = e / t.in_cols, tx = e % t.in_cols;
+    const int64_t y = symmetric_index(t.s * i0 + ty - t.r, t.H);
+    const int64_t x = symmetric_index(t.s * j0 + tx - t.r, t.W);
+    tile[e] = static_cast<Acc>(plane[y * t.W + x]);
+  }
+}
+
+// Phase: copy k * k weights (already in Acc) to shared memory.
+template <typename Acc>
+MZSR_HD void load_weights(const Acc* src, Acc* w, int count, int tid, int nthreads) {
+  for (int e = tid; e < count; e += nthreads) w[e] = src[e];
+}
+
+// Phase: unnormalised Gaussian weights, then each thread's partial sum in red[tid].
+template <typename Acc>
+MZSR_HD void gaussian_weights_partial(Acc* w, Acc* red, Acc theta, Acc lambda1, Acc lambda2, int k, int tid,
+                                      int nthreads) {
+  const GaussianQuadratic<Acc> q = gaussian_quadratic<Acc>(theta, lambda1, lambda2);
+  Acc sum = Acc(0);
+  for (int e = tid; e < k * k; e += nthreads) {
+    const Acc v = gaussian_weight<Acc>(q, e / k, e % k, k);
+    w[e] = v;
+    sum += v;
+  }
+  red[tid] = sum;
+}
+
+// Phase: one step of the tree sum of red[0 .. 2 stride) (nthreads a power of
+// two; stride = nthreads / 2, nthreads / 4, ..., 1, a barrier after each).
+template <typename Acc>
+MZSR_HD void tree_sum_step(Acc* red, int stride, int tid) {
+  if (tid < stride) red[tid] += red[tid + stride];
+}
+
+// Phase: divide the weights by the total in red[0].
+template <typename Acc>
+MZSR_HD void normalise_weights(Acc* w, const Acc* red, int count, int tid, int nthreads) {
+  const Acc total = red[0];
+  for (int e = tid; e < count; e += nthreads) w[e] /= total;
+}
+
+// Phase: the output (oy, ox) of the tile (valid when i0 + oy < Ho, j0 + ox < Wo).
+template <typename Acc>
+MZSR_HD Acc tile_output(const Acc* tile, const Acc* w, const TileGeometry& t, int oy, int ox) {
+  Acc acc = Acc(0);
+  const Acc* base = tile + (t.s * oy) * t.in_cols + t.s * ox;
+  for (int dy = 0; dy < t.k; ++dy) {
+    const Acc* row = base + dy * t.in_cols;
+    const Acc* wr = w + dy * t.k;
+    for (int dx = 0; dx < t.k; ++dx) acc += wr[dx] * row[dx];
+  }
+  return acc;
+}
+
+// Phase: grad_out tile (zeros past the plane) for the kernel gradient.
+template <typename Acc, typename In>
+MZSR_HD void load_grad_tile(const In* grad_plane, Acc* gtile, const TileGeometry& t, int64_t i0, int64_t j0, int tid,
+                            int nthreads) {
+  for (int e = tid; e < t.th * t.tw; e += nthreads) {
+    const int64_t i = i0 + e / t.tw, j = j0 + e % t.tw;
+    gtile[e] = (i < t.Ho && j < t.Wo) ? static_cast<Acc>(grad_plane[i * t.Wo + j]) : Acc(0);
+  }
+}
+
+// Phase: the tile's share of the kernel gradient at tap (dy, dx).
+template <typename Acc>
+MZSR_HD Acc tile_kernel_grad(const Acc* tile, const Acc* gtile, const TileGeometry& t, int dy, int dx) {
+  Acc acc = Acc(0);
+  for (int oy = 0; oy < t.th; ++oy) {
+    const Acc* row = tile + (t.s * oy + dy) * t.in_cols + dx;
+    const Acc* g = gtile + oy * t.tw;
+    for (int ox = 0; ox < t.tw; ++ox) acc += g[ox] * row[t.s * ox];
+  }
+  return acc;
+}
+
+// Gradient wrt input pixel (t_row, u_col) of one plane: the padded gradient
+// gathered from every padded position that folds onto it (preimage), each a
+// sum over the taps (dy, dx) and outputs (i, j) with s i + dy = y, s j + dx = x.
+template <typename Acc, typename G>
+MZSR_HD Acc input_grad(const G* grad_plane, const Acc* w, const TileGeometry& t, int64_t t_row, int64_t u_col) {
+  const int64_t Hp = padded_extent(t.Ho, t.k, t.s), Wp = padded_extent(t.Wo, t.k, t.s);
+  Acc acc = Acc(0);
+  for (int64_t my = 0;; ++my) {
+    const int64_t y = preimage(t_row, t.H, t.r, my);
+    if (y >= Hp) break;
+    const int64_t i_lo = y >= t.k ? (y - t.k + t.s) / t.s : 0, i_hi = y / t.s < t.Ho - 1 ? y / t.s : t.Ho - 1;
+    for (int64_t mx = 0;; ++mx) {
+      const int64_t x = preimage(u_col, t.W, t.r, mx);
+      if (x >= Wp) break;
+      const int64_t j_lo = x >= t.k ? (x - t.k + t.s) / t.s : 0, j_hi = x / t.s < t.Wo - 1 ? x / t.s : t.Wo - 1;
+      for (int64_t i = i_lo; i <= i_hi; ++i) {
+        const Acc* wr = w + (y - t.s * i) * t.k;
+        const G* g = grad_plane + i * t.Wo;
+        for (int64_t j = j_lo; j <= j_hi; ++j) acc += wr[x - t.s * j] * static_cast<Acc>(g[j]);
+      }
+    }
+  }
+  return acc;
 }
 
 }  // namespace blur_math

@@ -474,7 +474,7 @@ MZSR_CLONES void backward_kernel_items(const T* __restrict scratch, const T* __r
                                        int64_t items_per_image, int64_t begin, int64_t end) {
   constexpr int L = lanes<T>();
   typedef T V __attribute__((vector_size(64)));
-  const int64_t k = g.k, s = g.s, r = g.r, rowlen = g.s * g.Wq, per_image = g.C * g.Ho;
+  const int64_t k = g.k, s = g.s, rowlen = g.s * g.Wq, per_image = g.C * g.Ho;
   for (int64_t item = begin; item < end; ++item) {
     const int64_t b = item / items_per_image;
     const int64_t n_lo = b * per_image + (item % items_per_image) * rows;
@@ -614,7 +614,7 @@ std::tuple<at::Tensor, at::Tensor> blur_downsample_backward_cpu(const at::Tensor
   const at::Tensor grad_out = grad_out_in.to(ct).contiguous();
   const int64_t Bk = kernel.size(0), k = kernel.size(1);
   at::Tensor grad_x = need_x ? at::empty({B, C, H, W}, x.options()) : at::empty({0}, x.options());
-  at::Tensor grad_w = need_kernel ? at::empty({Bk, k, k}, x.options()) : at::empty({0}, x.options());
+  at::Tensor grad_w = need_kernel ? at::zeros({Bk, k, k}, x.options()) : at::empty({0}, x.options());
   if ((need_x || need_kernel) && B * C > 0) {
     AT_DISPATCH_FLOATING_TYPES(ct, "blur_downsample_backward_cpu", [&] {
       const Geometry g = make_geometry<scalar_t>(x, Bk, k, stride);
