@@ -6,7 +6,7 @@
 // de-interleaved into s "phase rows" (phase p holds padded columns p, p + s,
 // p + 2s, ...), each Wq long, in a scratch plane. Tap dx of output column j
 // then reads phase dx % s at column j + dx / s: contiguous in j, so the inner
-// loops run over a fixed block of JB output columns whose accumulators stay in
+// loops run over a fixed block of output columns whose accumulators stay in
 // vector registers for all k * k taps. Rows need no copy: output row i, tap
 // dy reads scratch row sym(s i + dy - r).
 //
@@ -16,7 +16,13 @@
 // same phase layout, then folded through the column border map. No atomics,
 // no padded gradient plane. Backward wrt the kernel is a reduction over
 // (c, i, j) of grad_out * padded input with register accumulators for a group
-// of taps; work items are (b, dy, tap group), each writing its own outputs.
+// of taps; each work item writes its own k * k partial sums, added in a fixed
+// order at the end (deterministic).
+//
+// Work split (at::parallel_for, OpenMP): with many planes (B * C >= 4
+// threads) each plane is one work item, padded into a per-thread scratch that
+// stays in cache, and the whole op is one parallel region; with few large
+// planes the scratch of all planes is filled first and the rows are split.
 //
 // Hot loops are compiled for x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA) and
 // the baseline with GCC target_clones; the loader picks one per machine.
@@ -25,13 +31,13 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <tuple>
 #include <vector>
 
@@ -139,12 +145,13 @@ FillMap fill_map(const Geometry& g) {
   return f;
 }
 
+// Rows [0, rows) of x (W wide each) -> their phase rows in scratch (s * Wq each).
 template <typename T, int S>
 MZSR_CLONES void fill_phase_rows(const T* __restrict x, T* __restrict scratch, const Geometry& g,
-                                 const FillMap& f, int64_t begin, int64_t end) {
+                                 const FillMap& f, int64_t rows) {
   const int64_t s = S > 0 ? S : g.s;
   const int64_t W = g.W, r = g.r, Wq = g.Wq;
-  for (int64_t n = begin; n < end; ++n) {
+  for (int64_t n = 0; n < rows; ++n) {
     const T* __restrict src = x + n * W;
     for (int64_t p = 0; p < s; ++p) {
       T* __restrict dst = scratch + (n * s + p) * Wq;
@@ -159,24 +166,29 @@ MZSR_CLONES void fill_phase_rows(const T* __restrict x, T* __restrict scratch, c
 }
 
 template <typename T>
-void fill_scratch(const T* x, T* scratch, const Geometry& g) {
-  const FillMap f = fill_map(g);
+void fill_rows(const T* x, T* scratch, const Geometry& g, const FillMap& f, int64_t rows) {
+  switch (g.s) {
+    case 1: fill_phase_rows<T, 1>(x, scratch, g, f, rows); break;
+    case 2: fill_phase_rows<T, 2>(x, scratch, g, f, rows); break;
+    case 3: fill_phase_rows<T, 3>(x, scratch, g, f, rows); break;
+    case 4: fill_phase_rows<T, 4>(x, scratch, g, f, rows); break;
+    default: fill_phase_rows<T, 0>(x, scratch, g, f, rows); break;
+  }
+}
+
+// All rows of all planes (the row-split strategy).
+template <typename T>
+void fill_all_rows(const T* x, T* scratch, const Geometry& g, const FillMap& f) {
   const int64_t rows = g.B * g.C * g.H;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.s * g.Wq));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    switch (g.s) {
-      case 1: fill_phase_rows<T, 1>(x, scratch, g, f, begin, end); break;
-      case 2: fill_phase_rows<T, 2>(x, scratch, g, f, begin, end); break;
-      case 3: fill_phase_rows<T, 3>(x, scratch, g, f, begin, end); break;
-      case 4: fill_phase_rows<T, 4>(x, scratch, g, f, begin, end); break;
-      default: fill_phase_rows<T, 0>(x, scratch, g, f, begin, end); break;
-    }
+    fill_rows(x + begin * g.W, scratch + begin * g.s * g.Wq, g, f, end - begin);
   });
 }
 
 // ---------------------------------------------------------------------------
-// Forward: output rows [begin, end) of the flattened [B * C * Ho], all of one
-// image, whose k * k weights are w. Blocks of NV vectors of output columns
+// Forward: output rows [begin, end) of one plane (scratch: that plane's phase
+// rows; out: that plane's output), with the k * k weights w. Blocks of NV vectors of output columns
 // are the outer loop and rows the inner one, so the k scratch rows a block
 // reads stay in cache from one output row to the next (s new rows each). The
 // innermost loop runs over the taps of CH kernel rows at once, so CH * NV
@@ -191,9 +203,8 @@ MZSR_CLONES void forward_rows(const T* __restrict scratch, const T* __restrict w
   const int64_t* __restrict rowmap = g.rowmap.data();
   for (int64_t j0 = 0; j0 < g.Wo; j0 += NV * L) {
     const int64_t valid = std::min<int64_t>(NV * L, g.Wo - j0);
-    for (int64_t n = begin; n < end; ++n) {
-      const int64_t plane = n / g.Ho, i = n % g.Ho;
-      const T* __restrict base = scratch + plane * g.H * rowlen + j0;
+    for (int64_t i = begin; i < end; ++i) {
+      const T* __restrict base = scratch + j0;
       V acc[CH][NV];
 #pragma GCC unroll 8
       for (int c = 0; c < CH; ++c)
@@ -246,44 +257,69 @@ MZSR_CLONES void forward_rows(const T* __restrict scratch, const T* __restrict w
         for (int c = 1; c < CH; ++c) total += acc[c][v];
         std::memcpy(result + v * L, &total, sizeof(V));
       }
-      std::memcpy(out + n * g.Wo + j0, result, sizeof(T) * valid);
+      std::memcpy(out + i * g.Wo + j0, result, sizeof(T) * valid);
     }
   }
+}
+
+template <typename T>
+void forward_plane_rows(const T* scratch, const T* w, T* out, const Geometry& g, int64_t begin, int64_t end) {
+  constexpr int vl = lanes<T>();
+  if (g.JB == 4 * vl) forward_rows<T, 4>(scratch, w, out, g, begin, end);
+  else if (g.JB == 2 * vl) forward_rows<T, 2>(scratch, w, out, g, begin, end);
+  else forward_rows<T, 1>(scratch, w, out, g, begin, end);
+}
+
+// Whether each plane is one work item (many planes), or rows are split.
+bool plane_items(const Geometry& g) { return g.B * g.C >= 4 * static_cast<int64_t>(at::get_num_threads()); }
+
+template <typename T>
+std::unique_ptr<T[]> uninitialised(int64_t n) {
+  return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(n, 1))]);
 }
 
 // weights_of(b, buffer) -> the k * k weights of image b (a pointer into the
 // kernel tensor, or into buffer, which holds k * k values, for computed ones).
 template <typename T, typename Weights>
-void forward(const T* scratch, const Weights& weights_of, T* out, const Geometry& g) {
-  const int64_t rows = g.B * g.C * g.Ho, per_image = g.C * g.Ho;
+void forward(const T* x, const Weights& weights_of, T* out, const Geometry& g) {
+  const FillMap f = fill_map(g);
+  const int64_t planes = g.B * g.C, plane_scratch = g.H * g.s * g.Wq;
+  if (plane_items(g)) {
+    at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+      std::unique_ptr<T[]> scratch = uninitialised<T>(plane_scratch);
+      std::vector<T> buffer(g.k * g.k);
+      for (int64_t plane = begin; plane < end; ++plane) {
+        fill_rows(x + plane * g.H * g.W, scratch.get(), g, f, g.H);
+        forward_plane_rows(scratch.get(), weights_of(plane / g.C, buffer.data()), out + plane * g.Ho * g.Wo, g, 0,
+                           g.Ho);
+      }
+    });
+    return;
+  }
+  std::unique_ptr<T[]> scratch = uninitialised<T>(planes * plane_scratch);
+  fill_all_rows(x, scratch.get(), g, f);
   const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, g.k * g.k * g.WoPad / 64));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    constexpr int vl = lanes<T>();
+  at::parallel_for(0, planes * g.Ho, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> buffer(g.k * g.k);
-    for (int64_t lo = begin; lo < end;) {
-      const int64_t b = lo / per_image, hi = std::min(end, (b + 1) * per_image);
-      const T* w = weights_of(b, buffer.data());
-      if (g.JB == 4 * vl) forward_rows<T, 4>(scratch, w, out, g, lo, hi);
-      else if (g.JB == 2 * vl) forward_rows<T, 2>(scratch, w, out, g, lo, hi);
-      else forward_rows<T, 1>(scratch, w, out, g, lo, hi);
+    for (int64_t lo = begin; lo < end;) {  // segments within one plane
+      const int64_t plane = lo / g.Ho, hi = std::min(end, (plane + 1) * g.Ho);
+      forward_plane_rows(scratch.get() + plane * plane_scratch, weights_of(plane / g.C, buffer.data()),
+                         out + plane * g.Ho * g.Wo, g, lo - plane * g.Ho, hi - plane * g.Ho);
       lo = hi;
     }
   });
 }
 
 // ---------------------------------------------------------------------------
-// grad_out rows zero-padded to [B * C * Ho][Wg]: D zeros, the Wo values, zeros.
+// grad_out rows [0, rows) zero-padded to Wg: D zeros, the Wo values, zeros.
 template <typename T>
-void fill_grad_rows(const T* grad, T* gpad, const Geometry& g) {
-  const int64_t rows = g.B * g.C * g.Ho;
-  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / g.Wg), [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      T* dst = gpad + n * g.Wg;
-      std::fill(dst, dst + g.D, T(0));
-      std::memcpy(dst + g.D, grad + n * g.Wo, sizeof(T) * g.Wo);
-      std::fill(dst + g.D + g.Wo, dst + g.Wg, T(0));
-    }
-  });
+void fill_grad_rows(const T* grad, T* gpad, const Geometry& g, int64_t rows) {
+  for (int64_t n = 0; n < rows; ++n) {
+    T* dst = gpad + n * g.Wg;
+    std::fill(dst, dst + g.D, T(0));
+    std::memcpy(dst + g.D, grad + n * g.Wo, sizeof(T) * g.Wo);
+    std::fill(dst + g.D + g.Wo, dst + g.Wg, T(0));
+  }
 }
 
 // For each input row t, the padded rows y in [0, Hp) with sym(y - r, H) == t:
@@ -403,20 +439,18 @@ MZSR_CLONES void fold_row(const T* __restrict gp, T* __restrict acc, const Geome
   for (int64_t e = 0; e < n; ++e) acc[f.to[e]] += gp[f.from[e]];
 }
 
+// Input rows [begin, end) of one plane's gradient (gpad: that plane's padded
+// grad_out rows; w: its kernel, rows padded to a multiple of s).
 template <typename T, int PH, int NV>
-void backward_x_rows(const T* gpad, const T* wpad, T* grad_x, const Geometry& g, const RowPreimages& pre,
+void backward_x_rows(const T* gpad, const T* w, T* grad_x, const Geometry& g, const RowPreimages& pre,
                      const FoldMap& fm, int64_t begin, int64_t end) {
-  const int64_t kS = (g.k + g.s - 1) / g.s * g.s;
   std::vector<T> buffer(g.s * g.Qpad + g.W);
   T* gp = buffer.data();
   T* acc = gp + g.s * g.Qpad;
-  for (int64_t n = begin; n < end; ++n) {
-    const int64_t plane = n / g.H, t = n % g.H, b = plane / g.C;
-    const T* w = wpad + (g.Bk == 1 ? 0 : b) * g.k * kS;
-    const T* gpad_plane = gpad + plane * g.Ho * g.Wg;
+  for (int64_t t = begin; t < end; ++t) {
     std::fill(acc, acc + g.W, T(0));
     for (int64_t e = pre.offsets[t]; e < pre.offsets[t + 1]; ++e) {
-      padded_grad_row<T, PH, NV>(gpad_plane, w, gp, g, pre.ys[e]);
+      padded_grad_row<T, PH, NV>(gpad, w, gp, g, pre.ys[e]);
       switch (g.s) {
         case 1: fold_row<T, 1>(gp, acc, g, fm); break;
         case 2: fold_row<T, 2>(gp, acc, g, fm); break;
@@ -425,117 +459,173 @@ void backward_x_rows(const T* gpad, const T* wpad, T* grad_x, const Geometry& g,
         default: fold_row<T, 0>(gp, acc, g, fm); break;
       }
     }
-    std::memcpy(grad_x + n * g.W, acc, sizeof(T) * g.W);
+    std::memcpy(grad_x + t * g.W, acc, sizeof(T) * g.W);
   }
 }
 
 template <typename T, int PH>
-void backward_x_phases(const T* gpad, const T* wpad, T* grad_x, const Geometry& g, const RowPreimages& pre,
+void backward_x_phases(const T* gpad, const T* w, T* grad_x, const Geometry& g, const RowPreimages& pre,
                        const FoldMap& fm, int64_t begin, int64_t end) {
   constexpr int vl = lanes<T>();
-  if (g.JBx == 4 * vl) backward_x_rows<T, PH, (PH <= 2 ? 4 : 2)>(gpad, wpad, grad_x, g, pre, fm, begin, end);
-  else if (g.JBx == 2 * vl) backward_x_rows<T, PH, 2>(gpad, wpad, grad_x, g, pre, fm, begin, end);
-  else backward_x_rows<T, PH, 1>(gpad, wpad, grad_x, g, pre, fm, begin, end);
+  if (g.JBx == 4 * vl) backward_x_rows<T, PH, (PH <= 2 ? 4 : 2)>(gpad, w, grad_x, g, pre, fm, begin, end);
+  else if (g.JBx == 2 * vl) backward_x_rows<T, PH, 2>(gpad, w, grad_x, g, pre, fm, begin, end);
+  else backward_x_rows<T, PH, 1>(gpad, w, grad_x, g, pre, fm, begin, end);
 }
 
 template <typename T>
-void backward_x(const T* gpad, const T* weights, T* grad_x, const Geometry& g) {
-  const RowPreimages pre = row_preimages(g);
-  const FoldMap fm = fold_map(g);
-  // Kernel rows zero-padded to a multiple of s columns.
-  const int64_t kS = (g.k + g.s - 1) / g.s * g.s;
-  std::vector<T> wpad(g.Bk * g.k * kS, T(0));
-  for (int64_t e = 0; e < g.Bk * g.k; ++e) std::copy(weights + e * g.k, weights + (e + 1) * g.k, &wpad[e * kS]);
-  const int64_t rows = g.B * g.C * g.H;
-  const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, g.k * g.k * g.Qpad / (64 * g.s)));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    switch (g.s) {
-      case 1: backward_x_phases<T, 1>(gpad, wpad.data(), grad_x, g, pre, fm, begin, end); break;
-      case 2: backward_x_phases<T, 2>(gpad, wpad.data(), grad_x, g, pre, fm, begin, end); break;
-      case 3: backward_x_phases<T, 3>(gpad, wpad.data(), grad_x, g, pre, fm, begin, end); break;
-      case 4: backward_x_phases<T, 4>(gpad, wpad.data(), grad_x, g, pre, fm, begin, end); break;
-      default: backward_x_phases<T, 1>(gpad, wpad.data(), grad_x, g, pre, fm, begin, end); break;
-    }
-  });
+void backward_x_plane_rows(const T* gpad, const T* w, T* grad_x, const Geometry& g, const RowPreimages& pre,
+                           const FoldMap& fm, int64_t begin, int64_t end) {
+  switch (g.s) {
+    case 1: backward_x_phases<T, 1>(gpad, w, grad_x, g, pre, fm, begin, end); break;
+    case 2: backward_x_phases<T, 2>(gpad, w, grad_x, g, pre, fm, begin, end); break;
+    case 3: backward_x_phases<T, 3>(gpad, w, grad_x, g, pre, fm, begin, end); break;
+    case 4: backward_x_phases<T, 4>(gpad, w, grad_x, g, pre, fm, begin, end); break;
+    default: backward_x_phases<T, 1>(gpad, w, grad_x, g, pre, fm, begin, end); break;
+  }
 }
 
 // ---------------------------------------------------------------------------
-// Kernel gradient: a reduction over (c, i, j) of grad_out * padded input.
-// Work item = a run of `rows` consecutive grad_out rows of one image (over c
-// and i), small enough for its rows of grad_out and of the scratch to stay in
-// cache while all k * k taps are summed over it; each item writes its own k * k
-// partial sums, which are added in a fixed order afterwards (deterministic).
-// Taps go in groups of G with one vector accumulator of one cache line per
-// tap (GCC vector extensions: the loop over taps must stay in registers,
-// which the auto-vectoriser does not manage). Taps past k are dropped.
+// Kernel gradient of output rows [begin, end) of one plane: partial[dy k + dx]
+// = sum over those rows i and all j of grad_out[i, j] * padded x[s i + dy,
+// s j + dx]. Taps go in groups of G with one vector accumulator of one cache
+// line per tap (GCC vector extensions: the loop over taps must stay in
+// registers, which the auto-vectoriser does not manage); taps past k are
+// computed on a valid column and dropped.
 template <typename T, int G>
-MZSR_CLONES void backward_kernel_items(const T* __restrict scratch, const T* __restrict gpad,
-                                       T* __restrict partial, const Geometry& g, int64_t rows,
-                                       int64_t items_per_image, int64_t begin, int64_t end) {
+MZSR_CLONES void kernel_grad_rows(const T* __restrict scratch, const T* __restrict gpad, T* __restrict partial,
+                                  const Geometry& g, int64_t begin, int64_t end) {
   constexpr int L = lanes<T>();
   typedef T V __attribute__((vector_size(64)));
-  const int64_t k = g.k, s = g.s, rowlen = g.s * g.Wq, per_image = g.C * g.Ho;
-  for (int64_t item = begin; item < end; ++item) {
-    const int64_t b = item / items_per_image;
-    const int64_t n_lo = b * per_image + (item % items_per_image) * rows;
-    const int64_t n_hi = std::min(n_lo + rows, (b + 1) * per_image);
-    for (int64_t dy = 0; dy < k; ++dy) {
-      for (int64_t dx0 = 0; dx0 < k; dx0 += G) {
-        int64_t offset[G];
-        for (int t = 0; t < G; ++t) {
-          const int64_t dx = std::min<int64_t>(dx0 + t, k - 1);
-          offset[t] = (dx % s) * g.Wq + dx / s;
-        }
-        V acc[G];
+  const int64_t k = g.k, s = g.s, rowlen = g.s * g.Wq;
+  const int64_t* __restrict rowmap = g.rowmap.data();
+  for (int64_t dy = 0; dy < k; ++dy) {
+    for (int64_t dx0 = 0; dx0 < k; dx0 += G) {
+      int64_t offset[G];
+      for (int t = 0; t < G; ++t) {
+        const int64_t dx = std::min<int64_t>(dx0 + t, k - 1);
+        offset[t] = (dx % s) * g.Wq + dx / s;
+      }
+      V acc[G];
 #pragma GCC unroll 8
-        for (int t = 0; t < G; ++t) acc[t] = V{};
-        for (int64_t n = n_lo; n < n_hi; ++n) {
-          const int64_t plane = n / g.Ho, i = n % g.Ho;
-          const T* __restrict grow = gpad + n * g.Wg + g.D;
-          const T* __restrict srow = scratch + (plane * g.H + g.rowmap[s * i + dy]) * rowlen;
-          for (int64_t j0 = 0; j0 < g.WoPad; j0 += L) {
-            V gv;
-            std::memcpy(&gv, grow + j0, sizeof(V));
+      for (int t = 0; t < G; ++t) acc[t] = V{};
+      for (int64_t i = begin; i < end; ++i) {
+        const T* __restrict grow = gpad + i * g.Wg + g.D;
+        const T* __restrict srow = scratch + rowmap[s * i + dy] * rowlen;
+        for (int64_t j0 = 0; j0 < g.WoPad; j0 += L) {
+          V gv;
+          std::memcpy(&gv, grow + j0, sizeof(V));
 #pragma GCC unroll 8
-            for (int t = 0; t < G; ++t) {
-              V sv;
-              std::memcpy(&sv, srow + offset[t] + j0, sizeof(V));
-              acc[t] += gv * sv;
-            }
+          for (int t = 0; t < G; ++t) {
+            V sv;
+            std::memcpy(&sv, srow + offset[t] + j0, sizeof(V));
+            acc[t] += gv * sv;
           }
         }
-        for (int t = 0; t < G && dx0 + t < k; ++t) {
-          T total = T(0);
-          for (int l = 0; l < L; ++l) total += acc[t][l];
-          partial[(item * k + dy) * k + dx0 + t] = total;
-        }
+      }
+      for (int t = 0; t < G && dx0 + t < k; ++t) {
+        T total = T(0);
+        for (int l = 0; l < L; ++l) total += acc[t][l];
+        partial[dy * k + dx0 + t] = total;
       }
     }
   }
 }
 
-// grad_w [Bk, k, k] (Bk 1: summed over the batch).
 template <typename T>
-void backward_kernel(const T* scratch, const T* gpad, at::Tensor& grad_w, const Geometry& g) {
+void kernel_grad_plane_rows(const T* scratch, const T* gpad, T* partial, const Geometry& g, int64_t begin,
+                            int64_t end) {
   // Taps per group: the one of 8, 7, 6, 5 that pads k the least.
   int G = 8;
   for (int cand : {8, 7, 6, 5}) {
     if (round_up(g.k, cand) < round_up(g.k, G)) G = cand;
   }
-  const int64_t per_image = g.C * g.Ho;
-  const int64_t rows = std::min(per_image, std::max<int64_t>(1, (4096 + g.WoPad - 1) / g.WoPad));
-  const int64_t items_per_image = (per_image + rows - 1) / rows;
-  at::Tensor partial = at::empty({g.B, items_per_image, g.k, g.k}, grad_w.options());
-  T* part = partial.data_ptr<T>();
-  at::parallel_for(0, g.B * items_per_image, 1, [&](int64_t begin, int64_t end) {
-    switch (G) {
-      case 8: backward_kernel_items<T, 8>(scratch, gpad, part, g, rows, items_per_image, begin, end); break;
-      case 7: backward_kernel_items<T, 7>(scratch, gpad, part, g, rows, items_per_image, begin, end); break;
-      case 6: backward_kernel_items<T, 6>(scratch, gpad, part, g, rows, items_per_image, begin, end); break;
-      default: backward_kernel_items<T, 5>(scratch, gpad, part, g, rows, items_per_image, begin, end); break;
+  switch (G) {
+    case 8: kernel_grad_rows<T, 8>(scratch, gpad, partial, g, begin, end); break;
+    case 7: kernel_grad_rows<T, 7>(scratch, gpad, partial, g, begin, end); break;
+    case 6: kernel_grad_rows<T, 6>(scratch, gpad, partial, g, begin, end); break;
+    default: kernel_grad_rows<T, 5>(scratch, gpad, partial, g, begin, end); break;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Backward driver. grad_x [B, C, H, W] and grad_w [Bk, k, k] may be null.
+template <typename T>
+void backward(const T* grad, const T* x, const T* weights, T* grad_x, T* grad_w, const Geometry& g) {
+  const int64_t planes = g.B * g.C, k = g.k, kk = k * k;
+  const int64_t plane_scratch = g.H * g.s * g.Wq, plane_gpad = g.Ho * g.Wg;
+  const FillMap f = fill_map(g);
+  RowPreimages pre;
+  FoldMap fm;
+  const int64_t kS = (k + g.s - 1) / g.s * g.s;  // kernel rows padded to a multiple of s
+  std::vector<T> wpad;
+  if (grad_x) {
+    pre = row_preimages(g);
+    fm = fold_map(g);
+    wpad.assign(g.Bk * k * kS, T(0));
+    for (int64_t e = 0; e < g.Bk * k; ++e) std::copy(weights + e * k, weights + (e + 1) * k, &wpad[e * kS]);
+  }
+  auto wpad_of = [&](int64_t plane) { return wpad.data() + (g.Bk == 1 ? 0 : plane / g.C) * k * kS; };
+  std::vector<T> partial;       // [items, k * k]
+  std::vector<int64_t> image;   // image of each item
+  if (plane_items(g)) {
+    // One plane per work item: padded input and grad_out in per-thread buffers.
+    if (grad_w) partial.assign(planes * kk, T(0));
+    at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+      std::unique_ptr<T[]> gpad = uninitialised<T>(plane_gpad);
+      std::unique_ptr<T[]> scratch = uninitialised<T>(grad_w ? plane_scratch : 0);
+      for (int64_t plane = begin; plane < end; ++plane) {
+        fill_grad_rows(grad + plane * g.Ho * g.Wo, gpad.get(), g, g.Ho);
+        if (grad_x) backward_x_plane_rows(gpad.get(), wpad_of(plane), grad_x + plane * g.H * g.W, g, pre, fm, 0, g.H);
+        if (grad_w) {
+          fill_rows(x + plane * g.H * g.W, scratch.get(), g, f, g.H);
+          kernel_grad_plane_rows(scratch.get(), gpad.get(), partial.data() + plane * kk, g, 0, g.Ho);
+        }
+      }
+    });
+    if (grad_w)
+      for (int64_t plane = 0; plane < planes; ++plane) image.push_back(plane / g.C);
+  } else {
+    // Few large planes: fill everything, then split rows.
+    std::unique_ptr<T[]> gpad = uninitialised<T>(planes * plane_gpad);
+    at::parallel_for(0, planes * g.Ho, std::max<int64_t>(1, 16384 / g.Wg), [&](int64_t begin, int64_t end) {
+      fill_grad_rows(grad + begin * g.Wo, gpad.get() + begin * g.Wg, g, end - begin);
+    });
+    if (grad_x) {
+      const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, kk * g.Qpad / (64 * g.s)));
+      at::parallel_for(0, planes * g.H, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t lo = begin; lo < end;) {  // segments within one plane
+          const int64_t plane = lo / g.H, hi = std::min(end, (plane + 1) * g.H);
+          backward_x_plane_rows(gpad.get() + plane * plane_gpad, wpad_of(plane), grad_x + plane * g.H * g.W, g, pre,
+                                fm, lo - plane * g.H, hi - plane * g.H);
+          lo = hi;
+        }
+      });
     }
-  });
-  grad_w = g.Bk == 1 ? partial.sum(at::IntArrayRef{0, 1}).unsqueeze(0) : partial.sum(1);
+    if (grad_w) {
+      std::unique_ptr<T[]> scratch = uninitialised<T>(planes * plane_scratch);
+      fill_all_rows(x, scratch.get(), g, f);
+      // Items: runs of rows small enough to stay in cache over all k * k taps.
+      const int64_t rows = std::min(g.Ho, std::max<int64_t>(1, (4096 + g.WoPad - 1) / g.WoPad));
+      const int64_t per_plane = (g.Ho + rows - 1) / rows;
+      partial.assign(planes * per_plane * kk, T(0));
+      at::parallel_for(0, planes * per_plane, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t plane = item / per_plane, lo = (item % per_plane) * rows;
+          kernel_grad_plane_rows(scratch.get() + plane * plane_scratch, gpad.get() + plane * plane_gpad,
+                                 partial.data() + item * kk, g, lo, std::min(g.Ho, lo + rows));
+        }
+      });
+      for (int64_t item = 0; item < planes * per_plane; ++item) image.push_back(item / per_plane / g.C);
+    }
+  }
+  if (grad_w) {  // add the partial sums per kernel, in item order
+    std::fill(grad_w, grad_w + g.Bk * kk, T(0));
+    for (size_t item = 0; item < image.size(); ++item) {
+      T* dst = grad_w + (g.Bk == 1 ? 0 : image[item]) * kk;
+      const T* src = partial.data() + item * kk;
+      for (int64_t e = 0; e < kk; ++e) dst[e] += src[e];
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -563,7 +653,7 @@ at::ScalarType compute_type(at::ScalarType t) {
 }
 
 // Runs the forward in the compute type (float32 for float16/bfloat16 inputs).
-// make_weights(scalar_t tag, Bk) -> weights_of functor for forward().
+// make_weights(scalar_t tag) -> weights_of functor for forward().
 template <typename MakeWeights>
 at::Tensor run_forward(const at::Tensor& x_in, int64_t Bk, int64_t k, int64_t stride,
                        const MakeWeights& make_weights) {
@@ -575,9 +665,7 @@ at::Tensor run_forward(const at::Tensor& x_in, int64_t Bk, int64_t k, int64_t st
   if (out.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(ct, "blur_downsample_cpu", [&] {
       const Geometry g = make_geometry<scalar_t>(x, Bk, k, stride);
-      at::Tensor scratch = at::empty({B * C * g.H * g.s * g.Wq}, x.options());
-      fill_scratch<scalar_t>(x.data_ptr<scalar_t>(), scratch.data_ptr<scalar_t>(), g);
-      forward<scalar_t>(scratch.data_ptr<scalar_t>(), make_weights(scalar_t(0)), out.data_ptr<scalar_t>(), g);
+      forward<scalar_t>(x.const_data_ptr<scalar_t>(), make_weights(scalar_t(0)), out.mutable_data_ptr<scalar_t>(), g);
     });
   }
   return out.scalar_type() == x_in.scalar_type() ? out : out.to(x_in.scalar_type());
@@ -590,7 +678,7 @@ at::Tensor blur_downsample_cpu(const at::Tensor& x, const at::Tensor& kernel, in
   const int64_t Bk = weights.size(0), k = weights.size(1);
   return run_forward(x, Bk, k, stride, [&](auto tag) {
     using T = decltype(tag);
-    const T* base = weights.data_ptr<T>();
+    const T* base = weights.const_data_ptr<T>();
     return [base, Bk, k](int64_t b, T*) { return base + (Bk == 1 ? 0 : b) * k * k; };
   });
 }
@@ -618,17 +706,9 @@ std::tuple<at::Tensor, at::Tensor> blur_downsample_backward_cpu(const at::Tensor
   if ((need_x || need_kernel) && B * C > 0) {
     AT_DISPATCH_FLOATING_TYPES(ct, "blur_downsample_backward_cpu", [&] {
       const Geometry g = make_geometry<scalar_t>(x, Bk, k, stride);
-      at::Tensor gpad = at::empty({B * C * Ho * g.Wg}, x.options());
-      fill_grad_rows<scalar_t>(grad_out.data_ptr<scalar_t>(), gpad.data_ptr<scalar_t>(), g);
-      if (need_x) {
-        backward_x<scalar_t>(gpad.data_ptr<scalar_t>(), kernel.data_ptr<scalar_t>(),
-                             grad_x.data_ptr<scalar_t>(), g);
-      }
-      if (need_kernel) {
-        at::Tensor scratch = at::empty({B * C * H * g.s * g.Wq}, x.options());
-        fill_scratch<scalar_t>(x.data_ptr<scalar_t>(), scratch.data_ptr<scalar_t>(), g);
-        backward_kernel<scalar_t>(scratch.data_ptr<scalar_t>(), gpad.data_ptr<scalar_t>(), grad_w, g);
-      }
+      backward<scalar_t>(grad_out.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                         kernel.const_data_ptr<scalar_t>(), need_x ? grad_x.mutable_data_ptr<scalar_t>() : nullptr,
+                         need_kernel ? grad_w.mutable_data_ptr<scalar_t>() : nullptr, g);
     });
   }
   return {grad_x.to(x_in.scalar_type()), grad_w.to(kernel_in.scalar_type())};
