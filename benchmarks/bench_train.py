@@ -12,8 +12,10 @@ same run:
 
 Both sides get the same HR patches and kernels (cut by PatchSampler), so the
 difference is the task-data pipeline and the inner loop. One round each after
-a warm-up round: a second-order meta-iteration is 10-20 s on a 2-core CPU, so
-this file takes a few minutes there.
+a warm-up round, interleaved (naive warm-up, ours warm-up, ours, naive): a
+second-order meta-iteration is 10-20 s on an idle 2-core CPU, so this file
+takes a few minutes there. On a shared machine the load average (printed)
+moves single rounds by tens of percent: compare ratios from the same run only.
 
 Run: pytest benchmarks/bench_train.py --benchmark-only -s
 (MZSR_FAST_TRAIN_DATA: image folder; default ../shared/data/train, else synthetic images)
@@ -135,22 +137,27 @@ def test_meta_iteration(benchmark, data_dir, tmp_path, order):
     torch.manual_seed(0)
     config = MetatrainConfig(data_dir, str(tmp_path / "run"), order=order, progress=False)
     learner = MetaLearner(config)
-    step = iter(range(10 ** 6))
-    benchmark.pedantic(lambda: learner.train_step(learner.batch(next(step)), 0), rounds=1, iterations=1,
-                       warmup_rounds=1)
-    ours = benchmark.stats.stats.min
-
     model = MZSRNet()
     model.load_state_dict(learner.model.state_dict())
     optimizer = torch.optim.Adam(model.parameters(), lr=config.meta_lr)
-    naive = _once(lambda: naive_meta_step(model, optimizer, learner.batch(next(step)), order=order))
+    step = iter(range(10 ** 6))
+
+    def naive():
+        return naive_meta_step(model, optimizer, learner.batch(next(step)), order=order)
+
+    # naive warm-up, ours warm-up, ours, naive: both sides see the same drift of a shared machine's load
+    naive()
+    benchmark.pedantic(lambda: learner.train_step(learner.batch(next(step)), 0), rounds=1, iterations=1,
+                       warmup_rounds=1)
+    ours = benchmark.stats.stats.min
+    naive_s = _once(naive, warmup=0)
     data_ours = _once(lambda: learner.task_sets(learner.batch(0)), warmup=1)
     data_naive = _once(lambda: reference_task_data(learner.batch(0)), warmup=0)
-    benchmark.extra_info.update({"order": order, "naive_s": naive, "speedup_vs_naive": naive / ours,
+    benchmark.extra_info.update({"order": order, "naive_s": naive_s, "speedup_vs_naive": naive_s / ours,
                                  "task_data_ours_s": data_ours, "task_data_naive_s": data_naive,
-                                 "threads": torch.get_num_threads()})
+                                 "threads": torch.get_num_threads(), "load": os.getloadavg()[0]})
     print(f"\nmeta-iteration, order {order}, 5 tasks x 5 steps, 8+8 patches of 64: ours {ours:.2f} s "
-          f"({1 / ours:.3f} it/s), naive {naive:.2f} s ({1 / naive:.3f} it/s), speedup {naive / ours:.2f}x; "
+          f"({1 / ours:.3f} it/s), naive {naive_s:.2f} s ({1 / naive_s:.3f} it/s), speedup {naive_s / ours:.2f}x; "
           f"task data: ours {data_ours * 1e3:.0f} ms, numpy/scipy {data_naive * 1e3:.0f} ms "
           f"[{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}]")
 
