@@ -288,10 +288,11 @@ void forward(const T* x, const Weights& weights_of, T* out, const Geometry& g) {
     at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
       std::unique_ptr<T[]> scratch = uninitialised<T>(plane_scratch);
       std::vector<T> buffer(g.k * g.k);
+      const T* w = nullptr;
       for (int64_t plane = begin; plane < end; ++plane) {
+        if (!w || plane % g.C == 0) w = weights_of(plane / g.C, buffer.data());  // once per image
         fill_rows(x + plane * g.H * g.W, scratch.get(), g, f, g.H);
-        forward_plane_rows(scratch.get(), weights_of(plane / g.C, buffer.data()), out + plane * g.Ho * g.Wo, g, 0,
-                           g.Ho);
+        forward_plane_rows(scratch.get(), w, out + plane * g.Ho * g.Wo, g, 0, g.Ho);
       }
     });
     return;
