@@ -92,3 +92,18 @@ def test_bad_image_rank(shape):
 def test_integer_image_rejected():
     with pytest.raises(TypeError, match="x: expected a floating-point tensor"):
         mzsr_fast.imresize(torch.zeros(3, 8, 8, dtype=torch.uint8), scale=2)
+
+
+def test_gather_path_for_long_axes_equals_dense(shared_dir, monkeypatch):
+    from mzsr_fast import resize
+
+    data = np.load(shared_dir / "golden" / "up_x3_14x10_to_41x29.npz")
+    x = _chw(data["input"]).requires_grad_()
+    dense = mzsr_fast.imresize(x, scale=3.0, size=(41, 29))
+    monkeypatch.setattr(resize, "DENSE_LIMIT", 0)
+    resize._device_weights.cache_clear()
+    gathered = mzsr_fast.imresize(x, scale=3.0, size=(41, 29))
+    np.testing.assert_allclose(gathered.detach().permute(1, 2, 0).numpy(), data["output"], rtol=0, atol=1e-10)
+    g = torch.rand_like(dense)
+    torch.testing.assert_close(torch.autograd.grad(gathered, x, g)[0], torch.autograd.grad(dense, x, g)[0])
+    resize._device_weights.cache_clear()
