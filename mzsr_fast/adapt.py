@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from . import _checks
 from .degradation import degrade, load_kernel
-from .model import functional_forward
+from .maml import stacked_forward
 from .pretrained import ModelInfo, load_model
 from .resize import imresize
 
@@ -98,19 +98,25 @@ def _schedule(schedule, info: ModelInfo, steps: int) -> list[float]:
 
 def _adapt_weights(params: dict[str, torch.Tensor], x: torch.Tensor, target: torch.Tensor,
                    rates: list[float], precision: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Plain SGD on L1(f(x), target) with per-step rates. x, target: [1, C, H, W].
-    Returns the adapted weights and the loss before each step, [steps]."""
+    """Plain SGD on L1(f(x[t]), target[t]) for every image t at once, each with
+    its own copy of the weights (the tasks of the batched inner loop).
+
+    params: shared weights; x, target: [T, C, H, W]. Returns the adapted
+    stacked weights {name: [T, ...]} and the loss before each step, [T, steps].
+    """
+    tasks = x.shape[0]
     names = list(params)
-    weights = [p.detach().clone().requires_grad_(True) for p in params.values()]
-    losses = torch.zeros(len(rates), device=x.device)
+    weights = [p.detach().unsqueeze(0).repeat(tasks, *([1] * p.dim())).requires_grad_(True)
+               for p in params.values()]
+    losses = torch.zeros(tasks, len(rates), device=x.device)
     for i, rate in enumerate(rates):
         with _autocast(x.device, precision):
-            out = functional_forward(dict(zip(names, weights)), x)
-        loss = F.l1_loss(out.float(), target)
-        grads = torch.autograd.grad(loss, weights)
+            out = stacked_forward(dict(zip(names, weights)), x[:, None])[:, 0]
+        per_task = (out.float() - target).abs().flatten(1).mean(1)  # [T]; task t depends on its weights only
+        grads = torch.autograd.grad(per_task.sum(), weights)
         with torch.no_grad():
             torch._foreach_add_(weights, grads, alpha=-rate)
-        losses[i] = loss.detach()
+        losses[:, i] = per_task.detach()
     return {n: w.detach() for n, w in zip(names, weights)}, losses
 
 
@@ -119,7 +125,8 @@ def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None,
           backprojection: bool = False, tile: int | None = None, backend: str | None = None):
     """Super-resolve LR images with MZSR(steps).
 
-    lr: [C, H, W] or [B, C, H, W] in [0, 1]; each image is adapted on its own.
+    lr: [C, H, W] or [B, C, H, W] in [0, 1]; the B images are adapted at once,
+    each with its own weights (the tasks of the batched inner loop).
     kernel: [k, k] tensor, [B, k, k] (one per image), a preset name, a
     (theta, lambda1, lambda2) triple or a .npy/.mat path. model: None (the
     default bundled model), a bundled name, a .safetensors path or an MZSRNet
@@ -157,19 +164,14 @@ def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None,
     # channels_last: the convolutions run about 1.3x (fp32) to 2x (bf16) faster on CPU.
     son_up = imresize(son, scale=scale, size=y.shape[-2:]).contiguous(memory_format=torch.channels_last)
     lr_up = imresize(y, scale=scale).contiguous(memory_format=torch.channels_last)
-    outputs, all_losses = [], []
-    for i in range(y.shape[0]):
-        adapted, losses = _adapt_weights(params, son_up[i:i + 1], y[i:i + 1], rates, precision)
+    adapted, losses = _adapt_weights(params, son_up, y, rates, precision)
 
-        def run(x, adapted=adapted):
-            with torch.no_grad(), _autocast(x.device, precision):
-                return functional_forward(adapted, x).float()
+    def run(x):
+        with torch.no_grad(), _autocast(x.device, precision):
+            return stacked_forward(adapted, x[:, None])[:, 0].float()
 
-        sr = forward_tiled(run, lr_up[i:i + 1], tile).clamp(0, 1)
-        if backprojection:
-            sr = back_projection(sr, y[i:i + 1], scale)
-        outputs.append(sr)
-        all_losses.append(losses)
-    sr = torch.cat(outputs)
+    sr = forward_tiled(run, lr_up, tile).clamp(0, 1)
+    if backprojection:
+        sr = back_projection(sr, y, scale)
     sr = sr.squeeze(0) if was_3d else sr
-    return (sr, torch.stack(all_losses)) if return_losses else sr
+    return (sr, losses) if return_losses else sr
