@@ -1,0 +1,69 @@
+"""Measured PSNR/SSIM tables for a model card, with `mzsr_fast.evaluation` (what
+`mzsr-fast eval` runs), next to bicubic and the paper's numbers (SPEC section 10).
+
+Usage: python scripts/model_card_tables.py --model PATH [--pretrained PATH]
+       [--data ../shared/data] [--sets Set5,Set14] [--presets g_d_2.0,...] > tables.md
+"""
+import argparse
+import sys
+import time
+
+import torch
+
+from mzsr_fast.evaluation import evaluate
+
+# Paper, x2, Set5: (Bicubic, MZSR(1), MZSR(10)) PSNR / SSIM.
+PAPER_SET5 = {
+    "g_d_0.2": ((30.24, .8976), (33.14, .9277), (33.74, .9301)),
+    "g_d_2.0": ((28.73, .8449), (35.20, .9398), (36.05, .9439)),
+    "g_d_ani": ((28.15, .8265), (34.05, .9271), (34.78, .9323)),
+    "g_b_1.3": ((30.54, .8773), (35.18, .9430), (36.64, .9498)),
+}
+
+
+def mean(scores, steps):
+    group = [s for s in scores if s.steps == steps]
+    return (sum(s.psnr for s in group) / len(group), sum(s.ssim for s in group) / len(group),
+            sum(s.seconds for s in group) / len(group))
+
+
+def cell(value):
+    return f"{value[0]:.2f} / {value[1]:.4f}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--pretrained", help="pretrained-only weights, adapted the same way")
+    parser.add_argument("--data", default="../shared/data")
+    parser.add_argument("--sets", default="Set5,Set14")
+    parser.add_argument("--presets", default="g_d_0.2,g_d_2.0,g_d_ani,g_b_1.3")
+    parser.add_argument("--steps", default="0,1,10")
+    args = parser.parse_args(argv)
+    steps = [int(s) for s in args.steps.split(",")]
+    columns = ["Bicubic"] + [f"MZSR({n})" for n in steps]
+    if args.pretrained:
+        columns += [f"pretrained-only({n})" for n in steps if n > 0]
+    print(f"x2, PSNR (dB) / SSIM on the Y channel (SPEC section 9); measured {time.strftime('%Y-%m-%d')}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads.\n")
+    for dataset in args.sets.split(","):
+        print(f"#### {dataset}\n")
+        print("| kernel | " + " | ".join(columns) + " | paper Bicubic / MZSR(1) / MZSR(10) |")
+        print("|---" * (len(columns) + 2) + "|")
+        for kernel in args.presets.split(","):
+            gt = f"{args.data}/{dataset}"
+            row = [cell(mean(evaluate(gt, kernel, 2, [0], method="bicubic"), 0))]
+            ours = evaluate(gt, kernel, 2, steps, model=args.model)
+            row += [cell(mean(ours, n)) for n in steps]
+            if args.pretrained:
+                base = evaluate(gt, kernel, 2, [n for n in steps if n > 0], model=args.pretrained)
+                row += [cell(mean(base, n)) for n in steps if n > 0]
+            paper = " / ".join(f"{p:.2f}" for p, _ in PAPER_SET5[kernel]) if dataset == "Set5" else "n/a"
+            print(f"| {kernel} | " + " | ".join(row) + f" | {paper} |")
+            sys.stdout.flush()
+        seconds = mean(ours, max(steps))[2]
+        print(f"\nMean seconds per image for MZSR({max(steps)}) on {dataset}, last kernel: {seconds:.2f}\n")
+
+
+if __name__ == "__main__":
+    main()
