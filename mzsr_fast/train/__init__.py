@@ -6,8 +6,9 @@
 
 Modules: data (images, patches, tasks, prefetching), checkpoints (atomic
 files, exact resume), run (the loop, stop signals, settings on resume),
-pretrain, metatrain, distributed (torchrun), progress (bar, CSV, TensorBoard),
-validation (PSNR on held-out images), cli (the subcommands).
+trainer (the setup both trainers share), pretrain, metatrain, distributed
+(torchrun), progress (bar, CSV, TensorBoard), validation (PSNR on held-out
+images), cli (the subcommands).
 """
 from .checkpoints import CheckpointManager
 from .data import DataError, ImageBank, PatchSampler, Prefetcher

@@ -21,12 +21,12 @@ import dataclasses
 import torch
 
 from ..degradation import PRESETS
-from ..model import MZSRNet
 from ..pretrained import SCHEDULES, ModelInfo
 from . import distributed, validation
-from .checkpoints import load_into, resolve_weights, weights_bytes
-from .data import FLAT_THRESHOLD, ImageBank, PatchSampler, TaskBatch, task_pairs
+from .checkpoints import weights_bytes
+from .data import FLAT_THRESHOLD, ImageBank, TaskBatch, task_pairs
 from .run import TrainResult, autocast, non_negative_int, positive_float, positive_int, train
+from .trainer import Trainer
 
 __all__ = ["Variant", "VARIANTS", "MetatrainConfig", "MetaLearner", "metatrain"]
 
@@ -126,29 +126,14 @@ class MetatrainConfig:
         return self
 
 
-class MetaLearner:
+class MetaLearner(Trainer):
     """Model, inner rates, meta optimiser and task data of a meta-training run
     (the trainer interface of run.train)."""
 
     def __init__(self, config: MetatrainConfig, dist: distributed.Distributed | None = None,
                  bank: ImageBank | None = None):
-        self.config = config.check()
-        self.dist = dist or distributed.Distributed()
-        self.device = self.dist.device
+        super().__init__(config, dist, bank, batch_field="meta_batch", batch_unit="tasks")
         self.variant = VARIANTS[config.variant]
-        if config.amp and self.device.type != "cuda":
-            raise ValueError("amp: mixed precision (bf16 autocast) needs a CUDA device")
-        if config.meta_batch < self.dist.world_size:
-            raise ValueError(f"meta_batch: {config.meta_batch} tasks cannot be shared by "
-                             f"{self.dist.world_size} processes")
-        init = resolve_weights(config.init) if config.init else None  # a wrong path fails before loading data
-        self.bank = bank if bank is not None else ImageBank(config.data_dir, config.patch_size)
-        self.sampler = PatchSampler(self.bank, config.patch_size, config.seed, config.flat_threshold)
-        self.model = MZSRNet()
-        if init:
-            load_into(self.model, init)
-        else:
-            self.model.reset_parameters(torch.Generator().manual_seed(config.seed))
         self.model.to(self.device)
         self.names = [name for name, _ in self.model.named_parameters()]
         groups = [{"params": list(self.model.parameters())}]
@@ -158,8 +143,6 @@ class MetaLearner:
                 torch.full((config.inner_steps, len(self.names)), config.inner_lr, device=self.device))
             groups.append({"params": [self.inner_lr]})
         self.optimizer = torch.optim.Adam(groups, lr=config.meta_lr)
-        self.tasks = self.dist.shard(config.meta_batch)
-        self.pin = self.device.type == "cuda"
         k = config.inner_steps
         self.val_kernels = tuple(config.val_kernels) if config.val_kernels else self.variant.val_kernels
         self.columns = (["meta_lr", "order", "loss", "support_loss"] + [f"query_loss_{i + 1}" for i in range(k)]
@@ -174,7 +157,7 @@ class MetaLearner:
     # -- data -------------------------------------------------------------
     def batch(self, step: int) -> TaskBatch:
         """This rank's tasks of iteration step, cut on the CPU (a pure function of seed and step)."""
-        return self.sampler.task_batch(step, *self.tasks, 2 * self.config.task_batch, self.variant.scales)
+        return self.sampler.task_batch(step, *self.shard, 2 * self.config.task_batch, self.variant.scales)
 
     def task_sets(self, batch: TaskBatch):
         """(support, query) on the device: pairs (inputs, targets) of [T, task_batch, 3, P, P]."""

@@ -15,11 +15,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..model import MZSRNet
 from . import distributed, validation
-from .checkpoints import load_into, resolve_weights
-from .data import FLAT_THRESHOLD, ImageBank, PatchSampler, pretrain_pairs, to_unit
+from .data import FLAT_THRESHOLD, ImageBank, pretrain_pairs, to_unit
 from .run import TrainResult, autocast, train, non_negative_int, positive_float, positive_int
+from .trainer import Trainer
 
 __all__ = ["PretrainConfig", "pretrain", "Pretrainer", "learning_rate"]
 
@@ -75,32 +74,15 @@ def learning_rate(step: int, base: float = 4e-4, halve_every: int = 100_000, flo
     return max(base * 0.5 ** (step // halve_every), min(floor, base))
 
 
-class Pretrainer:
+class Pretrainer(Trainer):
     """Model, optimiser and data of a pretraining run (the trainer interface of run.train)."""
 
     def __init__(self, config: PretrainConfig, dist: distributed.Distributed | None = None,
                  bank: ImageBank | None = None):
-        self.config = config.check()
-        self.dist = dist or distributed.Distributed()
-        self.device = self.dist.device
-        if config.amp and self.device.type != "cuda":
-            raise ValueError("amp: mixed precision (bf16 autocast) needs a CUDA device")
-        if config.batch_size < self.dist.world_size:
-            raise ValueError(f"batch_size: {config.batch_size} patches cannot be shared by "
-                             f"{self.dist.world_size} processes")
-        init = resolve_weights(config.init) if config.init else None  # a wrong path fails before loading data
-        self.bank = bank if bank is not None else ImageBank(config.data_dir, config.patch_size)
-        self.sampler = PatchSampler(self.bank, config.patch_size, config.seed, config.flat_threshold)
-        self.model = MZSRNet()
-        if init:
-            load_into(self.model, init)
-        else:
-            self.model.reset_parameters(torch.Generator().manual_seed(config.seed))
+        super().__init__(config, dist, bank, batch_field="batch_size", batch_unit="patches")
         # channels_last: about 1.4x faster convolutions on CPU (oneDNN), and the usual choice on CUDA
         self.model.to(self.device, memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        self.items = self.dist.shard(config.batch_size)
-        self.pin = self.device.type == "cuda"
         self.columns = ["lr", "loss", "val_psnr"]
         self._val_images = None
         if config.validate_every and self.dist.is_main:  # fail before training, not at the first validation
@@ -108,7 +90,7 @@ class Pretrainer:
 
     def batch(self, step: int) -> torch.Tensor:
         """This rank's uint8 HR patches [n, 3, P, P] of iteration step (a pure function of seed and step)."""
-        return self.sampler.pretrain_batch(step, *self.items)
+        return self.sampler.pretrain_batch(step, *self.shard)
 
     def lr_at(self, step: int) -> float:
         c = self.config

@@ -4,7 +4,8 @@ checkpoints. Both trainers (pretrain, metatrain) run through `train`:
 
     train("metatrain", config, MetaLearner, on_step)
 
-A trainer is built as make_trainer(config, dist) and provides:
+A trainer is built as make_trainer(config, dist) (both start from
+trainer.Trainer, their shared setup) and provides:
 
     model, optimizer            what is trained (and saved)
     columns                     names of the CSV columns it fills (time_s, the
