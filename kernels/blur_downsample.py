@@ -39,8 +39,9 @@ int32 except the per-plane base offset, which is int64):
 
 Custom ops (torch.library, namespace mzsr_fast), each with a fake kernel:
 ``blur_downsample_triton`` and ``gaussian_blur_downsample_triton`` (with
-autograd), ``blur_downsample_triton_backward`` (its autograd raises: double
-backward is not supported). Public launchers: ``blur`` and ``gaussian_blur``.
+autograd, the formulas of mzsr_fast.ops.blur_downsample_autograd),
+``blur_downsample_triton_backward`` (its autograd raises: double backward is
+not supported). Public launchers: ``blur`` and ``gaussian_blur``.
 
 On CPU tensors the kernels run only under TRITON_INTERPRET=1 set before this
 module is imported. The interpreter has no bf16/fp16 arithmetic worth
@@ -53,7 +54,8 @@ import torch
 import triton
 import triton.language as tl
 
-from mzsr_fast.gaussian import gaussian_weights
+from mzsr_fast.ops.blur_downsample_autograd import (gaussian_input_grads, gaussian_setup_context,
+                                                    register_blur_autograd)
 
 __all__ = ["blur", "gaussian_blur", "block_sizes"]
 
@@ -423,37 +425,11 @@ def _(grad, x, kernel, stride, need_x, need_kernel):
             kernel.new_empty(kernel.shape) if need_kernel else kernel.new_empty(0))
 
 
-def _blur_setup_context(ctx, inputs, output):
-    x, kernel, stride = inputs
-    ctx.save_for_backward(x, kernel)
-    ctx.stride = stride
-
-
-def _blur_backward(ctx, grad):
-    x, kernel = ctx.saved_tensors
-    need_x, need_kernel = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    gx, gk = torch.ops.mzsr_fast.blur_downsample_triton_backward(grad, x, kernel, ctx.stride,
-                                                                  need_x, need_kernel)
-    return (gx if need_x else None), (gk if need_kernel else None), None
-
-
-_blur_op.register_autograd(_blur_backward, setup_context=_blur_setup_context)
-
-
-def _no_double_backward_setup(ctx, inputs, output):
-    pass
-
-
 _DOUBLE_BACKWARD_MESSAGE = ("blur_downsample (triton backend): double backward (a gradient of the gradient, "
                             "create_graph=True through the Gaussian parameters) is not supported; use the "
                             "'torch' backend for higher-order derivatives")
 
-
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError(_DOUBLE_BACKWARD_MESSAGE)
-
-
-_blur_backward_op.register_autograd(_no_double_backward, setup_context=_no_double_backward_setup)
+register_blur_autograd(_blur_op, _blur_backward_op, _DOUBLE_BACKWARD_MESSAGE)
 
 
 @torch.library.custom_op("mzsr_fast::gaussian_blur_downsample_triton", mutates_args=())
@@ -468,34 +444,17 @@ def _(x, theta, lambda1, lambda2, size, stride):
     return x.new_empty(x.shape[0], x.shape[1], ho, wo)
 
 
-def _gaussian_setup_context(ctx, inputs, output):
-    x, theta, lambda1, lambda2, size, stride = inputs
-    ctx.save_for_backward(x, theta, lambda1, lambda2)
-    ctx.size, ctx.stride = size, stride
-
-
 def _gaussian_backward(ctx, grad):
-    x, theta, lambda1, lambda2 = ctx.saved_tensors
     need_x = ctx.needs_input_grad[0]
-    need_params = any(ctx.needs_input_grad[1:4])
-    if need_params and torch.is_grad_enabled():
-        # create_graph=True: the parameter gradients below are computed from
+    if any(ctx.needs_input_grad[1:4]) and torch.is_grad_enabled():
+        # create_graph=True: the parameter gradients are computed from
         # detached copies and could not be differentiated again correctly.
         raise RuntimeError(_DOUBLE_BACKWARD_MESSAGE)
-    params = [t.detach().to(_param_dtype(theta, lambda1, lambda2)).requires_grad_(True)
-              for t in (theta, lambda1, lambda2)]
-    with torch.enable_grad():
-        kernel = gaussian_weights(*params, size=ctx.size)        # [Bk, k, k]
-    gx, gk = torch.ops.mzsr_fast.blur_downsample_triton_backward(grad, x, kernel.detach(), ctx.stride,
-                                                                  need_x, need_params)
-    grads = [None, None, None]
-    if need_params:
-        grads = list(torch.autograd.grad(kernel, params, gk.to(kernel.dtype)))
-        grads = [g.to(t.dtype) for g, t in zip(grads, (theta, lambda1, lambda2))]
-    return (gx if need_x else None), grads[0], grads[1], grads[2], None, None
+    gx, grads = gaussian_input_grads(_blur_backward_op, grad, ctx, _param_dtype(*ctx.saved_tensors[1:]))
+    return (gx if need_x else None), *grads, None, None
 
 
-_gaussian_blur_op.register_autograd(_gaussian_backward, setup_context=_gaussian_setup_context)
+_gaussian_blur_op.register_autograd(_gaussian_backward, setup_context=gaussian_setup_context)
 
 
 # ---------------------------------------------------------------------------

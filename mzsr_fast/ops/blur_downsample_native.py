@@ -1,7 +1,8 @@
 """Python side of the C++/CUDA ops mzsr_fast::blur_downsample,
 blur_downsample_backward and gaussian_blur_downsample (schemas in
-csrc/ops/blur_downsample.cpp): fake kernels for torch.compile, autograd, and
-the two calls the public functions in blur_downsample.py make.
+csrc/ops/blur_downsample.cpp): fake kernels for torch.compile, autograd (the
+formulas in blur_downsample_autograd.py), and the two calls the public
+functions in blur_downsample.py make.
 
 Shapes: x [B, C, H, W]; kernel [Bk, k, k] with Bk in {1, B} and k odd;
 theta / lambda1 / lambda2 [Bk]; output [B, C, ceil(H / s), ceil(W / s)].
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .. import _extension
-from ..gaussian import gaussian_weights
+from .blur_downsample_autograd import gaussian_input_grads, gaussian_setup_context, register_blur_autograd
 
 __all__ = ["blur", "gaussian_blur", "DOUBLE_BACKWARD_ERROR"]
 
@@ -46,41 +47,11 @@ if _OPS_LOADED:
         torch._check(size % 2 == 1, lambda: f"gaussian_blur_downsample: size must be odd, got {size}")
         return x.new_empty((x.shape[0], x.shape[1], *_out_hw(x, stride)))
 
-    # blur_downsample: grads wrt x and kernel from one backward call.
-    def _blur_setup(ctx, inputs, output):
-        x, kernel, stride = inputs
-        ctx.save_for_backward(x, kernel)
-        ctx.stride = stride
+    register_blur_autograd(torch.ops.mzsr_fast.blur_downsample.default,
+                           torch.ops.mzsr_fast.blur_downsample_backward.default, DOUBLE_BACKWARD_ERROR)
 
-    def _blur_backward(ctx, grad):
-        x, kernel = ctx.saved_tensors
-        need_x, need_kernel = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_x, grad_kernel = torch.ops.mzsr_fast.blur_downsample_backward(
-            grad, x, kernel, ctx.stride, need_x, need_kernel)
-        return (grad_x if need_x else None), (grad_kernel if need_kernel else None), None
-
-    torch.library.register_autograd("mzsr_fast::blur_downsample", _blur_backward, setup_context=_blur_setup)
-
-    # The backward op is linear in grad_out and x / kernel, but its own
-    # gradient is not written: refuse loudly instead of returning zeros.
-    def _no_double_backward(ctx, grad_x, grad_kernel):
-        raise RuntimeError(DOUBLE_BACKWARD_ERROR)
-
-    def _backward_setup(ctx, inputs, output):
-        pass
-
-    torch.library.register_autograd("mzsr_fast::blur_downsample_backward", _no_double_backward,
-                                    setup_context=_backward_setup)
-
-    # gaussian_blur_downsample: grad wrt x through the materialised kernel; grads
-    # wrt theta / lambda1 / lambda2 by chaining the kernel gradient through
-    # the Gaussian formula (mzsr_fast.gaussian.gaussian_weights, the one
-    # gaussian_kernel uses, without its data-dependent checks) with autograd.
-    def _gaussian_setup(ctx, inputs, output):
-        x, theta, lambda1, lambda2, size, stride = inputs
-        ctx.save_for_backward(x, theta, lambda1, lambda2)
-        ctx.size, ctx.stride = size, stride
-
+    # gaussian_blur_downsample: create_graph=True is allowed, but the
+    # gradients it gives refuse to be differentiated again.
     class _RefuseDoubleBackward(torch.autograd.Function):
         """Identity whose backward raises: marks gradients computed from
         detached values, so that create_graph=True cannot give wrong numbers."""
@@ -99,21 +70,10 @@ if _OPS_LOADED:
 
     def _gaussian_backward(ctx, grad):
         x, theta, lambda1, lambda2 = ctx.saved_tensors
-        need_x = ctx.needs_input_grad[0]
-        need_params = ctx.needs_input_grad[1:4]
         dtype = torch.promote_types(torch.promote_types(theta.dtype, lambda1.dtype), lambda2.dtype)
-        with torch.enable_grad():
-            params = [p.detach().to(dtype).requires_grad_(need) for p, need in
-                      zip((theta, lambda1, lambda2), need_params)]
-            kernel = gaussian_weights(*params, size=ctx.size)
-        grad_x, grad_kernel = torch.ops.mzsr_fast.blur_downsample_backward(
-            grad, x, kernel.detach(), ctx.stride, need_x, any(need_params))
-        grads = [None, None, None]
-        if any(need_params):
-            wanted = [p for p, need in zip(params, need_params) if need]
-            found = iter(torch.autograd.grad(kernel, wanted, grad_kernel.to(kernel.dtype)))
-            grads = [next(found).to(p.dtype) if need else None
-                     for p, need in zip((theta, lambda1, lambda2), need_params)]
+        grad_x, grads = gaussian_input_grads(torch.ops.mzsr_fast.blur_downsample_backward.default, grad, ctx,
+                                             dtype)
+        need_x = ctx.needs_input_grad[0]
         if torch.is_grad_enabled():
             # create_graph=True: these gradients were computed from detached
             # values; any attempt to differentiate them again must fail.
@@ -123,7 +83,7 @@ if _OPS_LOADED:
         return (grad_x if need_x else None), *grads, None, None
 
     torch.library.register_autograd("mzsr_fast::gaussian_blur_downsample", _gaussian_backward,
-                                    setup_context=_gaussian_setup)
+                                    setup_context=gaussian_setup_context)
 
 
 def blur(x: torch.Tensor, kernel3: torch.Tensor, stride: int) -> torch.Tensor:
