@@ -75,6 +75,33 @@ def _sym(u, n):
     return tl.minimum(m, 2 * n - 1 - m)
 
 
+@triton.jit
+def _mirror_copy(n, size, first, last, last_read, R: tl.constexpr):
+    """Mirrored copy n of an axis of length size: it covers padded indices
+    [n size, (n + 1) size) and holds input index p at u = base + sign * p.
+
+    Returns (hit, base, sign); hit: whether the tile's input indices
+    first..last land somewhere in the padded range -R..last_read read by the
+    forward. One axis of _blur_bwd_x_kernel (rows, then columns).
+    """
+    odd = n & 1
+    sign = 1 - 2 * odd
+    base = n * size + odd * (size - 1)
+    u_first = base + sign * first
+    u_last = base + sign * last
+    return (tl.maximum(u_first, u_last) >= -R) & (tl.minimum(u_first, u_last) <= last_read), base, sign
+
+
+@triton.jit
+def _first_tap(u, off, R: tl.constexpr, S: tl.constexpr):
+    """For padded indices u of one axis: (the first tap d0 that lands on an
+    output index at stride S, that output index o0); tap d0 + S t reaches
+    output index o0 - t. off (a multiple of S) makes u + R + off >= 0."""
+    ur = u + (R + off)
+    d0 = ur % S
+    return d0, (ur - d0) // S - off // S
+
+
 # ---------------------------------------------------------------------------
 # Forward
 # ---------------------------------------------------------------------------
@@ -177,26 +204,13 @@ def _blur_bwd_x_kernel(g_ptr, w_ptr, gx_ptr, C, H, W, HO, WO, W_BATCH_STRIDE,
     V_MAX = S * (WO - 1) + R
     acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=ACC)
     for nr in range(NR_LO, NR_HI + 1):
-        # Mirrored copy nr holds input row p at padded row u = base + sign * p.
-        r_odd = nr & 1
-        r_sign = 1 - 2 * r_odd
-        r_base = nr * H + r_odd * (H - 1)
-        u_first = r_base + r_sign * p0
-        u_last = r_base + r_sign * p1
-        if (tl.maximum(u_first, u_last) >= -R) & (tl.minimum(u_first, u_last) <= U_MAX):
-            ur = r_base + r_sign * p + (R + OFF_H)   # u + r, shifted to be >= 0 (OFF_H: multiple of S)
-            dy0 = ur % S                             # first tap that lands on an output row
-            i0 = (ur - dy0) // S - OFF_H // S        # its output row; tap dy0 + S t -> row i0 - t
+        r_hit, r_base, r_sign = _mirror_copy(nr, H, p0, p1, U_MAX, R)
+        if r_hit:
+            dy0, i0 = _first_tap(r_base + r_sign * p, OFF_H, R, S)   # tap dy0 + S t -> output row i0 - t
             for nc in range(NC_LO, NC_HI + 1):
-                c_odd = nc & 1
-                c_sign = 1 - 2 * c_odd
-                c_base = nc * W + c_odd * (W - 1)
-                v_first = c_base + c_sign * q0
-                v_last = c_base + c_sign * q1
-                if (tl.maximum(v_first, v_last) >= -R) & (tl.minimum(v_first, v_last) <= V_MAX):
-                    vr = c_base + c_sign * q + (R + OFF_W)
-                    dx0 = vr % S
-                    j0 = (vr - dx0) // S - OFF_W // S
+                c_hit, c_base, c_sign = _mirror_copy(nc, W, q0, q1, V_MAX, R)
+                if c_hit:
+                    dx0, j0 = _first_tap(c_base + c_sign * q, OFF_W, R, S)
                     for ty in range(T):
                         dy = dy0 + ty * S
                         i = i0 - ty
