@@ -1,7 +1,8 @@
 // Schemas of the mzsr_fast:: ops. This is the one TORCH_LIBRARY(mzsr_fast)
 // block of the codebase; other ops add theirs with TORCH_LIBRARY_FRAGMENT.
-// Kernels: cpu/blur_downsample.cpp, cuda/blur_downsample.cu. Fake kernels and
-// autograd: mzsr_fast/ops/blur_downsample_native.py.
+// Kernels: cpu/blur_downsample.cpp, cuda/blur_downsample.cu (argument checks
+// of both: blur_downsample_checks.h). Fake kernels and autograd:
+// mzsr_fast/ops/blur_downsample_native.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY(mzsr_fast, m) {

@@ -41,6 +41,7 @@
 #include <tuple>
 #include <vector>
 
+#include "ops/blur_downsample_checks.h"
 #include "ops/blur_downsample_math.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && (__GNUC__ >= 11) && \
@@ -631,24 +632,6 @@ void backward(const T* grad, const T* x, const T* weights, T* grad_x, T* grad_w,
 
 // ---------------------------------------------------------------------------
 // Argument checks shared by the three ops.
-void check_x(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor, got ", x.device());
-  TORCH_CHECK(x.dim() == 4, op, ": x must be [B, C, H, W], got ", x.sizes());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be floating point, got ", x.scalar_type());
-  TORCH_CHECK(x.size(2) > 0 && x.size(3) > 0, op, ": x must have H, W >= 1, got ", x.sizes());
-}
-
-void check_kernel(const at::Tensor& x, const at::Tensor& kernel, int64_t stride, const char* op) {
-  TORCH_CHECK(kernel.device().is_cpu(), op, ": kernel must be a CPU tensor, got ", kernel.device());
-  TORCH_CHECK(kernel.dim() == 3 && kernel.size(1) == kernel.size(2) && kernel.size(1) % 2 == 1, op,
-              ": kernel must be [Bk, k, k] with k odd, got ", kernel.sizes());
-  TORCH_CHECK(kernel.size(0) == 1 || kernel.size(0) == x.size(0), op,
-              ": kernel must hold 1 or B = ", x.size(0), " kernels, got ", kernel.size(0));
-  TORCH_CHECK(at::isFloatingType(kernel.scalar_type()), op, ": kernel must be floating point, got ",
-              kernel.scalar_type());
-  TORCH_CHECK(stride >= 1, op, ": stride must be >= 1, got ", stride);
-}
-
 at::ScalarType compute_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
@@ -673,8 +656,8 @@ at::Tensor run_forward(const at::Tensor& x_in, int64_t Bk, int64_t k, int64_t st
 }
 
 at::Tensor blur_downsample_cpu(const at::Tensor& x, const at::Tensor& kernel, int64_t stride) {
-  check_x(x, "blur_downsample");
-  check_kernel(x, kernel, stride, "blur_downsample");
+  blur_checks::check_x(x, at::kCPU, "blur_downsample");
+  blur_checks::check_kernel(x, kernel, stride, at::kCPU, "blur_downsample");
   const at::Tensor weights = kernel.to(compute_type(x.scalar_type())).contiguous();
   const int64_t Bk = weights.size(0), k = weights.size(1);
   return run_forward(x, Bk, k, stride, [&](auto tag) {
@@ -688,15 +671,8 @@ std::tuple<at::Tensor, at::Tensor> blur_downsample_backward_cpu(const at::Tensor
                                                                 const at::Tensor& x_in,
                                                                 const at::Tensor& kernel_in, int64_t stride,
                                                                 bool need_x, bool need_kernel) {
-  const char* op = "blur_downsample_backward";
-  check_x(x_in, op);
-  check_kernel(x_in, kernel_in, stride, op);
+  blur_checks::check_backward(grad_out_in, x_in, kernel_in, stride, at::kCPU, "blur_downsample_backward");
   const int64_t B = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
-  const int64_t Ho = output_size(H, stride), Wo = output_size(W, stride);
-  TORCH_CHECK(grad_out_in.device().is_cpu() && grad_out_in.dim() == 4 && grad_out_in.size(0) == B &&
-                  grad_out_in.size(1) == C && grad_out_in.size(2) == Ho && grad_out_in.size(3) == Wo,
-              op, ": grad_out must be a CPU tensor [", B, ", ", C, ", ", Ho, ", ", Wo, "], got ",
-              grad_out_in.sizes());
   const at::ScalarType ct = compute_type(x_in.scalar_type());
   const at::Tensor x = x_in.to(ct).contiguous();
   const at::Tensor kernel = kernel_in.to(ct).contiguous();
@@ -717,18 +693,8 @@ std::tuple<at::Tensor, at::Tensor> blur_downsample_backward_cpu(const at::Tensor
 
 at::Tensor gaussian_blur_downsample_cpu(const at::Tensor& x, const at::Tensor& theta, const at::Tensor& lambda1,
                                         const at::Tensor& lambda2, int64_t size, int64_t stride) {
-  const char* op = "gaussian_blur_downsample";
-  check_x(x, op);
-  TORCH_CHECK(size >= 1 && size % 2 == 1, op, ": size must be odd and >= 1, got ", size);
-  TORCH_CHECK(stride >= 1, op, ": stride must be >= 1, got ", stride);
-  const int64_t Bk = theta.numel();
-  for (const at::Tensor* p : {&theta, &lambda1, &lambda2}) {
-    TORCH_CHECK(p->device().is_cpu() && p->dim() == 1 && p->numel() == Bk &&
-                    at::isFloatingType(p->scalar_type()),
-                op, ": theta, lambda1, lambda2 must be floating-point CPU tensors of one shape [Bk], got ",
-                theta.sizes(), ", ", lambda1.sizes(), ", ", lambda2.sizes());
-  }
-  TORCH_CHECK(Bk == 1 || Bk == x.size(0), op, ": theta must hold 1 or B = ", x.size(0), " values, got ", Bk);
+  const int64_t Bk =
+      blur_checks::check_gaussian(x, theta, lambda1, lambda2, size, stride, at::kCPU, "gaussian_blur_downsample");
   // Each thread computes the normalised k * k weights of an image into its
   // own small buffer when it starts on that image (in float64: a few hundred
   // exp), so no weight tensor is materialised.

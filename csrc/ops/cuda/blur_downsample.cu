@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <tuple>
 
+#include "ops/blur_downsample_checks.h"
 #include "ops/blur_downsample_math.h"
 
 namespace mzsr_fast {
@@ -191,24 +192,6 @@ dim3 tile_grid(int64_t tiles_w, int64_t tiles_h, int64_t planes, const char* op)
 
 at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-void check_x(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor, got ", x.device());
-  TORCH_CHECK(x.dim() == 4, op, ": x must be [B, C, H, W], got ", x.sizes());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be floating point, got ", x.scalar_type());
-  TORCH_CHECK(x.size(2) > 0 && x.size(3) > 0, op, ": x must have H, W >= 1, got ", x.sizes());
-}
-
-void check_kernel(const at::Tensor& x, const at::Tensor& kernel, int64_t stride, const char* op) {
-  TORCH_CHECK(kernel.device() == x.device(), op, ": kernel must be on ", x.device(), ", got ", kernel.device());
-  TORCH_CHECK(kernel.dim() == 3 && kernel.size(1) == kernel.size(2) && kernel.size(1) % 2 == 1, op,
-              ": kernel must be [Bk, k, k] with k odd, got ", kernel.sizes());
-  TORCH_CHECK(kernel.size(0) == 1 || kernel.size(0) == x.size(0), op,
-              ": kernel must hold 1 or B = ", x.size(0), " kernels, got ", kernel.size(0));
-  TORCH_CHECK(at::isFloatingType(kernel.scalar_type()), op, ": kernel must be floating point, got ",
-              kernel.scalar_type());
-  TORCH_CHECK(stride >= 1, op, ": stride must be >= 1, got ", stride);
-}
-
 // weights [Bk, k, k] or params [3, Bk] in the accumulation type.
 at::Tensor run_forward(const at::Tensor& x_in, const at::Tensor& weights_or_params, bool gaussian, int64_t Bk,
                        int64_t k, int64_t stride, const char* op) {
@@ -247,8 +230,8 @@ at::Tensor run_forward(const at::Tensor& x_in, const at::Tensor& weights_or_para
 
 at::Tensor blur_downsample_cuda(const at::Tensor& x, const at::Tensor& kernel, int64_t stride) {
   const char* op = "blur_downsample";
-  check_x(x, op);
-  check_kernel(x, kernel, stride, op);
+  blur_checks::check_x(x, at::kCUDA, op);
+  blur_checks::check_kernel(x, kernel, stride, at::kCUDA, op);
   const at::Tensor weights = kernel.to(acc_type_of(x.scalar_type())).contiguous();
   return run_forward(x, weights, false, weights.size(0), weights.size(1), stride, op);
 }
@@ -256,17 +239,7 @@ at::Tensor blur_downsample_cuda(const at::Tensor& x, const at::Tensor& kernel, i
 at::Tensor gaussian_blur_downsample_cuda(const at::Tensor& x, const at::Tensor& theta, const at::Tensor& lambda1,
                                          const at::Tensor& lambda2, int64_t size, int64_t stride) {
   const char* op = "gaussian_blur_downsample";
-  check_x(x, op);
-  TORCH_CHECK(size >= 1 && size % 2 == 1, op, ": size must be odd and >= 1, got ", size);
-  TORCH_CHECK(stride >= 1, op, ": stride must be >= 1, got ", stride);
-  const int64_t Bk = theta.numel();
-  for (const at::Tensor* p : {&theta, &lambda1, &lambda2}) {
-    TORCH_CHECK(p->device() == x.device() && p->dim() == 1 && p->numel() == Bk &&
-                    at::isFloatingType(p->scalar_type()),
-                op, ": theta, lambda1, lambda2 must be floating-point tensors of one shape [Bk] on ", x.device(),
-                ", got ", theta.sizes(), ", ", lambda1.sizes(), ", ", lambda2.sizes());
-  }
-  TORCH_CHECK(Bk == 1 || Bk == x.size(0), op, ": theta must hold 1 or B = ", x.size(0), " values, got ", Bk);
+  const int64_t Bk = blur_checks::check_gaussian(x, theta, lambda1, lambda2, size, stride, at::kCUDA, op);
   const at::ScalarType acc = acc_type_of(x.scalar_type());
   const c10::DeviceGuard guard(x.device());
   // [3, Bk]: three tiny device copies; the k x k weights are made in the kernel.
@@ -282,14 +255,9 @@ std::tuple<at::Tensor, at::Tensor> blur_downsample_backward_cuda(const at::Tenso
                                                                  const at::Tensor& kernel_in, int64_t stride,
                                                                  bool need_x, bool need_kernel) {
   const char* op = "blur_downsample_backward";
-  check_x(x_in, op);
-  check_kernel(x_in, kernel_in, stride, op);
+  blur_checks::check_backward(grad_out_in, x_in, kernel_in, stride, at::kCUDA, op);
   const int64_t B = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
   const int64_t Ho = blur_math::output_size(H, stride), Wo = blur_math::output_size(W, stride);
-  TORCH_CHECK(grad_out_in.device() == x_in.device() && grad_out_in.dim() == 4 && grad_out_in.size(0) == B &&
-                  grad_out_in.size(1) == C && grad_out_in.size(2) == Ho && grad_out_in.size(3) == Wo,
-              op, ": grad_out must be [", B, ", ", C, ", ", Ho, ", ", Wo, "] on ", x_in.device(), ", got ",
-              grad_out_in.sizes());
   const c10::DeviceGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const at::Tensor grad_out = grad_out_in.to(x.scalar_type()).contiguous();
