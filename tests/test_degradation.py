@@ -5,25 +5,18 @@ import pytest
 import torch
 
 import mzsr_fast
+from golden import assert_image_matches, chw, golden_cases
 from mzsr_fast.io import read_image
 
 SET5 = ("baby", "bird", "butterfly", "head", "woman")
 
 
-def _chw(array):
-    return torch.from_numpy(array).permute(2, 0, 1)
-
-
 def test_golden_degradations(shared_dir):
-    files = sorted((shared_dir / "golden").glob("degrade_*.npz"))
-    assert len(files) == 4
-    for path in files:
-        data = np.load(path)
-        x, kernel, scale = _chw(data["input"]), torch.from_numpy(data["kernel"]), int(data["scale"])
+    for name, data in golden_cases(shared_dir, "degrade_*.npz", 4):
+        x, kernel, scale = chw(data["input"]), torch.from_numpy(data["kernel"]), int(data["scale"])
         for mode in ("direct", "bicubic"):
             out = mzsr_fast.blur_downsample(x, kernel, scale, mode=mode, backend="torch")
-            np.testing.assert_allclose(out.permute(1, 2, 0).numpy(), data[mode], rtol=0, atol=1e-10,
-                                       err_msg=f"{path.name} {mode}")
+            assert_image_matches(out, data[mode], f"{name} {mode}")
 
 
 def test_reference_set5_lr_inputs_reproduced_exactly(shared_dir):

@@ -6,16 +6,14 @@ import pytest
 import torch
 
 import mzsr_fast
+from golden import ATOL, golden_cases
 
 
 def test_golden_kernels(shared_dir):
-    files = sorted((shared_dir / "golden").glob("kernel_*.npz"))
-    assert files
-    for path in files:
-        data = np.load(path)
+    for name, data in golden_cases(shared_dir, "kernel_*.npz"):
         size, theta, lambda1, lambda2 = data["params"]
         k = mzsr_fast.gaussian_kernel(torch.tensor(theta, dtype=torch.float64), lambda1, lambda2, int(size))
-        np.testing.assert_allclose(k.numpy(), data["kernel"], rtol=0, atol=1e-10, err_msg=path.name)
+        np.testing.assert_allclose(k.numpy(), data["kernel"], rtol=0, atol=ATOL, err_msg=name)
 
 
 def test_g_d_2_0_preset_is_the_reference_set5_kernel(shared_dir):

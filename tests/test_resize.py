@@ -4,30 +4,19 @@ import pytest
 import torch
 
 import mzsr_fast
-
-
-def _chw(array):
-    return torch.from_numpy(array).permute(2, 0, 1)
+from golden import assert_image_matches, chw, golden_cases
 
 
 def test_golden_downscaling(shared_dir):
-    files = sorted((shared_dir / "golden").glob("down_*.npz"))
-    assert len(files) == 5
-    for path in files:
-        data = np.load(path)
-        out = mzsr_fast.imresize(_chw(data["input"]), scale=1 / float(data["scale"]))
-        np.testing.assert_allclose(out.permute(1, 2, 0).numpy(), data["output"], rtol=0, atol=1e-10,
-                                   err_msg=path.name)
+    for name, data in golden_cases(shared_dir, "down_*.npz", 5):
+        out = mzsr_fast.imresize(chw(data["input"]), scale=1 / float(data["scale"]))
+        assert_image_matches(out, data["output"], name)
 
 
 def test_golden_upscaling_to_exact_size(shared_dir):
-    files = sorted((shared_dir / "golden").glob("up_*.npz"))
-    assert len(files) == 5
-    for path in files:
-        data = np.load(path)
-        out = mzsr_fast.imresize(_chw(data["input"]), scale=float(data["scale"]), size=data["output"].shape[:2])
-        np.testing.assert_allclose(out.permute(1, 2, 0).numpy(), data["output"], rtol=0, atol=1e-10,
-                                   err_msg=path.name)
+    for name, data in golden_cases(shared_dir, "up_*.npz", 5):
+        out = mzsr_fast.imresize(chw(data["input"]), scale=float(data["scale"]), size=data["output"].shape[:2])
+        assert_image_matches(out, data["output"], name)
 
 
 def test_output_sizes():
@@ -98,12 +87,12 @@ def test_gather_path_for_long_axes_equals_dense(shared_dir, monkeypatch):
     from mzsr_fast import resize
 
     data = np.load(shared_dir / "golden" / "up_x3_14x10_to_41x29.npz")
-    x = _chw(data["input"]).requires_grad_()
+    x = chw(data["input"]).requires_grad_()
     dense = mzsr_fast.imresize(x, scale=3.0, size=(41, 29))
     monkeypatch.setattr(resize, "DENSE_LIMIT", 0)
     resize._device_weights.cache_clear()
     gathered = mzsr_fast.imresize(x, scale=3.0, size=(41, 29))
-    np.testing.assert_allclose(gathered.detach().permute(1, 2, 0).numpy(), data["output"], rtol=0, atol=1e-10)
+    assert_image_matches(gathered, data["output"])
     g = torch.rand_like(dense)
     torch.testing.assert_close(torch.autograd.grad(gathered, x, g)[0], torch.autograd.grad(dense, x, g)[0])
     resize._device_weights.cache_clear()
