@@ -17,39 +17,24 @@ import pytest
 import torch
 
 import mzsr_fast
-from mzsr_fast import dispatch
 from mzsr_fast.gaussian import gaussian_kernel
 from mzsr_fast.ops.blur_downsample import anisotropic_blur_downsample, blur_downsample
 from mzsr_fast.reference.blur_downsample import blur_downsample as reference_blur_downsample
+from op_backends import backend_params, device_of
 
-BACKENDS = ("cpu", "cuda", "triton", "torch")
 NATIVE = ("cpu", "cuda")
 EPS32 = torch.finfo(torch.float32).eps
 
 
-def _device(backend: str) -> str:
-    if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
-        return "cuda"
-    return "cpu"
-
-
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=backend_params("blur_downsample"))
 def backend(request):
-    name = request.param
-    reason = dispatch.unavailable_reason(name, "blur_downsample", _device(name))
-    if reason is not None:
-        pytest.skip(f"backend {name!r} unavailable: {reason}")
-    return name
+    return request.param
 
 
-@pytest.fixture(params=NATIVE)
+@pytest.fixture(params=backend_params("blur_downsample", NATIVE))
 def native(request):
-    name = request.param
-    reason = dispatch.unavailable_reason(name, "blur_downsample", name)
-    if reason is not None:
-        pytest.skip(f"backend {name!r} unavailable: {reason}")
     import mzsr_fast.ops.blur_downsample_native  # noqa: F401  (fake kernels, autograd)
-    return name
+    return request.param
 
 
 def _cases(n: int, seed: int, max_hw: int, sizes=(1, 3, 13, 15, 21), max_batch: int = 8):
@@ -81,7 +66,7 @@ def _kernel_for_reference(kernel3):
 
 
 def _check_against_reference(backend, b, c, h, w, k, scale, mode, shared, dtype=torch.float64, atol=1e-11):
-    device = _device(backend)
+    device = device_of(backend)
     x = _random((b, c, h, w), dtype, device).requires_grad_(True)
     kernel = _random((1 if shared else b, k, k), dtype, device)
     kernel = (kernel / kernel.sum(dim=(-2, -1), keepdim=True)).detach().requires_grad_(True)
@@ -128,7 +113,7 @@ def test_float32_tolerance(backend, k, scale):
     # rounding error stays within a few k * k * eps32 of max|x| * sum|kernel|.
     if backend == "triton":
         k = min(k, 5)
-    device = _device(backend)
+    device = device_of(backend)
     x = _random((2, 3, 37, 29), torch.float64, device)
     kernel = _random((2, k, k), torch.float64, device)
     kernel = kernel / kernel.sum(dim=(-2, -1), keepdim=True)
@@ -141,7 +126,7 @@ def test_float32_tolerance(backend, k, scale):
 
 
 def test_noncontiguous_and_channels_last(backend):
-    device = _device(backend)
+    device = device_of(backend)
     base = _random((2, 2, 13, 16), torch.float64, device)
     kernel = _random((2, 5, 5), torch.float64, device)
     for x in (base.to(memory_format=torch.channels_last), base[:, :, :, ::2], base.transpose(-1, -2)):
@@ -162,7 +147,7 @@ def test_noncontiguous_and_channels_last(backend):
 
 
 def test_gradcheck(backend):
-    device = _device(backend)
+    device = device_of(backend)
     x = _random((2, 1, 7, 6), torch.float64, device).requires_grad_(True)
     for kernel, scale in ((_random((2, 3, 3), torch.float64, device), 2),
                           (_random((5, 5), torch.float64, device), 3)):
@@ -191,7 +176,7 @@ def _gaussian_params(n, device, dtype=torch.float64):
 def test_anisotropic_matches_reference(backend, b, h, w, size, scale, mode, shared):
     if backend == "triton":
         size = min(size, 5)
-    device = _device(backend)
+    device = device_of(backend)
     x = _random((b, 2, h, w), torch.float64, device).requires_grad_(True)
     params = _gaussian_params(1 if shared else b, device)
     out = anisotropic_blur_downsample(x, *params, size, scale, mode=mode, backend=backend)
@@ -206,7 +191,7 @@ def test_anisotropic_matches_reference(backend, b, h, w, size, scale, mode, shar
 
 
 def test_anisotropic_numbers_and_scalars(backend):
-    device = _device(backend)
+    device = device_of(backend)
     x = _random((2, 3, 12, 13), torch.float64, device)
     size = 7
     out = anisotropic_blur_downsample(x, -0.5, 4.0, torch.tensor(1.0, dtype=torch.float64, device=device),
@@ -219,7 +204,7 @@ def test_anisotropic_numbers_and_scalars(backend):
 
 
 def test_anisotropic_gradcheck(backend):
-    device = _device(backend)
+    device = device_of(backend)
     x = _random((2, 1, 6, 7), torch.float64, device).requires_grad_(True)
     params = _gaussian_params(2, device)
     assert torch.autograd.gradcheck(
@@ -327,7 +312,7 @@ def test_raw_op_errors(native):
 def test_low_precision(backend, dtype):
     if backend == "triton" and dtype == torch.bfloat16:
         pytest.skip("triton: bf16 is not reliable in the interpreter (ENVIRONMENT.md)")
-    device = _device(backend)
+    device = device_of(backend)
     x = _random((2, 3, 17, 16), torch.float64, device)
     kernel = _random((2, 5, 5), torch.float64, device)
     kernel = kernel / kernel.sum(dim=(-2, -1), keepdim=True)
