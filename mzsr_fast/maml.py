@@ -12,11 +12,8 @@ Public functions:
 
 - ``stack_params(params, tasks)``: dict name -> [T, ...] views (p.expand).
 - ``stacked_forward(params, x, strategy=None)``: [T, N, 3, H, W] -> same,
-  task t through its own weights. Strategies (STRATEGIES): "loop" (per-task
-  Python loop), "loop_cl" (the same with channels-last activations),
-  "grouped" (tasks folded into channels, one grouped convolution per layer),
-  "vmap" (torch.func.vmap of functional_forward). None picks
-  PREFERRED_STRATEGY for the device type.
+  task t through its own weights; the strategies (STRATEGIES, chosen per
+  device by PREFERRED_STRATEGY) are in mzsr_fast.stacked.
 - ``inner_loop(...)``: the steps of SGD on the support set of every task,
   exact second order (order=2) or first order (order=1), the update being the
   fused multi-tensor op mzsr_fast.sgd_step; returns the adapted parameters
@@ -30,118 +27,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from .model import CHANNELS, functional_forward
 from .ops.sgd_step import sgd_step
+from .stacked import (PREFERRED_STRATEGY, STRATEGIES, check_images, check_stacked, choose_strategy, stack_params,
+                      stacked_forward)
 
 __all__ = ["InnerLoopResult", "inner_loop", "stack_params", "stacked_forward", "msl_weights", "multi_step_loss",
            "STRATEGIES", "PREFERRED_STRATEGY", "LOSSES"]
-
-_LAYERS = len(CHANNELS) - 1
-
-
-# ---------------------------------------------------------------------------
-# Stacked forward: T tasks x N images, each task with its own weights
-# ---------------------------------------------------------------------------
-
-def _forward_loop(params: Mapping[str, torch.Tensor], x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    names = list(params)
-    # unbind, not params[k][t]: its backward is one stack, indexing's is T zero-filled copies.
-    per_task = list(zip(*(params[k].unbind(0) for k in names)))
-    outs = []
-    for t, xt in enumerate(x.unbind(0)):
-        if channels_last:
-            xt = xt.contiguous(memory_format=torch.channels_last)
-        outs.append(functional_forward(dict(zip(names, per_task[t])), xt))
-    return torch.stack(outs)
-
-
-def _forward_loop_cl(params, x):
-    return _forward_loop(params, x, channels_last=True)
-
-
-def _forward_grouped(params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    tasks, n, c, h, w = x.shape
-    inp = x.transpose(0, 1).reshape(n, tasks * c, h, w)  # channels of task t: [t c, (t + 1) c)
-    out = inp
-    for i in range(_LAYERS):
-        weight, bias = params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]
-        out = F.conv2d(out, weight.reshape(-1, *weight.shape[2:]), bias.reshape(-1), padding=1, groups=tasks)
-        if i < _LAYERS - 1:
-            out = F.relu(out)
-    return (inp + out).reshape(n, tasks, c, h, w).transpose(0, 1)
-
-
-def _forward_vmap(params, x):
-    return torch.func.vmap(functional_forward)(dict(params), x)
-
-
-# name -> forward(params {name: [T, ...]}, x [T, N, C, H, W]) -> [T, N, C, H, W]
-STRATEGIES: dict[str, Callable] = {"loop": _forward_loop, "loop_cl": _forward_loop_cl,
-                                   "grouped": _forward_grouped, "vmap": _forward_vmap}
-
-# Fastest strategy per device type. Measured on the project's CPU (2 cores, float32,
-# T=5 tasks x N=8 images of 64x64, seconds, best of 3, benchmarks/bench_maml.py):
-#
-#   strategy   forward   forward+backward   one 2nd-order step (grad, update, query, meta-backward)
-#   loop         0.33         0.80              11.2
-#   loop_cl      0.30         0.68               3.9
-#   grouped      1.04         3.61              18.2
-#   vmap         1.38         3.11              13.0
-#
-# On CPU oneDNN's channels-last convolutions make the double backward of the
-# second-order meta-gradient about 3x cheaper. Grouped convolution is slower on
-# this CPU; on GPU it folds the T launches per layer into one (not measured
-# here: no GPU on the project's machines, so the CUDA choice is the usual one).
-PREFERRED_STRATEGY = {"cpu": "loop_cl", "cuda": "grouped"}
-
-
-def stack_params(params: Mapping[str, torch.Tensor], tasks: int) -> dict[str, torch.Tensor]:
-    """dict name -> [tasks, ...]: every task starts from the same tensor (an
-    expand view, no copy; gradients wrt it sum into the original)."""
-    if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 1:
-        raise ValueError(f"tasks: expected an integer >= 1, got {tasks!r}")
-    return {name: p.unsqueeze(0).expand(tasks, *p.shape) for name, p in params.items()}
-
-
-def _check_strategy(strategy: str | None, device: torch.device) -> Callable:
-    if strategy is None:
-        strategy = PREFERRED_STRATEGY.get(device.type, "loop")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy: expected one of {tuple(STRATEGIES)} or None, got {strategy!r}")
-    return STRATEGIES[strategy]
-
-
-def _check_stacked(params: Mapping[str, torch.Tensor], tasks: int, name: str = "params") -> None:
-    if not isinstance(params, Mapping):
-        raise TypeError(f"{name}: expected a dict name -> tensor, got {type(params).__name__}")
-    missing = [k for i in range(_LAYERS) for k in (f"layers.{i}.weight", f"layers.{i}.bias") if k not in params]
-    if missing:
-        raise ValueError(f"{name}: missing MZSRNet parameters {missing}")
-    for k, p in params.items():
-        if not isinstance(p, torch.Tensor) or p.dim() < 1 or p.shape[0] != tasks:
-            shape = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
-            raise ValueError(f"{name}[{k!r}]: expected a stacked tensor [T={tasks}, ...], got {shape}")
-
-
-def _check_images(x, name: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 5 or x.shape[2] != CHANNELS[0]:
-        raise ValueError(f"{name}: expected [T, N, {CHANNELS[0]}, H, W], got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
-
-
-def stacked_forward(params: Mapping[str, torch.Tensor], x: torch.Tensor, strategy: str | None = None) -> torch.Tensor:
-    """MZSRNet of T tasks at once: params {name: [T, ...]} (MZSRNet names),
-    x [T, N, 3, H, W] -> [T, N, 3, H, W], out[t] = f(params[:][t], x[t]).
-    Differentiable wrt params and x to any order."""
-    _check_images(x, "x")
-    _check_stacked(params, x.shape[0])
-    return _check_strategy(strategy, x.device)(params, x)
-
 
 # ---------------------------------------------------------------------------
 # Losses and the MAML++ multi-step loss
@@ -238,8 +130,8 @@ def _check_pair(pair, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
         raise TypeError(f"{name}: expected an (input, target) pair of [T, N, 3, H, W] tensors")
     x, y = pair
-    _check_images(x, f"{name}[0]")
-    _check_images(y, f"{name}[1]")
+    check_images(x, f"{name}[0]")
+    check_images(y, f"{name}[1]")
     if x.shape != y.shape:
         raise ValueError(f"{name}[1]: expected the shape of {name}[0] {tuple(x.shape)}, got {tuple(y.shape)}")
     return x, y
@@ -282,7 +174,7 @@ def inner_loop(params: Mapping[str, torch.Tensor], support, query, steps: int, l
     loss_fn = LOSSES.get(loss) if isinstance(loss, str) else loss
     if loss_fn is None or not callable(loss_fn):
         raise ValueError(f"loss: expected one of {tuple(LOSSES)} or a callable, got {loss!r}")
-    forward = _check_strategy(strategy, x_s.device)
+    forward = choose_strategy(strategy, x_s.device)
     names = list(params)
     rates = _step_rates(lr, steps, tasks, len(names))
 
@@ -290,7 +182,7 @@ def inner_loop(params: Mapping[str, torch.Tensor], support, query, steps: int, l
     create_graph = meta and order == 2
     with torch.enable_grad():
         fast = stack_params(params, tasks)
-        _check_stacked(fast, tasks)
+        check_stacked(fast, tasks)
         # parameters the caller does not differentiate (or all, under no_grad) start as fresh leaves
         fast = {k: p if meta and p.requires_grad else p.detach().requires_grad_() for k, p in fast.items()}
         query_losses, support_losses = [], []

@@ -26,6 +26,16 @@ from mzsr_fast.ops import sgd_step as glue
 from mzsr_fast.ops.sgd_step import rate_table, sgd_step
 from mzsr_fast.reference.sgd_step import sgd_step as reference
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These problems are tiny: one thread is fastest, and it keeps OpenMP barriers
+    from stalling when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 BACKENDS = ("cpu", "cuda", "triton", "torch")
 T = 3
 # Odd sizes: 4101 > one Triton block / CUDA chunk, 0-size rows of nothing, a scalar-per-task bias.

@@ -1,0 +1,280 @@
+"""MZSRNet over T tasks at once, each task with its own weights ("stacked"
+parameters: every tensor gets a leading task axis [T, ...]).
+
+    out = stacked_forward(params, x)     # params {name: [T, ...]}, x [T, N, 3, H, W]
+
+Strategies (STRATEGIES), all exact and differentiable to any order:
+
+- "loop": a Python loop over the tasks, functional_forward (F.conv2d) on
+  each; the plain way.
+- "loop_cl": the same over channels-last activations (oneDNN's native layout
+  on CPU: no reorders around each convolution).
+- "explicit": "loop_cl" through explicit autograd functions for the
+  convolution and the ReLU whose backward is itself differentiable and
+  whose double backward (second-order MAML) calls the weight- and
+  input-gradient convolution kernels directly, instead of PyTorch's generic
+  double backward (weight gradient as a batch/channel-transposed convolution
+  with a 64x64 kernel and transposing copies, and zero-filled gradients of
+  the ReLU mask). Falls back to "loop_cl" under autocast.
+- "grouped": tasks folded into channels, one grouped convolution per layer
+  (groups=T).
+- "vmap": torch.func.vmap of functional_forward.
+
+PREFERRED_STRATEGY picks one per device type from measurements.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from .model import CHANNELS, functional_forward
+
+__all__ = ["stacked_forward", "stack_params", "STRATEGIES", "PREFERRED_STRATEGY", "conv3x3", "relu"]
+
+_LAYERS = len(CHANNELS) - 1
+_CONV_BACKWARD = torch.ops.aten.convolution_backward.default
+
+
+# ---------------------------------------------------------------------------
+# Explicit autograd for conv3x3 (stride 1, padding 1) and ReLU
+# ---------------------------------------------------------------------------
+
+def _conv_grads(grad_out, x, weight, groups: int, mask: tuple[bool, bool, bool]):
+    """(grad_x, grad_weight, grad_bias) of y = conv3x3(x, weight, bias), None where mask is False."""
+    bias_sizes = [weight.shape[0]] if mask[2] else None
+    return _CONV_BACKWARD(grad_out, x, weight, bias_sizes, [1, 1], [1, 1], [1, 1], False, [0, 0], groups, list(mask))
+
+
+class _Conv(torch.autograd.Function):
+    """y = conv2d(x, weight, bias, padding=1, groups=groups)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups):
+        ctx.save_for_backward(x, weight)
+        ctx.groups = groups
+        return F.conv2d(x, weight, bias, padding=1, groups=groups)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b, _ = ctx.needs_input_grad
+        grad_x, grad_w, grad_b = _ConvGrad.apply(grad_out, x, weight, ctx.groups, (need_x, need_w, need_b))
+        return grad_x, grad_w, grad_b, None
+
+
+class _ConvGrad(torch.autograd.Function):
+    """(grad_out, x, weight) -> (grad_x, grad_weight, grad_bias) of the convolution.
+
+    grad_x is bilinear in (grad_out, weight), grad_weight in (x, grad_out),
+    grad_bias linear in grad_out, so with incoming gx, gw, gb:
+      d/d grad_out = conv(gx, weight) + conv(x, gw) + gb
+      d/d x        = input-gradient of conv with weight gw at grad_out
+      d/d weight   = weight-gradient of conv with input gx at grad_out
+    each written with _Conv / _ConvGrad again: differentiable to any order.
+    """
+
+    @staticmethod
+    def forward(ctx, grad_out, x, weight, groups, mask):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(grad_out, x, weight)
+        ctx.groups = groups
+        return tuple(_conv_grads(grad_out, x, weight, groups, mask))
+
+    @staticmethod
+    def backward(ctx, gx, gw, gb):
+        grad_out, x, weight = ctx.saved_tensors
+        need_grad_out, need_x, need_w, _, _ = ctx.needs_input_grad
+        groups = ctx.groups
+        d_grad_out = d_x = d_w = None
+        if need_grad_out:
+            terms = []
+            if gx is not None:
+                terms.append(_Conv.apply(gx, weight, gb, groups))  # the bias term rides along
+                gb = None
+            if gw is not None:
+                terms.append(_Conv.apply(x, gw, gb, groups))
+                gb = None
+            if gb is not None:
+                terms.append(gb.view(1, -1, 1, 1).expand_as(grad_out))
+            if terms:
+                d_grad_out = terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        if need_x and gw is not None:
+            d_x = _ConvGrad.apply(grad_out, x, gw, groups, (True, False, False))[0]
+        if need_w and gx is not None:
+            d_w = _ConvGrad.apply(grad_out, gx, weight, groups, (False, True, False))[1]
+        return d_grad_out, d_x, d_w, None, None
+
+
+class _ReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = x.clamp_min(0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        (y,) = ctx.saved_tensors
+        return _ReLUGrad.apply(grad_y, y)
+
+
+class _ReLUGrad(torch.autograd.Function):
+    """grad_y * (y > 0): linear in grad_y; its derivative wrt y is zero almost
+    everywhere (PyTorch's formula too), returned as None instead of zeros."""
+
+    @staticmethod
+    def forward(ctx, grad_y, y):
+        ctx.save_for_backward(y)
+        return torch.ops.aten.threshold_backward(grad_y, y, 0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return _ReLUGrad.apply(grad, y), None
+
+
+def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, groups: int = 1) -> torch.Tensor:
+    """F.conv2d(x, weight, bias, padding=1, groups=groups) with the explicit
+    (cheaper, any-order) backward of this module."""
+    return _Conv.apply(x, weight, bias, groups)
+
+
+def relu(x: torch.Tensor) -> torch.Tensor:
+    """F.relu with the explicit backward of this module (no zero gradients)."""
+    return _ReLU.apply(x)
+
+
+def _explicit_forward(params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    h = x
+    for i in range(_LAYERS):
+        h = conv3x3(h, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"])
+        if i < _LAYERS - 1:
+            h = relu(h)
+    return x + h
+
+
+# ---------------------------------------------------------------------------
+# Strategies
+# ---------------------------------------------------------------------------
+
+def _per_task(params: Mapping[str, torch.Tensor], x: torch.Tensor, net: Callable,
+              channels_last: bool) -> torch.Tensor:
+    names = list(params)
+    # unbind, not params[k][t]: its backward is one stack, indexing's is T zero-filled copies.
+    weights = list(zip(*(params[k].unbind(0) for k in names)))
+    outs = []
+    for t, xt in enumerate(x.unbind(0)):
+        if channels_last:
+            xt = xt.contiguous(memory_format=torch.channels_last)
+        outs.append(net(dict(zip(names, weights[t])), xt))
+    return torch.stack(outs)
+
+
+def _forward_loop(params, x):
+    return _per_task(params, x, functional_forward, channels_last=False)
+
+
+def _forward_loop_cl(params, x):
+    return _per_task(params, x, functional_forward, channels_last=True)
+
+
+def _forward_explicit(params, x):
+    if torch.is_autocast_enabled(x.device.type):  # the explicit backward does not redo autocast's casts
+        return _forward_loop_cl(params, x)
+    return _per_task(params, x, _explicit_forward, channels_last=True)
+
+
+def _forward_grouped(params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    tasks, n, c, h, w = x.shape
+    inp = x.transpose(0, 1).reshape(n, tasks * c, h, w)  # channels of task t: [t c, (t + 1) c)
+    out = inp
+    for i in range(_LAYERS):
+        weight, bias = params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]
+        out = F.conv2d(out, weight.reshape(-1, *weight.shape[2:]), bias.reshape(-1), padding=1, groups=tasks)
+        if i < _LAYERS - 1:
+            out = F.relu(out)
+    return (inp + out).reshape(n, tasks, c, h, w).transpose(0, 1)
+
+
+def _forward_vmap(params, x):
+    return torch.func.vmap(functional_forward)(dict(params), x)
+
+
+# name -> forward(params {name: [T, ...]}, x [T, N, C, H, W]) -> [T, N, C, H, W]
+STRATEGIES: dict[str, Callable] = {"loop": _forward_loop, "loop_cl": _forward_loop_cl,
+                                   "explicit": _forward_explicit, "grouped": _forward_grouped,
+                                   "vmap": _forward_vmap}
+
+# Fastest strategy per device type. Measured on the project's CPU (2 cores, AVX-512),
+# float32, T=5 tasks x N=8 images of 64x64, seconds (benchmarks/bench_maml.py). The
+# machine was shared with other jobs that kept one core busy, so these numbers are
+# on ONE thread with the other core loaded, best of 4 interleaved runs:
+#
+#   strategy    1 second-order step*   1 first-order step*
+#   loop              8.5 / 12.2             3.6
+#   loop_cl           8.3 / 12.1             3.1
+#   explicit           -  /  9.9              -
+#   grouped          (15.6)                  10.5 (2 threads, loaded)
+#   vmap             (17.1)                   -
+#   * one inner step + query loss + meta-backward; "a / b": two sessions of
+#     different background load, b is the one where all three were compared.
+#
+# On CPU oneDNN runs channels-last convolutions without reorders, and the explicit
+# double backward replaces PyTorch's transposed-convolution weight gradient (about
+# twice slower than a regular convolution at these shapes, plus transposing copies).
+# Grouped convolution and vmap (which lowers to it) are slower on this CPU. On GPU,
+# grouped convolution folds the T launches per layer into one; not measured here (no
+# GPU on the project's machines), so the CUDA entry is the usual choice, not a result.
+PREFERRED_STRATEGY = {"cpu": "explicit", "cuda": "grouped"}
+
+
+def stack_params(params: Mapping[str, torch.Tensor], tasks: int) -> dict[str, torch.Tensor]:
+    """dict name -> [tasks, ...]: every task starts from the same tensor (an
+    expand view, no copy; gradients wrt it sum into the original)."""
+    if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 1:
+        raise ValueError(f"tasks: expected an integer >= 1, got {tasks!r}")
+    return {name: p.unsqueeze(0).expand(tasks, *p.shape) for name, p in params.items()}
+
+
+def choose_strategy(strategy: str | None, device: torch.device) -> Callable:
+    """The forward of strategy (None: PREFERRED_STRATEGY for device's type)."""
+    if strategy is None:
+        strategy = PREFERRED_STRATEGY.get(device.type, "loop")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy: expected one of {tuple(STRATEGIES)} or None, got {strategy!r}")
+    return STRATEGIES[strategy]
+
+
+def check_stacked(params: Mapping[str, torch.Tensor], tasks: int, name: str = "params") -> None:
+    """Raise unless params holds every MZSRNet parameter with a leading axis of size tasks."""
+    if not isinstance(params, Mapping):
+        raise TypeError(f"{name}: expected a dict name -> tensor, got {type(params).__name__}")
+    missing = [k for i in range(_LAYERS) for k in (f"layers.{i}.weight", f"layers.{i}.bias") if k not in params]
+    if missing:
+        raise ValueError(f"{name}: missing MZSRNet parameters {missing}")
+    for k, p in params.items():
+        if not isinstance(p, torch.Tensor) or p.dim() < 1 or p.shape[0] != tasks:
+            shape = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
+            raise ValueError(f"{name}[{k!r}]: expected a stacked tensor [T={tasks}, ...], got {shape}")
+
+
+def check_images(x, name: str) -> None:
+    """Raise unless x is a floating [T, N, 3, H, W] tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 5 or x.shape[2] != CHANNELS[0]:
+        raise ValueError(f"{name}: expected [T, N, {CHANNELS[0]}, H, W], got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+
+
+def stacked_forward(params: Mapping[str, torch.Tensor], x: torch.Tensor, strategy: str | None = None) -> torch.Tensor:
+    """MZSRNet of T tasks at once: params {name: [T, ...]} (MZSRNet names),
+    x [T, N, 3, H, W] -> [T, N, 3, H, W], out[t] = f(params[:][t], x[t]).
+    Differentiable wrt params and x to any order. strategy: see STRATEGIES
+    (None: PREFERRED_STRATEGY for x's device)."""
+    check_images(x, "x")
+    check_stacked(params, x.shape[0])
+    return choose_strategy(strategy, x.device)(params, x)
