@@ -118,12 +118,24 @@ def test_sr_bad_images(tmp_path, model_file, capsys):
         assert main(["sr", "example-lr", "-o", str(tmp_path), "--model", model_file, "--scale", scale]) == 2
 
 
-def test_sr_without_trained_default_model_says_so(tmp_path, capsys):
+def test_sr_main_job_with_shipped_default_model(tmp_path):
+    """The README's main command: the bundled LR example with the default model."""
+    assert main(["sr", "example-lr", "-o", str(tmp_path), "--kernel", "g_d_2.0", "--steps", "1"]) == 0
+    sr = read_image(tmp_path / "butterfly_lr_g_d_2.0_x2_mzsr1.png")
+    gt = read_image(example_path("example"))
+    from mzsr_fast import imresize, metrics
+
+    bicubic = imresize(read_image(example_path("example-lr")), scale=2).clamp(0, 1)
+    assert metrics.psnr(sr, gt, 2) > metrics.psnr(bicubic, gt, 2) + 1.0
+
+
+def test_sr_with_untrained_bundled_model_says_so(tmp_path, capsys):
     from mzsr_fast.pretrained import bundled_models
 
-    if bundled_models()["direct_x2"]:
-        pytest.skip("default weights are shipped")
-    assert main(["sr", "example-lr", "-o", str(tmp_path)]) == 2
+    untrained = [name for name, shipped in bundled_models().items() if not shipped]
+    if not untrained:
+        pytest.skip("every bundled model is shipped")
+    assert main(["sr", "example-lr", "-o", str(tmp_path), "--model", untrained[0]]) == 2
     assert "not trained yet" in capsys.readouterr().err
 
 
