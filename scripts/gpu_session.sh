@@ -29,14 +29,14 @@ timeout $(( $(left) / 2 )) python3 -m pytest benchmarks --benchmark-only -q -s \
   --benchmark-json="benchmarks/results/$device-$stamp.json" 2>&1 | tee "$out/bench-$device-$stamp.log" | tail -40
 cp "benchmarks/results/$device-$stamp.json" "$out/" 2>/dev/null
 
-echo "== training for the time left"
+echo "== training for the time left: continue the committed direct_x2 run on the GPU"
 train_s=$(( $(left) - 30 ))
-if [ "$train_s" -gt 60 ] && [ -d ../shared/data/train -o -d shared/data/train ]; then
-  data=$( [ -d shared/data/train ] && echo shared/data/train || echo ../shared/data/train )
-  run=runs/gpu-metatrain
-  resume=$( [ -f "$run/latest.safetensors" ] && echo --resume )
-  timeout --signal=TERM "$train_s" python3 -m mzsr_fast.cli metatrain "$data" --init runs/pretrain/latest.safetensors \
-    --out "$run" --device cuda $resume 2>&1 | tail -5
-  cp "$run/latest.safetensors" "$out/" 2>/dev/null
+data=$( [ -d shared/data/train ] && echo shared/data/train || echo ../shared/data/train )
+if [ "$train_s" -gt 60 ] && [ -d "$data" ]; then
+  timeout --signal=TERM "$train_s" python3 -m mzsr_fast.cli metatrain "$data" \
+    --init training/pretrain_x2/latest.safetensors --out training/metatrain_direct_x2 --iterations 100000 \
+    --order 1 --patch-size 48 --meta-batch 4 --task-batch 8 --inner-steps 5 --checkpoint-every 20 --keep 2 \
+    --log-every 5 --no-progress --seed 0 --resume --device cuda --allow-config-change 2>&1 | tail -5
+  cp training/metatrain_direct_x2/latest.safetensors "$out/" 2>/dev/null
 fi
 echo "== done in $(( $(date +%s) - start )) s"
