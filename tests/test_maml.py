@@ -8,11 +8,6 @@ strategy against the loop, the MSL schedule of SPEC section 7, bad input.
 """
 from __future__ import annotations
 
-import os
-
-if not __import__("torch").cuda.is_available():  # before any @triton.jit is defined
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
 from functools import lru_cache
 
 import pytest
@@ -22,14 +17,7 @@ from mzsr_fast import maml, stacked
 from mzsr_fast.model import PARAMETER_NAMES, MZSRNet, functional_forward
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are tiny: one thread is fastest, and it keeps OpenMP barriers
-    from stalling when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 T, K, N, SIZE = 3, 3, 2, 12
 ALPHA = 0.01

@@ -12,11 +12,6 @@ MAML differentiates through the backward).
 """
 from __future__ import annotations
 
-import os
-
-if not __import__("torch").cuda.is_available():  # before any @triton.jit is defined
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
 import pytest
 import torch
 
@@ -27,14 +22,7 @@ from mzsr_fast.ops.sgd_step import rate_table, sgd_step
 from mzsr_fast.reference.sgd_step import sgd_step as reference
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are tiny: one thread is fastest, and it keeps OpenMP barriers
-    from stalling when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 BACKENDS = ("cpu", "cuda", "triton", "torch")
 T = 3
