@@ -30,6 +30,7 @@ import statistics
 import time
 
 import pytest
+from timing import sync, timed
 import torch
 
 from mzsr_fast import dispatch
@@ -50,17 +51,6 @@ CASES = {
 }
 
 
-def _sync():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn) -> float:
-    _sync()
-    start = time.perf_counter()
-    fn()
-    _sync()
-    return time.perf_counter() - start
 
 
 def _paired_medians(fn_a, fn_b, repeats: int):
@@ -70,8 +60,8 @@ def _paired_medians(fn_a, fn_b, repeats: int):
         fn_b()
     a, b = [], []
     for _ in range(repeats):
-        a.append(_timed(fn_a))
-        b.append(_timed(fn_b))
+        a.append(timed(fn_a, DEVICE))
+        b.append(timed(fn_b, DEVICE))
     return statistics.median(a), statistics.median(b)
 
 

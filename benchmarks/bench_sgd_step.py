@@ -13,9 +13,9 @@ Run: [MZSR_BENCH_THREADS=n] pytest benchmarks/bench_sgd_step.py --benchmark-only
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
+from timing import sync, timed
 import torch
 
 from mzsr_fast import dispatch
@@ -27,10 +27,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if os.environ.get("MZSR_BENCH_THREADS"):  # e.g. 1 on a machine whose other core is busy
     torch.set_num_threads(int(os.environ["MZSR_BENCH_THREADS"]))
 
-
-def _sync():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +61,6 @@ def _backends():
     return out
 
 
-def _timed(fn) -> float:
-    _sync()
-    start = time.perf_counter()
-    fn()
-    _sync()
-    return time.perf_counter() - start
-
 
 @pytest.mark.parametrize("rate", ["float", "per-task"])
 @pytest.mark.parametrize("backend", _backends())
@@ -88,12 +77,12 @@ def test_sgd_step(benchmark, lists, backend, rate):
 
     def setup():
         for name, fn in refs.items():
-            times[name].append(_timed(fn))
+            times[name].append(timed(fn, DEVICE))
 
     for fn in [*refs.values(), run]:
         fn()  # warm-up
     rounds = 3 if backend == "triton" and DEVICE == "cpu" else 50  # the interpreter is slow
-    benchmark.pedantic(lambda: (run(), _sync()), setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(lambda: (run(), sync(DEVICE)), setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
     ours = benchmark.stats.stats.min
     loop_s, foreach_s = min(times["python loop"]), min(times["foreach"])
     moved = 3 * sum(p.numel() * p.element_size() for p in params)
