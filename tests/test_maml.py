@@ -205,6 +205,29 @@ def test_explicit_strategy_under_autocast():
     assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
 
 
+def test_channels_last_slices_get_canonical_strides():
+    """One image per task (x[:, None], as adapt() passes it) slices to [1, C, H, W]
+    with batch stride C: channels-last for is_contiguous, NCHW for
+    suggest_memory_format, which made every convolution reorder. The
+    channels-last strategies must hand the convolutions canonical strides, and
+    values and gradients must not change."""
+    gen = torch.Generator().manual_seed(5)
+    images = torch.rand(2, 3, 7, 9, generator=gen).contiguous(memory_format=torch.channels_last)
+    weight = torch.rand(4, 3, 3, 3, generator=gen)
+    conv_layout_is_channels_last = lambda t: torch.nn.functional.conv2d(t, weight).is_contiguous(  # noqa: E731
+        memory_format=torch.channels_last)
+    piece = images[:, None].unbind(0)[0]
+    assert piece.stride()[0] == 3 and not conv_layout_is_channels_last(piece)
+    fixed = stacked._channels_last(piece)
+    assert conv_layout_is_channels_last(fixed) and fixed.data_ptr() == piece.data_ptr()
+    torch.testing.assert_close(fixed, piece, rtol=0, atol=0)
+    assert stacked._channels_last(fixed) is fixed
+    nchw = torch.rand(1, 3, 7, 9, generator=gen)
+    assert conv_layout_is_channels_last(stacked._channels_last(nchw))
+    x = images.double()[:, None].requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: stacked._channels_last(t[0]) * 2, (x,))
+
+
 def test_stack_params_is_a_view():
     init, _, _ = _problem(torch.float32)
     stacked = maml.stack_params(init, 4)
