@@ -108,7 +108,7 @@ def cmd_sr(args) -> None:
         start = time.perf_counter()
         sr = adapt(lr, args.kernel, args.scale, steps=args.steps, model=net,
                    precision=args.precision, backprojection=args.backprojection, tile=args.tile,
-                   backend=args.backend)
+                   backend=args.backend, cuda_graph=args.cuda_graph)
         seconds = time.perf_counter() - start
         out = _output_path(args.output, path, f"_x{args.scale}_mzsr{args.steps}")
         write_image(out, sr)
@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--backprojection", action="store_true", help="4 iterations of back-projection")
     sr.add_argument("--device")
     sr.add_argument("--backend", choices=("cpu", "cuda", "triton", "torch"))
+    sr.add_argument("--cuda-graph", action="store_true",
+                    help="replay each adaptation step as one captured CUDA graph (CUDA devices only)")
     sr.set_defaults(run=cmd_sr)
 
     evaluate = commands.add_parser("eval", help="PSNR/SSIM table as in the paper")

@@ -103,6 +103,7 @@ def test_sr_converts_gray_rgba_16bit(tmp_path, model_file):
     (["--steps", "-1"], "steps: expected an integer >= 0"),
     (["--scale", "4"], "scale: the model 'tiny' was trained for scales (2,), got 4"),
     (["--kernel", "1,2"], "kernel: '1,2' is neither a preset"),
+    (["--cuda-graph", "--device", "cpu"], "cuda_graph: needs lr on a CUDA device, got cpu"),
 ])
 def test_sr_bad_input(tmp_path, model_file, capsys, extra, message):
     assert main(["sr", "example-lr", "-o", str(tmp_path), "--model", model_file] + extra) == 2
