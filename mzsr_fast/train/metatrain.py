@@ -24,8 +24,8 @@ from ..degradation import PRESETS
 from ..pretrained import SCHEDULES, ModelInfo
 from . import distributed, validation
 from .checkpoints import weights_bytes
-from .data import FLAT_THRESHOLD, ImageBank, TaskBatch, task_pairs
-from .run import TrainResult, autocast, non_negative_int, positive_float, positive_int, train
+from .data import ImageBank, TaskBatch, task_pairs
+from .run import RunSettings, TrainResult, autocast, non_negative_int, positive_float, positive_int, train
 from .trainer import Trainer
 
 __all__ = ["Variant", "VARIANTS", "MetatrainConfig", "MetaLearner", "metatrain"]
@@ -53,7 +53,7 @@ VARIANTS = {v.name: v for v in (
 
 
 @dataclasses.dataclass
-class MetatrainConfig:
+class MetatrainConfig(RunSettings):
     """Settings of a meta-training run (defaults: SPEC section 7).
 
     init: pretrained weights (.safetensors or a pretraining run folder); None
@@ -69,7 +69,6 @@ class MetatrainConfig:
     out: str
     init: str | None = None
     iterations: int = 100_000
-    seed: int = 0
     variant: str = "direct_x2"
     meta_batch: int = 5
     task_batch: int = 8
@@ -83,26 +82,16 @@ class MetatrainConfig:
     msl: bool = True
     msl_decay: float | None = None
     kernel_size: int = 15
-    flat_threshold: float = FLAT_THRESHOLD
-    amp: bool = False
-    checkpoint_every: int = 1000
-    keep: int = 3
-    resume: bool = False
-    allow_config_change: bool = False
-    device: str | None = None
-    threads: int | None = None
-    validate_every: int = 0
-    val_dir: str | None = None
     val_kernels: tuple[str, ...] | None = None
     val_steps: tuple[int, ...] = (1, 10)
     log_every: int = 10
     prefetch: int = 2
-    progress: bool = True
 
     def check(self) -> "MetatrainConfig":
         positive_int(self, "iterations", "meta_batch", "task_batch", "patch_size", "inner_steps", "kernel_size",
                      "log_every", "prefetch")
-        non_negative_int(self, "seed", "first_order_until", "checkpoint_every", "keep", "validate_every")
+        self.check_run_settings()
+        non_negative_int(self, "first_order_until")
         positive_float(self, "inner_lr", "meta_lr")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {sorted(VARIANTS)}, got {self.variant!r}")
@@ -114,15 +103,11 @@ class MetatrainConfig:
             positive_float(self, "msl_decay")
         if self.patch_size < 2 * max(VARIANTS[self.variant].scales):
             raise ValueError(f"patch_size: {self.patch_size} is too small for the scales of {self.variant}")
-        if self.validate_every and not self.val_dir:
-            raise ValueError("validate_every: validation needs a folder of held-out images (val_dir / --val-dir)")
         for name in self.val_kernels or ():
             if name not in PRESETS:
                 raise ValueError(f"val_kernels: unknown kernel preset {name!r}; expected some of {sorted(PRESETS)}")
         if not self.val_steps or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in self.val_steps):
             raise ValueError(f"val_steps: expected integers >= 0, got {self.val_steps!r}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads: expected a positive integer, got {self.threads}")
         return self
 
 

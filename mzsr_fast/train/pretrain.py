@@ -16,21 +16,20 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed, validation
-from .data import FLAT_THRESHOLD, ImageBank, pretrain_pairs, to_unit
-from .run import TrainResult, autocast, train, non_negative_int, positive_float, positive_int
+from .data import ImageBank, pretrain_pairs, to_unit
+from .run import RunSettings, TrainResult, autocast, positive_float, positive_int, train
 from .trainer import Trainer
 
 __all__ = ["PretrainConfig", "pretrain", "Pretrainer", "learning_rate"]
 
 
 @dataclasses.dataclass
-class PretrainConfig:
+class PretrainConfig(RunSettings):
     """Settings of a pretraining run (defaults: SPEC section 6)."""
 
     data_dir: str
     out: str
     iterations: int = 500_000
-    seed: int = 0
     patch_size: int = 96
     batch_size: int = 32
     scale: float = 2.0
@@ -38,32 +37,17 @@ class PretrainConfig:
     lr_halve_every: int = 100_000
     lr_floor: float = 1e-4
     init: str | None = None
-    flat_threshold: float = FLAT_THRESHOLD
-    amp: bool = False
-    checkpoint_every: int = 1000
-    keep: int = 3
-    resume: bool = False
-    allow_config_change: bool = False
-    device: str | None = None
-    threads: int | None = None
-    validate_every: int = 0
-    val_dir: str | None = None
     log_every: int = 100
     prefetch: int = 4
-    progress: bool = True
 
     def check(self) -> "PretrainConfig":
         positive_int(self, "iterations", "patch_size", "batch_size", "lr_halve_every", "log_every", "prefetch")
-        non_negative_int(self, "seed", "checkpoint_every", "keep", "validate_every")
+        self.check_run_settings()
         positive_float(self, "lr", "lr_floor", "scale")
         if self.scale <= 1:
             raise ValueError(f"scale: expected a number > 1, got {self.scale}")
-        if self.validate_every and not self.val_dir:
-            raise ValueError("validate_every: validation needs a folder of held-out images (val_dir / --val-dir)")
         if self.validate_every and not float(self.scale).is_integer():
             raise ValueError(f"validate_every: PSNR needs an integer scale, got {self.scale}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads: expected a positive integer, got {self.threads}")
         if math.ceil(self.patch_size / self.scale) < 2:
             raise ValueError(f"patch_size: {self.patch_size} is too small for scale {self.scale}")
         return self

@@ -38,7 +38,7 @@ import torch
 
 from . import distributed
 from .checkpoints import CheckpointManager, atomic_write, rng_state, set_rng_state
-from .data import Prefetcher
+from .data import FLAT_THRESHOLD, Prefetcher
 from .distributed import Distributed
 from .progress import MetricsLog, ProgressBar
 
@@ -313,6 +313,41 @@ def train(kind: str, config, make_trainer, on_step=None) -> TrainResult:
     finally:
         dist.close()
         torch.set_num_threads(threads)
+
+
+@dataclasses.dataclass(kw_only=True)
+class RunSettings:
+    """Settings every training run has (keyword-only; the configs add their own).
+
+    seed: of the initialisation and the data stream. flat_threshold: patches
+    flatter than this are redrawn. amp: bf16 autocast (CUDA only).
+    checkpoint_every / keep: save every M iterations (0: only at the end and
+    on a stop signal), keeping the last N (0: all). resume: continue from the
+    newest checkpoint of `out`; allow_config_change: even when a setting
+    differs. device / threads: where to train. validate_every / val_dir:
+    PSNR on held-out images every V iterations (0: never).
+    """
+
+    seed: int = 0
+    flat_threshold: float = FLAT_THRESHOLD
+    amp: bool = False
+    checkpoint_every: int = 1000
+    keep: int = 3
+    resume: bool = False
+    allow_config_change: bool = False
+    device: str | None = None
+    threads: int | None = None
+    validate_every: int = 0
+    val_dir: str | None = None
+    progress: bool = True
+
+    def check_run_settings(self) -> None:
+        """Raise ValueError naming the first bad shared setting."""
+        non_negative_int(self, "seed", "checkpoint_every", "keep", "validate_every")
+        if self.validate_every and not self.val_dir:
+            raise ValueError("validate_every: validation needs a folder of held-out images (val_dir / --val-dir)")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads: expected a positive integer, got {self.threads}")
 
 
 # Setting checks shared by the config dataclasses: ValueError naming the field.
