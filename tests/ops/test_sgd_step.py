@@ -20,29 +20,19 @@ from mzsr_fast import dispatch
 from mzsr_fast.ops import sgd_step as glue
 from mzsr_fast.ops.sgd_step import rate_table, sgd_step
 from mzsr_fast.reference.sgd_step import sgd_step as reference
+from op_backends import backend_params, device_of
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-BACKENDS = ("cpu", "cuda", "triton", "torch")
 T = 3
 # Odd sizes: 4101 > one Triton block / CUDA chunk, 0-size rows of nothing, a scalar-per-task bias.
 SHAPES = [(T, 5, 7), (T,), (T, 4101), (T, 2, 3, 3), (T, 1)]
 
 
-def _device(backend: str) -> str:
-    if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
-        return "cuda"
-    return "cpu"
-
-
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=backend_params("sgd_step"))
 def backend(request):
-    name = request.param
-    reason = dispatch.unavailable_reason(name, "sgd_step", _device(name))
-    if reason is not None:
-        pytest.skip(f"backend {name!r} unavailable: {reason}")
-    return name
+    return request.param
 
 
 def _op(backend: str):
@@ -92,7 +82,7 @@ def _by_hand(params, grads, lr):
 @pytest.mark.parametrize("form", ["float", "0-d", "per-task", "per-tensor list", "per-tensor tensor", "table"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_backend_matches_reference(backend, form, dtype):
-    device = _device(backend)
+    device = device_of(backend)
     params, grads = _lists(SHAPES, dtype, device)
     lr = _lr_forms(len(SHAPES), dtype, device)[form]
     out = sgd_step(params, grads, lr, backend=backend)
@@ -107,7 +97,7 @@ def test_backend_matches_reference(backend, form, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_computes_in_float32(backend, dtype):
-    device = _device(backend)
+    device = device_of(backend)
     params, grads = _lists([(T, 33), (T, 2, 5)], dtype, device)
     lr = torch.tensor([0.1, 0.01, 0.001], device=device)
     out = sgd_step(params, grads, lr, backend=backend)
@@ -120,7 +110,7 @@ def test_half_precision_computes_in_float32(backend, dtype):
 
 def test_broadcast_params_need_no_copy(backend):
     """A param p.expand(T, ...) (the inner loop's first step) is read in place."""
-    device = _device(backend)
+    device = device_of(backend)
     base = [torch.randn(s[1:], dtype=torch.float64, device=device) for s in SHAPES]
     params = [b.expand(T, *b.shape) for b in base]
     _, grads = _lists(SHAPES, torch.float64, device)
@@ -131,7 +121,7 @@ def test_broadcast_params_need_no_copy(backend):
 
 
 def test_non_contiguous_inputs(backend):
-    device = _device(backend)
+    device = device_of(backend)
     params = [torch.randn(4, T, dtype=torch.float64, device=device).t(), torch.randn(T, 6, dtype=torch.float64,
                                                                                     device=device)[:, ::2]]
     grads = [torch.randn_like(p) for p in params]
@@ -141,7 +131,7 @@ def test_non_contiguous_inputs(backend):
 
 
 def test_empty_and_zero_size(backend):
-    device = _device(backend)
+    device = device_of(backend)
     assert sgd_step([], [], 0.1, backend=backend) == []
     params, grads = _lists([(T, 0), (T, 2)], torch.float32, device)
     out = sgd_step(params, grads, torch.ones(T, device=device), backend=backend)
@@ -150,7 +140,7 @@ def test_empty_and_zero_size(backend):
 
 
 def test_inputs_are_not_modified(backend):
-    device = _device(backend)
+    device = device_of(backend)
     params, grads = _lists(SHAPES, torch.float32, device)
     before = [t.clone() for t in params + grads]
     sgd_step(params, grads, 0.3, backend=backend)
@@ -167,7 +157,7 @@ GRAD_SHAPES = [(T, 2), (T,), (T, 1, 2), (T, 1)]  # 4 small tensors: a [T] lr is 
 
 @pytest.mark.parametrize("form", ["float", "per-task", "per-tensor list", "table"])
 def test_gradcheck_and_gradgradcheck(backend, form):
-    device = _device(backend)
+    device = device_of(backend)
     n = len(GRAD_SHAPES)
     params, grads = _lists(GRAD_SHAPES, torch.float64, device, requires_grad=True)
     if form == "float":
@@ -192,7 +182,7 @@ def test_gradcheck_and_gradgradcheck(backend, form):
 
 def test_lr_gradient_formula(backend):
     """grad_lr = -sum(g * grad_out) per rate; grad_g = -lr * grad_out; grad_p = grad_out."""
-    device = _device(backend)
+    device = device_of(backend)
     params, grads = _lists(GRAD_SHAPES, torch.float64, device, requires_grad=True)
     lr = torch.rand(T, dtype=torch.float64, device=device, requires_grad=True)
     out = sgd_step(params, grads, lr, backend=backend)
@@ -209,10 +199,10 @@ def test_lr_gradient_formula(backend):
 @pytest.mark.parametrize("native", ["cpu", "cuda", "triton"])
 @pytest.mark.parametrize("case", ["float", "per-task", "per-tensor", "no-params", "broadcast"])
 def test_opcheck(native, case):
-    reason = dispatch.unavailable_reason(native, "sgd_step", _device(native))
+    reason = dispatch.unavailable_reason(native, "sgd_step", device_of(native))
     if reason is not None:
         pytest.skip(f"backend {native!r} unavailable: {reason}")
-    device = _device(native)
+    device = device_of(native)
     n = len(GRAD_SHAPES)
     params, grads = _lists(GRAD_SHAPES, torch.float32, device, requires_grad=True)
     lr, alpha = None, 0.5
@@ -231,7 +221,7 @@ def test_meta_gradient_through_two_steps(backend):
     """Second order through two chained updates (the inner loop's pattern): the
     gradient of a loss of the second update wrt the first params equals the
     reference backend's."""
-    device = _device(backend)
+    device = device_of(backend)
 
     def run(name):
         gen = torch.Generator().manual_seed(3)
