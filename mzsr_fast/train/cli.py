@@ -64,6 +64,8 @@ def _common(parser: argparse.ArgumentParser, checkpoint_every: int, log_every: i
     parser.add_argument("--log-every", type=_positive_int, default=log_every, metavar="L",
                         help=f"log (CSV, progress) every L iterations (default {log_every})")
     parser.add_argument("--prefetch", type=_positive_int, help="batches prepared ahead by the loader thread")
+    parser.add_argument("--flat-threshold", type=float,
+                        help="reject patches whose mean squared gradient is below this (default exp(-6))")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress output")
 
 
@@ -115,8 +117,6 @@ def register_train_commands(commands) -> None:
     pre.add_argument("--lr-halve-every", type=_positive_int, help="halve the rate every N iterations (default 100000)")
     pre.add_argument("--lr-floor", type=float, help="lowest learning rate (default 1e-4)")
     pre.add_argument("--init", help="start from these weights (.safetensors or a run folder)")
-    pre.add_argument("--flat-threshold", type=float,
-                     help="reject patches whose mean squared gradient is below this (default exp(-6))")
     pre.set_defaults(run=cmd_pretrain)
 
     from .metatrain import VARIANTS
@@ -146,8 +146,6 @@ def register_train_commands(commands) -> None:
                       help="meta loss after the last inner step only (no MAML++ multi-step loss)")
     meta.add_argument("--msl-decay", type=float, help="per-iteration fall of the early MSL weights (default 1/K/3333)")
     meta.add_argument("--kernel-size", type=_positive_int, help="size of the task kernels (default 15)")
-    meta.add_argument("--flat-threshold", type=float,
-                      help="reject patches whose mean squared gradient is below this (default exp(-6))")
     meta.add_argument("--val-kernels", type=_name_list, metavar="PRESETS",
                       help="kernel presets validated on (default: the variant's, e.g. g_d_2.0)")
     meta.add_argument("--val-steps", type=_int_list, metavar="N,..", help="MZSR(n) steps validated (default 1,10)")
