@@ -107,7 +107,7 @@ def _capture(step: Callable[[], torch.Tensor], device: torch.device) -> Callable
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(stream):
-        for _ in range(2):
+        for _ in range(3):  # lazy initialisation and cuDNN's algorithm choice happen outside the capture
             step()
     torch.cuda.current_stream(device).wait_stream(stream)
     graph = torch.cuda.CUDAGraph()

@@ -99,7 +99,7 @@ def test_graph_step_logic_without_a_gpu(monkeypatch):
     rates = learning_rates(SCHEDULES["direct_x2"], 3)
 
     def rerun_capture(step, device):
-        for _ in range(2):  # the warm-up of adapt._capture, at rate 0
+        for _ in range(3):  # the warm-up of adapt._capture, at rate 0
             step()
         return step
 
