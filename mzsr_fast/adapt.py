@@ -101,8 +101,9 @@ def _capture(step: Callable[[], torch.Tensor], device: torch.device) -> Callable
     (a static tensor, overwritten by every replay).
 
     step must leave its state unchanged during the warm-up runs (the caller
-    sets the learning rate to 0): the warm-up runs on a side stream, as graph
-    capture requires, and really executes.
+    sets the learning rate to 0): the warm-up really executes, on the side
+    stream the capture then uses (per-stream library handles and workspaces
+    are created outside the capture).
     """
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
@@ -111,7 +112,7 @@ def _capture(step: Callable[[], torch.Tensor], device: torch.device) -> Callable
             step()
     torch.cuda.current_stream(device).wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=stream):
         out = step()
 
     def replay() -> torch.Tensor:
