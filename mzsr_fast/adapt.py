@@ -10,6 +10,7 @@ The given model is never changed: adaptation works on copies of its weights.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -71,14 +72,15 @@ def back_projection(sr: torch.Tensor, lr: torch.Tensor, scale: int, iterations: 
     return sr
 
 
-def _kernels(kernel, batch: int) -> torch.Tensor:
-    """kernel spec -> [k, k] or [B, k, k] float64 (the son always uses the
-    model's subsampling mode, so a preset's own mode is not used here)."""
+def _kernels(kernel, batch: int) -> tuple[torch.Tensor, str | None]:
+    """kernel spec -> ([k, k] or [B, k, k] float64, the preset's subsampling
+    mode or None). The son always uses the model's mode; the preset's is only
+    compared with it."""
     if isinstance(kernel, torch.Tensor) and kernel.dim() == 3:
         if kernel.shape[0] != batch:
             raise ValueError(f"kernel: expected one kernel per image ({batch}), got {kernel.shape[0]}")
-        return torch.stack([load_kernel(k)[0] for k in kernel])
-    return load_kernel(kernel)[0]
+        return torch.stack([load_kernel(k)[0] for k in kernel]), None
+    return load_kernel(kernel)
 
 
 def _check_steps(steps) -> int:
@@ -193,7 +195,12 @@ def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None,
     net, info = load_model(model)
     if info.scales and scale not in info.scales:
         raise ValueError(f"scale: the model {info.name!r} was trained for scales {info.scales}, got {scale}")
-    kernels = _kernels(kernel, y.shape[0])
+    kernels, kernel_mode = _kernels(kernel, y.shape[0])
+    if mode is None and kernel_mode not in (None, info.mode):
+        warnings.warn(f"kernel: the preset {kernel!r} comes with {kernel_mode} subsampling, but the model "
+                      f"{info.name!r} was meta-trained for {info.mode} subsampling and adapts with it; a "
+                      f"{kernel_mode} model ({kernel_mode}_x{scale}) fits this kernel (or set mode explicitly)",
+                      UserWarning, stacklevel=2)
     mode = mode or info.mode
     if mode not in ("direct", "bicubic"):
         raise ValueError(f"mode: expected 'direct' or 'bicubic', got {mode!r}")

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from importlib import resources
 
 import torch
@@ -213,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse already printed the usage error
         return int(exit_.code or 0)
+    format_warning = warnings.formatwarning
+    if not args.debug:  # one line per warning, without the source line
+        warnings.formatwarning = lambda message, *_: f"mzsr-fast {args.command}: warning: {message}\n"
     try:
         args.run(args)
     except (UsageError, ValueError, TypeError, FileNotFoundError) as error:
@@ -228,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"mzsr-fast {args.command}: failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = format_warning
     return 0
 
 

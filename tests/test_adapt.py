@@ -1,6 +1,7 @@
 """Test-time adaptation MZSR(n) (SPEC section 8)."""
 import copy
 import importlib
+import warnings
 
 import pytest
 import torch
@@ -141,6 +142,19 @@ def test_backprojection_keeps_range_and_consistency():
     down = lambda x: mzsr_fast.imresize(x, scale=0.5, size=(24, 24))
     assert (down(sr) - lr).abs().mean() < (down(plain) - lr).abs().mean()
     assert sr.min() >= 0 and sr.max() <= 1
+
+
+def test_preset_of_another_subsampling_mode_warns():
+    net = _small_net()
+    net.model_info = ModelInfo("mine", "direct_x2", "direct", (2,))
+    lr = torch.rand(3, 24, 24)
+    with pytest.warns(UserWarning, match=r"kernel: the preset 'g_b_1.3' comes with bicubic subsampling, but the "
+                                         r"model 'mine' was meta-trained for direct"):
+        mzsr_fast.adapt(lr, "g_b_1.3", 2, steps=0, model=net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mzsr_fast.adapt(lr, "g_b_1.3", 2, steps=0, model=net, mode="bicubic")  # explicit: no warning
+        mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=0, model=net)
 
 
 def test_saved_model_round_trip(tmp_path):

@@ -1,5 +1,7 @@
 """The mzsr-fast command: subcommands and bad input."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -97,6 +99,16 @@ def test_sr_converts_gray_rgba_16bit(tmp_path, model_file):
     with pytest.warns(UserWarning, match="alpha"):
         assert main(["sr", str(folder), "-o", str(tmp_path / "o"), "--steps", "1", "--model", model_file]) == 0
     assert read_image(tmp_path / "o" / "gray_x2_mzsr1.png").shape == (3, 48, 50)
+
+
+def test_sr_warning_is_one_line(tmp_path, model_file):
+    """Warnings print as one line (a subprocess: pytest records warnings instead of printing them)."""
+    done = subprocess.run([sys.executable, "-m", "mzsr_fast", "sr", "example-lr", "-o", str(tmp_path), "--model",
+                           model_file, "--steps", "0", "--kernel", "g_b_1.3"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    err = done.stderr
+    assert err.startswith("mzsr-fast sr: warning: kernel: the preset 'g_b_1.3' comes with bicubic subsampling")
+    assert err.count("\n") == 1
 
 
 @pytest.mark.parametrize("extra,message", [
