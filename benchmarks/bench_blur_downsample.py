@@ -30,7 +30,7 @@ import statistics
 import time
 
 import pytest
-from timing import sync, timed
+from timing import timed
 import torch
 
 from mzsr_fast import dispatch

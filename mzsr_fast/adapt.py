@@ -14,7 +14,6 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from . import _checks
 from .degradation import degrade, load_kernel

@@ -6,7 +6,6 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 
-import torch
 from safetensors.torch import load_file, safe_open, save_file
 
 from .model import MZSRNet
