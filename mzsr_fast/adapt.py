@@ -18,7 +18,7 @@ import torch
 from . import _checks
 from .degradation import degrade, load_kernel
 from .maml import stacked_forward
-from .pretrained import ModelInfo, load_model
+from .pretrained import ModelInfo, default_model, load_model
 from .resize import imresize
 
 __all__ = ["adapt", "learning_rates", "forward_tiled", "back_projection", "RECEPTIVE_RADIUS"]
@@ -167,8 +167,9 @@ def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None,
     each with its own weights (the tasks of the batched inner loop).
     kernel: [k, k] tensor, [B, k, k] (one per image), a preset name, a
     (theta, lambda1, lambda2) triple or a .npy/.mat path. model: None (the
-    default bundled model), a bundled name, a .safetensors path or an MZSRNet
-    (left unchanged). mode: "direct" or "bicubic" subsampling of the son
+    shipped bundled model for the preset's subsampling mode and the scale,
+    pretrained.default_model), a bundled name, a .safetensors path or an
+    MZSRNet (left unchanged). mode: "direct" or "bicubic" subsampling of the son
     (default: the model's). schedule: per-step learning rates (default: the
     model's row of the SPEC table). precision: "fp32" or "bf16" (autocast).
     tile: final inference on tiles of this many output pixels (bounded memory).
@@ -191,10 +192,10 @@ def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None,
         raise ValueError(f"cuda_graph: needs lr on a CUDA device, got {y.device}")
     if not torch.compiler.is_compiling():
         _checks.finite_tensor(y, "lr")
-    net, info = load_model(model)
+    kernels, kernel_mode = _kernels(kernel, y.shape[0])
+    net, info = load_model(default_model(kernel_mode, scale) if model is None else model)
     if info.scales and scale not in info.scales:
         raise ValueError(f"scale: the model {info.name!r} was trained for scales {info.scales}, got {scale}")
-    kernels, kernel_mode = _kernels(kernel, y.shape[0])
     if mode is None and kernel_mode not in (None, info.mode):
         warnings.warn(f"kernel: the preset {kernel!r} comes with {kernel_mode} subsampling, but the model "
                       f"{info.name!r} was meta-trained for {info.mode} subsampling and adapts with it; a "

@@ -99,10 +99,12 @@ def _steps_list(text: str) -> list[int]:
 def cmd_sr(args) -> None:
     from .adapt import adapt
     from .io import read_image, write_image
-    from .pretrained import load_model
+    from .degradation import load_kernel
+    from .pretrained import default_model, load_model
 
     device = _device(args.device)
-    net, info = load_model(args.model, device=device)
+    model = args.model or default_model(load_kernel(args.kernel)[1], args.scale)
+    net, info = load_model(model, device=device)
     paths = _input_paths(args.inputs)
     for index, path in enumerate(paths, 1):
         lr = read_image(path).to(device)
@@ -177,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--scale", type=int, default=2)
     sr.add_argument("--kernel", default="g_d_2.0", help=kernel_help)
     sr.add_argument("--steps", type=int, default=10, help="adaptation steps n of MZSR(n)")
-    sr.add_argument("--model", help="bundled model name or .safetensors path (default: direct_x2)")
+    sr.add_argument("--model", help="bundled model name or .safetensors path (default: the shipped model for "
+                                    "the kernel's subsampling mode and the scale; direct_x2 when none fits)")
     sr.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     sr.add_argument("--tile", type=int, help="final inference on tiles of this many pixels (bounded memory)")
     sr.add_argument("--backprojection", action="store_true", help="4 iterations of back-projection")

@@ -14,6 +14,7 @@ from . import metrics
 from .adapt import adapt
 from .degradation import degrade, load_kernel
 from .io import IMAGE_EXTENSIONS, read_image
+from .pretrained import default_model, load_model
 from .resize import imresize
 from .zssr import zssr
 
@@ -68,12 +69,15 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
     LR inputs are read from lr_dir, else made by degrading the GT (cropped to a
     multiple of scale) with the kernel and rounding to 8 bits. kernel: anything
     load_kernel accepts; a preset degrades with its own subsampling mode.
+    model: as adapt's (None: the bundled model for the preset's mode and scale).
     steps: n of MZSR(n); for zssr the maximum training steps (ZSSR: 3000).
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     kernel_tensor, kernel_mode = load_kernel(kernel)
     device = torch.device(device or "cpu")
+    if method == "mzsr":  # once, not per image; None: the bundled model for the kernel's mode and scale
+        model = load_model(default_model(kernel_mode, scale) if model is None else model, device=device)[0]
     scores = []
     for gt_path in _image_files(gt_dir, "--gt"):
         gt = modcrop(read_image(gt_path, torch.float64).to(device), scale)

@@ -3,7 +3,7 @@ needs to know about them (subsampling mode, scales, learning-rate schedule)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 
 from safetensors.torch import load_file, safe_open, save_file
@@ -11,7 +11,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from .model import MZSRNet
 
 __all__ = ["ModelInfo", "SCHEDULES", "BUNDLED", "load_model", "save_model", "bundled_models",
-           "DEFAULT_MODEL"]
+           "DEFAULT_MODEL", "default_model"]
 
 # Per-step learning rates of the meta-test (SPEC section 8); the last one repeats.
 SCHEDULES = {
@@ -71,6 +71,17 @@ def bundled_models() -> dict[str, bool]:
     return {name: _bundled_path(name).is_file() for name in BUNDLED}
 
 
+def default_model(mode: str | None = None, scale: int | None = None) -> str:
+    """The bundled model used when none is named: the first shipped one trained
+    for this subsampling mode (None: direct) and scale (None: any), else
+    DEFAULT_MODEL. A g_b_* kernel thus gets bicubic_x2 once it is shipped."""
+    shipped = bundled_models()
+    for name, info in BUNDLED.items():
+        if shipped[name] and info.mode == (mode or "direct") and (scale is None or scale in info.scales):
+            return name
+    return DEFAULT_MODEL
+
+
 def save_model(path, net: MZSRNet, info: ModelInfo) -> None:
     """Write the weights and info to a safetensors file (no pickle)."""
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
@@ -109,7 +120,7 @@ def load_model(model=None, device=None) -> tuple[MZSRNet, ModelInfo]:
     except RuntimeError as error:
         raise ValueError(f"model: {path}: weights do not fit MZSRNet ({error})") from None
     info = ModelInfo.from_metadata(meta, os.path.splitext(os.path.basename(path))[0])
-    if name in BUNDLED:
-        info = BUNDLED[name]
+    if name in BUNDLED:  # what the name stands for, with the file's notes (training iteration)
+        info = replace(BUNDLED[name], notes=info.notes)
     net.model_info = info  # lets a loaded net be passed around without losing its info
     return (net.to(device) if device is not None else net), info

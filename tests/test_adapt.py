@@ -157,6 +157,17 @@ def test_preset_of_another_subsampling_mode_warns():
         mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=0, model=net)
 
 
+def test_no_model_asks_for_the_bundled_model_of_the_kernels_mode(monkeypatch):
+    asked = []
+    monkeypatch.setattr(adapt_module, "default_model", lambda mode, scale: asked.append((mode, scale)) or "direct_x2")
+    lr = torch.rand(3, 24, 24)
+    mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=0)
+    mzsr_fast.adapt(lr, mzsr_fast.preset("g_d_2.0").kernel, 2, steps=0)
+    with pytest.warns(UserWarning, match="comes with bicubic subsampling"):  # the fake picks a direct model
+        mzsr_fast.adapt(lr, "g_b_1.3", 2, steps=0)
+    assert asked == [("direct", 2), (None, 2), ("bicubic", 2)]
+
+
 def test_saved_model_round_trip(tmp_path):
     net = _small_net()
     save_model(tmp_path / "m.safetensors", net, ModelInfo("mine", "direct_x4", "direct", (4,)))

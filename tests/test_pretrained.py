@@ -1,0 +1,46 @@
+"""The bundled models: every shipped weight file loads without pickle, says what it
+was trained for (kind, subsampling mode, scales as in BUNDLED) and has a model card
+that the README links."""
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from mzsr_fast import pretrained
+from mzsr_fast.pretrained import BUNDLED, DEFAULT_MODEL, bundled_models, load_model
+
+SHIPPED = [name for name, shipped in bundled_models().items() if shipped]
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_the_default_model_is_shipped():
+    assert DEFAULT_MODEL in SHIPPED
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_matches_its_bundled_entry(name):
+    net, info = load_model(name)
+    want = BUNDLED[name]
+    assert (info.name, info.kind, info.mode, info.scales) == (name, want.kind, want.mode, want.scales)
+    assert int(info.notes["step"]) > 0, "the metadata records the training iteration"
+    assert sum(p.numel() for p in net.parameters()) == 225_091
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_has_a_card_linked_from_the_readme(name):
+    card = resources.files("mzsr_fast") / "weights" / f"{name}.md"
+    assert card.is_file(), f"no model card for {name}"
+    assert f"mzsr_fast/weights/{name}.md" in README.read_text()
+
+
+@pytest.mark.parametrize("shipped,mode,scale,expected", [
+    ({"direct_x2"}, "direct", 2, "direct_x2"),
+    ({"direct_x2"}, "bicubic", 2, "direct_x2"),            # nothing fits: the default
+    ({"direct_x2", "bicubic_x2"}, "bicubic", 2, "bicubic_x2"),
+    ({"direct_x2", "bicubic_x2"}, None, 2, "direct_x2"),    # a kernel without a mode: direct
+    ({"direct_x2", "multiscale"}, "direct", 4, "multiscale"),
+    ({"direct_x2", "direct_x4", "multiscale"}, "direct", 4, "direct_x4"),
+])
+def test_default_model_follows_the_kernels_mode_and_scale(monkeypatch, shipped, mode, scale, expected):
+    monkeypatch.setattr(pretrained, "bundled_models", lambda: {name: name in shipped for name in BUNDLED})
+    assert pretrained.default_model(mode, scale) == expected
