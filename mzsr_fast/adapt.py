@@ -18,7 +18,7 @@ import torch
 from . import _checks
 from .degradation import degrade, load_kernel
 from .maml import stacked_forward
-from .pretrained import ModelInfo, default_model, load_model
+from .pretrained import ModelInfo, mode_mismatch, resolve_model
 from .resize import imresize
 
 __all__ = ["adapt", "learning_rates", "forward_tiled", "back_projection", "RECEPTIVE_RADIUS"]
@@ -97,24 +97,29 @@ def _schedule(schedule, info: ModelInfo, steps: int) -> list[float]:
     return learning_rates(rates, steps)
 
 
-def _capture(step: Callable[[], torch.Tensor], device: torch.device) -> Callable[[], torch.Tensor]:
-    """step captured once as a CUDA graph; returns replay() -> step's output
-    (a static tensor, overwritten by every replay).
+# Eager steps before a CUDA-graph capture: lazy initialisation and cuDNN's
+# algorithm choice must happen outside the capture. They are real steps.
+WARMUP_STEPS = 3
 
-    step must leave its state unchanged during the warm-up runs (the caller
-    sets the learning rate to 0): the warm-up really executes, on the side
-    stream the capture then uses (per-stream library handles and workspaces
-    are created outside the capture).
-    """
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for _ in range(3):  # lazy initialisation and cuDNN's algorithm choice happen outside the capture
-            step()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        out = step()
+
+@contextlib.contextmanager
+def _side_stream(device: torch.device):
+    """Run the enclosed CUDA work on a fresh stream (as graph warm-up needs)."""
+    with torch.cuda.device(device):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            yield
+        torch.cuda.current_stream().wait_stream(stream)
+
+
+def _capture(step: Callable[[], torch.Tensor], device: torch.device) -> Callable[[], torch.Tensor]:
+    """step recorded (not run) as a CUDA graph; returns replay() -> step's
+    output, a static tensor that every replay overwrites."""
+    with torch.cuda.device(device):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = step()
 
     def replay() -> torch.Tensor:
         graph.replay()
@@ -129,10 +134,11 @@ def _adapt_weights(params: dict[str, torch.Tensor], x: torch.Tensor, target: tor
     """Plain SGD on L1(f(x[t]), target[t]) for every image t at once, each with
     its own copy of the weights (the tasks of the batched inner loop).
 
-    params: shared weights; x, target: [T, C, H, W]. cuda_graph: run the step
-    (forward, backward, update) as one captured CUDA graph, replayed per step
-    with the rate in a device tensor. Returns the adapted stacked weights
-    {name: [T, ...]} and the loss before each step, [T, steps].
+    params: shared weights; x, target: [T, C, H, W]. cuda_graph: the first
+    WARMUP_STEPS steps run eagerly on a side stream, the step (forward,
+    backward, update, with the rate in a device tensor) is then captured once
+    as a CUDA graph and replayed for the remaining steps. Returns the adapted
+    stacked weights {name: [T, ...]} and the loss before each step, [T, steps].
     """
     tasks = x.shape[0]
     names = list(params)
@@ -146,14 +152,21 @@ def _adapt_weights(params: dict[str, torch.Tensor], x: torch.Tensor, target: tor
         per_task = (out.float() - target).abs().flatten(1).mean(1)  # [T]; task t depends on its weights only
         grads = torch.autograd.grad(per_task.sum(), weights)
         with torch.no_grad():
-            torch._foreach_sub_(weights, torch._foreach_mul(grads, rate))
+            torch._foreach_mul_(grads, rate)
+            torch._foreach_sub_(weights, grads)
         return per_task.detach()
 
-    run = _capture(step, x.device) if cuda_graph and rates else step
     losses = torch.zeros(tasks, len(rates), device=x.device)
-    for i, r in enumerate(rates):
-        rate.fill_(r)
-        losses[:, i] = run()
+    eager = min(len(rates), WARMUP_STEPS) if cuda_graph else len(rates)
+    with _side_stream(x.device) if cuda_graph else contextlib.nullcontext():
+        for i in range(eager):
+            rate.fill_(rates[i])
+            losses[:, i] = step()
+    if eager < len(rates):
+        replay = _capture(step, x.device)
+        for i in range(eager, len(rates)):
+            rate.fill_(rates[i])
+            losses[:, i] = replay()
     return {n: w.detach() for n, w in zip(names, weights)}, losses
 
 
@@ -173,9 +186,10 @@ def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None,
     (default: the model's). schedule: per-step learning rates (default: the
     model's row of the SPEC table). precision: "fp32" or "bf16" (autocast).
     tile: final inference on tiles of this many output pixels (bounded memory).
-    cuda_graph: (CUDA only) capture one adaptation step as a CUDA graph and
-    replay it for every step: no per-kernel launch cost, which dominates
-    small images on a fast GPU.
+    cuda_graph: (CUDA only) after WARMUP_STEPS eager steps, capture one
+    adaptation step as a CUDA graph and replay it for the remaining steps:
+    one launch per step instead of one per kernel (launches dominate small
+    images on a fast GPU); the capture itself costs about a step per call.
     Returns SR [(B,) C, sH, sW]; with return_losses also the L1 loss before
     each step, [B, steps].
     """
@@ -193,14 +207,12 @@ def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None,
     if not torch.compiler.is_compiling():
         _checks.finite_tensor(y, "lr")
     kernels, kernel_mode = _kernels(kernel, y.shape[0])
-    net, info = load_model(default_model(kernel_mode, scale) if model is None else model)
+    net, info = resolve_model(model, mode or kernel_mode, scale)
     if info.scales and scale not in info.scales:
         raise ValueError(f"scale: the model {info.name!r} was trained for scales {info.scales}, got {scale}")
-    if mode is None and kernel_mode not in (None, info.mode):
-        warnings.warn(f"kernel: the preset {kernel!r} comes with {kernel_mode} subsampling, but the model "
-                      f"{info.name!r} was meta-trained for {info.mode} subsampling and adapts with it; a "
-                      f"{kernel_mode} model ({kernel_mode}_x{scale}) fits this kernel (or set mode explicitly)",
-                      UserWarning, stacklevel=2)
+    mismatch = mode_mismatch(kernel_mode, info) if mode is None and steps > 0 else None
+    if mismatch:
+        warnings.warn(mismatch, UserWarning, stacklevel=2)
     mode = mode or info.mode
     if mode not in ("direct", "bicubic"):
         raise ValueError(f"mode: expected 'direct' or 'bicubic', got {mode!r}")

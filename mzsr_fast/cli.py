@@ -98,13 +98,13 @@ def _steps_list(text: str) -> list[int]:
 
 def cmd_sr(args) -> None:
     from .adapt import adapt
+    from .degradation import PRESETS
     from .io import read_image, write_image
-    from .degradation import load_kernel
-    from .pretrained import default_model, load_model
+    from .pretrained import resolve_model
 
     device = _device(args.device)
-    model = args.model or default_model(load_kernel(args.kernel)[1], args.scale)
-    net, info = load_model(model, device=device)
+    preset = PRESETS.get(args.kernel)
+    net, _ = resolve_model(args.model, preset.mode if preset else None, args.scale, device=device)
     paths = _input_paths(args.inputs)
     for index, path in enumerate(paths, 1):
         lr = read_image(path).to(device)

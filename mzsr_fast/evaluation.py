@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -14,7 +15,7 @@ from . import metrics
 from .adapt import adapt
 from .degradation import degrade, load_kernel
 from .io import IMAGE_EXTENSIONS, read_image
-from .pretrained import default_model, load_model
+from .pretrained import mode_mismatch, resolve_model
 from .resize import imresize
 from .zssr import zssr
 
@@ -77,7 +78,10 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
     kernel_tensor, kernel_mode = load_kernel(kernel)
     device = torch.device(device or "cpu")
     if method == "mzsr":  # once, not per image; None: the bundled model for the kernel's mode and scale
-        model = load_model(default_model(kernel_mode, scale) if model is None else model, device=device)[0]
+        model, info = resolve_model(model, kernel_mode, scale, device=device)
+        mismatch = mode_mismatch(kernel_mode, info) if max(steps) > 0 else None
+        if mismatch:
+            warnings.warn(mismatch, UserWarning, stacklevel=2)
     scores = []
     for gt_path in _image_files(gt_dir, "--gt"):
         gt = modcrop(read_image(gt_path, torch.float64).to(device), scale)

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from .model import MZSRNet
 
 __all__ = ["ModelInfo", "SCHEDULES", "BUNDLED", "load_model", "save_model", "bundled_models",
-           "DEFAULT_MODEL", "default_model"]
+           "DEFAULT_MODEL", "default_model", "resolve_model", "mode_mismatch"]
 
 # Per-step learning rates of the meta-test (SPEC section 8); the last one repeats.
 SCHEDULES = {
@@ -73,13 +73,31 @@ def bundled_models() -> dict[str, bool]:
 
 def default_model(mode: str | None = None, scale: int | None = None) -> str:
     """The bundled model used when none is named: the first shipped one trained
-    for this subsampling mode (None: direct) and scale (None: any), else
-    DEFAULT_MODEL. A g_b_* kernel thus gets bicubic_x2 once it is shipped."""
-    shipped = bundled_models()
-    for name, info in BUNDLED.items():
-        if shipped[name] and info.mode == (mode or "direct") and (scale is None or scale in info.scales):
+    for this scale (None: any) and subsampling mode (None: direct), else the
+    first shipped one for the scale, else DEFAULT_MODEL. A g_b_* kernel thus
+    gets bicubic_x2 once it is shipped."""
+    fits_scale = [name for name, shipped in bundled_models().items()
+                  if shipped and (scale is None or scale in BUNDLED[name].scales)]
+    for name in fits_scale:
+        if BUNDLED[name].mode == (mode or "direct"):
             return name
-    return DEFAULT_MODEL
+    return fits_scale[0] if fits_scale else DEFAULT_MODEL
+
+
+def resolve_model(model, mode: str | None, scale: int | None, device=None) -> tuple[MZSRNet, "ModelInfo"]:
+    """load_model(model), where None stands for default_model(mode, scale)."""
+    return load_model(default_model(mode, scale) if model is None else model, device=device)
+
+
+def mode_mismatch(kernel_mode: str | None, info: "ModelInfo") -> str | None:
+    """Why a kernel preset's subsampling mode does not fit the model (which
+    degrades the son with its own mode), or None when it fits."""
+    if kernel_mode in (None, info.mode):
+        return None
+    fitting = [name for name, shipped in bundled_models().items() if shipped and BUNDLED[name].mode == kernel_mode]
+    hint = f"the shipped {fitting[0]!r} fits it" if fitting else f"no {kernel_mode} model is shipped yet"
+    return (f"kernel: the preset comes with {kernel_mode} subsampling, but the model {info.name!r} adapts with "
+            f"{info.mode} subsampling; {hint}")
 
 
 def save_model(path, net: MZSRNet, info: ModelInfo) -> None:

@@ -2,14 +2,17 @@
 
 Usage: python scripts/ship_weights.py training/metatrain_direct_x2 direct_x2
 
-Checks that the run trained the kind the bundled name stands for (same kind,
-subsampling mode and scales as mzsr_fast.pretrained.BUNDLED), then writes
+Checks that the file is a meta-training result (not a pretraining one) for the
+kind the bundled name stands for (same kind, subsampling mode and scales as
+mzsr_fast.pretrained.BUNDLED), then writes
 mzsr_fast/weights/NAME.safetensors (safetensors, no pickle) with the run's
 iteration count in its metadata.
 """
 import argparse
 import os
 import sys
+
+from safetensors import safe_open
 
 from mzsr_fast.pretrained import BUNDLED, ModelInfo, load_model, save_model
 
@@ -19,7 +22,13 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir", help="a metatrain run folder (its latest.safetensors is shipped)")
     parser.add_argument("name", choices=sorted(BUNDLED), help="bundled model name")
     args = parser.parse_args(argv)
-    net, info = load_model(os.path.join(args.run_dir, "latest.safetensors"))
+    path = os.path.join(args.run_dir, "latest.safetensors")
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("stage") == "pretrain" or not {"kind", "mode", "scales"} <= set(meta):
+        print(f"run_dir: {path} is not a meta-training result (metadata {meta})", file=sys.stderr)
+        return 2
+    net, info = load_model(path)
     want = BUNDLED[args.name]
     got = (info.kind, info.mode, info.scales)
     if got != (want.kind, want.mode, want.scales):

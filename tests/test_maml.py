@@ -216,8 +216,8 @@ def test_channels_last_slices_get_canonical_strides():
     weight = torch.rand(4, 3, 3, 3, generator=gen)
     conv_layout_is_channels_last = lambda t: torch.nn.functional.conv2d(t, weight).is_contiguous(  # noqa: E731
         memory_format=torch.channels_last)
-    piece = images[:, None].unbind(0)[0]
-    assert piece.stride()[0] == 3 and not conv_layout_is_channels_last(piece)
+    piece = images[:, None].unbind(0)[1]  # the second: a storage offset to keep
+    assert piece.stride()[0] == 3 and piece.storage_offset() > 0 and not conv_layout_is_channels_last(piece)
     fixed = stacked._channels_last(piece)
     assert conv_layout_is_channels_last(fixed) and fixed.data_ptr() == piece.data_ptr()
     torch.testing.assert_close(fixed, piece, rtol=0, atol=0)
@@ -225,7 +225,7 @@ def test_channels_last_slices_get_canonical_strides():
     nchw = torch.rand(1, 3, 7, 9, generator=gen)
     assert conv_layout_is_channels_last(stacked._channels_last(nchw))
     x = images.double()[:, None].requires_grad_()
-    assert torch.autograd.gradcheck(lambda t: stacked._channels_last(t[0]) * 2, (x,))
+    assert torch.autograd.gradcheck(lambda t: stacked._channels_last(t[1]) * 2, (x,))
 
 
 def test_stack_params_is_a_view():

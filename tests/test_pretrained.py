@@ -5,9 +5,10 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
 
 from mzsr_fast import pretrained
-from mzsr_fast.pretrained import BUNDLED, DEFAULT_MODEL, bundled_models, load_model
+from mzsr_fast.pretrained import BUNDLED, DEFAULT_MODEL, ModelInfo, bundled_models, load_model
 
 SHIPPED = [name for name, shipped in bundled_models().items() if shipped]
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -19,10 +20,17 @@ def test_the_default_model_is_shipped():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_matches_its_bundled_entry(name):
-    net, info = load_model(name)
+    """The file's own metadata (not BUNDLED, which load_model puts in front) says
+    what the name stands for, and the training iteration."""
+    path = resources.files("mzsr_fast") / "weights" / f"{name}.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    info = ModelInfo.from_metadata(meta, "?")
     want = BUNDLED[name]
+    assert {"name", "kind", "mode", "scales"} <= set(meta) and "stage" not in meta
     assert (info.name, info.kind, info.mode, info.scales) == (name, want.kind, want.mode, want.scales)
-    assert int(info.notes["step"]) > 0, "the metadata records the training iteration"
+    assert int(meta["step"]) > 0
+    net, _ = load_model(name)
     assert sum(p.numel() for p in net.parameters()) == 225_091
 
 
@@ -40,6 +48,7 @@ def test_shipped_model_has_a_card_linked_from_the_readme(name):
     ({"direct_x2", "bicubic_x2"}, None, 2, "direct_x2"),    # a kernel without a mode: direct
     ({"direct_x2", "multiscale"}, "direct", 4, "multiscale"),
     ({"direct_x2", "direct_x4", "multiscale"}, "direct", 4, "direct_x4"),
+    ({"direct_x2", "direct_x4"}, "bicubic", 4, "direct_x4"),  # the scale first: no bicubic x4 model exists
 ])
 def test_default_model_follows_the_kernels_mode_and_scale(monkeypatch, shipped, mode, scale, expected):
     monkeypatch.setattr(pretrained, "bundled_models", lambda: {name: name in shipped for name in BUNDLED})
