@@ -3,7 +3,8 @@
 #   1. build the extension with CUDA and run the whole test suite on CUDA;
 #   2. run every benchmark and save the results with device and date to
 #      benchmarks/results/ (and $OUT when set, so they come back);
-#   3. continue the default model's training on the GPU for the time left.
+#   3. continue the committed meta-training runs (direct_x2, then bicubic_x2) on the GPU
+#      for the time left; the run folders come back under $OUT.
 # Usage: bash scripts/gpu_session.sh [total minutes, default 9]
 # The device machine has python3 with a CUDA torch and no network: nothing is installed.
 set -uo pipefail
@@ -29,14 +30,19 @@ timeout $(( $(left) / 2 )) python3 -m pytest benchmarks --benchmark-only -q -s \
   --benchmark-json="benchmarks/results/$device-$stamp.json" 2>&1 | tee "$out/bench-$device-$stamp.log" | tail -40
 cp "benchmarks/results/$device-$stamp.json" "$out/" 2>/dev/null
 
-echo "== training for the time left: continue the committed direct_x2 run on the GPU"
-train_s=$(( $(left) - 30 ))
+echo "== training for the time left: continue the committed meta-training runs on the GPU"
 data=$( [ -d shared/data/train ] && echo shared/data/train || echo ../shared/data/train )
-if [ "$train_s" -gt 60 ] && [ -d "$data" ]; then
-  timeout --signal=TERM "$train_s" python3 -m mzsr_fast.cli metatrain "$data" \
-    --init training/pretrain_x2/latest.safetensors --out training/metatrain_direct_x2 --iterations 100000 \
-    --order 1 --patch-size 48 --meta-batch 4 --task-batch 8 --inner-steps 5 --checkpoint-every 20 --keep 2 \
-    --log-every 5 --no-progress --seed 0 --resume --device cuda --allow-config-change 2>&1 | tail -5
-  cp training/metatrain_direct_x2/latest.safetensors "$out/" 2>/dev/null
-fi
+# name, share of the time left (%): the default model first
+for run in "direct_x2 60" "bicubic_x2 100"; do
+  set -- $run
+  train_s=$(( ($(left) - 30) * $2 / 100 ))
+  if [ "$train_s" -gt 60 ] && [ -d "$data" ]; then
+    timeout --signal=TERM "$train_s" python3 -m mzsr_fast.cli metatrain "$data" --variant "$1" \
+      --init training/pretrain_x2/latest.safetensors --out "training/metatrain_$1" --iterations 100000 \
+      --order 1 --patch-size 48 --meta-batch 4 --task-batch 8 --inner-steps 5 --checkpoint-every 20 --keep 2 \
+      --log-every 5 --no-progress --seed 0 --resume --device cuda --allow-config-change 2>&1 | tail -5
+    mkdir -p "$out/metatrain_$1"
+    cp -r "training/metatrain_$1/." "$out/metatrain_$1/" 2>/dev/null
+  fi
+done
 echo "== done in $(( $(date +%s) - start )) s"
