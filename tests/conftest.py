@@ -12,14 +12,17 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-SHARED = Path(os.environ.get("MZSR_FAST_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+# The test data kept in the repository: golden outputs of the reference
+# implementation (golden/), Set5 ground truth and the reference's Set5 LR inputs
+# (data/Set5, data/mzsr_g20). $MZSR_FAST_SHARED points at another copy.
+SHARED = Path(os.environ.get("MZSR_FAST_SHARED", Path(__file__).resolve().parent / "data"))
 
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    """The project's shared data (../shared next to the checkout, or $MZSR_FAST_SHARED)."""
+    """The reference data the numerics tests compare against (tests/data, or $MZSR_FAST_SHARED)."""
     if not (SHARED / "golden").is_dir():
-        pytest.skip(f"shared data not found at {SHARED} (set MZSR_FAST_SHARED)")
+        pytest.skip(f"test data not found at {SHARED} (unset MZSR_FAST_SHARED to use tests/data)")
     return SHARED
 
 
