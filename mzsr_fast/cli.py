@@ -136,6 +136,28 @@ def cmd_eval(args) -> None:
         write_report(args.output, scores, title)
 
 
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"{what}: expected integers separated by commas, got {text!r}") from None
+    if not values:
+        raise UsageError(f"{what}: expected at least one integer, got {text!r}")
+    return values
+
+
+def cmd_import_tf(args) -> None:
+    from .pretrained import import_tf_checkpoint, parse_schedule
+
+    if os.path.exists(args.output) and not args.force:
+        raise UsageError(f"-o: {args.output} exists (use --force to overwrite)")
+    schedule = parse_schedule(args.schedule, "--schedule") if args.schedule else None
+    info = import_tf_checkpoint(args.prefix, args.output, mode=args.mode, scales=_int_list(args.scales, "--scales"),
+                                schedule=schedule)
+    print(f"{args.prefix} -> {args.output} ({info.mode}, scales {','.join(map(str, info.scales))}, "
+          f"schedule {','.join(f'{r:g}' for r in info.schedule)})")
+
+
 def cmd_info(args) -> None:
     from . import __version__
     from .dispatch import backends
@@ -205,6 +227,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=cmd_eval)
 
     register_train_commands(commands)
+
+    import_tf = commands.add_parser("import-tf", help="convert a checkpoint of the reference (TensorFlow) "
+                                                      "into a model file")
+    import_tf.add_argument("prefix", metavar="PREFIX",
+                           help="checkpoint prefix (PREFIX.index, PREFIX.data-*), its .index file or its folder")
+    import_tf.add_argument("-o", "--output", required=True, metavar="OUT.safetensors")
+    import_tf.add_argument("--mode", choices=("direct", "bicubic"), default="direct",
+                           help="subsampling the model adapts with (Bicubicx2: bicubic)")
+    import_tf.add_argument("--scales", default="2", help="scales the model is for, e.g. 2, 4 or 2,3,4")
+    import_tf.add_argument("--schedule", help="test-time learning rates per step, e.g. 0.02,0.01 (the last "
+                                              "repeats; default: the reference's for this kind of model)")
+    import_tf.add_argument("--force", action="store_true", help="overwrite OUT")
+    import_tf.set_defaults(run=cmd_import_tf)
 
     info = commands.add_parser("info", help="version, devices and available backends")
     info.set_defaults(run=cmd_info)

@@ -6,52 +6,83 @@ import os
 from dataclasses import dataclass, field, replace
 from importlib import resources
 
+import numpy as np
+import torch
 from safetensors.torch import load_file, safe_open, save_file
 
 from .model import MZSRNet
 
 __all__ = ["ModelInfo", "SCHEDULES", "BUNDLED", "load_model", "save_model", "bundled_models",
-           "DEFAULT_MODEL", "default_model", "resolve_model", "mode_mismatch"]
+           "DEFAULT_MODEL", "default_model", "resolve_model", "mode_mismatch", "load_tf_checkpoint",
+           "import_tf_checkpoint", "kind_for", "parse_schedule"]
 
 # Per-step learning rates of the meta-test (SPEC section 8); the last one repeats.
 SCHEDULES = {
     "direct_x2": (0.02, 0.01, 0.01, 0.01, 0.005),
     "multiscale": (0.01, 0.01, 0.01, 0.005, 0.005),
     "bicubic_x2": (0.01, 0.01, 0.01, 0.001, 0.001),
-    "direct_x4": (0.01, 0.005, 0.005, 0.005, 0.001),
+    "direct_x4": (0.01, 0.005, 0.005, 0.005, 0.005, 0.001),
 }
 
 DEFAULT_MODEL = "direct_x2"
 
 
+def parse_schedule(text: str, what: str = "schedule") -> tuple[float, ...]:
+    """Learning rates from "r1,r2,..." (each in (0, 1)); ValueError naming what."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{what}: expected numbers separated by commas, got {text!r}") from None
+    if not values or not all(0 < v < 1 for v in values):
+        raise ValueError(f"{what}: expected learning rates in (0, 1), got {text!r}")
+    return values
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What a model was trained for: kind (a SCHEDULES key), subsampling mode,
-    scales (empty: not known, any scale accepted)."""
+    scales (empty: not known, any scale accepted) and its own test-time
+    learning-rate schedule (empty: the kind's reference schedule)."""
 
     name: str
     kind: str = "direct_x2"
     mode: str = "direct"
     scales: tuple[int, ...] = (2,)
     notes: dict = field(default_factory=dict, compare=False)
+    own_schedule: tuple[float, ...] = ()
 
     @property
     def schedule(self) -> tuple[float, ...]:
-        return SCHEDULES[self.kind]
+        """Per-step test-time learning rates; the last one repeats."""
+        return self.own_schedule or SCHEDULES[self.kind]
 
     def metadata(self) -> dict[str, str]:
-        return {"name": self.name, "kind": self.kind, "mode": self.mode,
+        meta = {"name": self.name, "kind": self.kind, "mode": self.mode,
                 "scales": ",".join(str(s) for s in self.scales), **{k: str(v) for k, v in self.notes.items()}}
+        if self.own_schedule:
+            meta["schedule"] = ",".join(repr(r) for r in self.own_schedule)
+        return meta
 
     @classmethod
-    def from_metadata(cls, meta: dict[str, str] | None, fallback_name: str) -> "ModelInfo":
+    def from_metadata(cls, meta: dict[str, str] | None, fallback_name: str, source: str = "metadata") -> "ModelInfo":
+        """The info stored in a model file's metadata; source (the file) is named in errors."""
         meta = dict(meta or {})
         kind = meta.pop("kind", "direct_x2")
         if kind not in SCHEDULES:
             kind = "direct_x2"
-        scales = tuple(int(s) for s in meta.pop("scales", "2").split(",") if s)
-        return cls(name=meta.pop("name", fallback_name), kind=kind, mode=meta.pop("mode", "direct"),
-                   scales=scales, notes=meta)
+        mode = meta.pop("mode", "direct")
+        if mode not in ("direct", "bicubic"):
+            raise ValueError(f"{source}: metadata mode={mode!r}: expected 'direct' or 'bicubic'")
+        text = meta.pop("scales", "2")
+        try:
+            scales = tuple(int(s) for s in text.split(",") if s.strip())
+        except ValueError:
+            raise ValueError(f"{source}: metadata scales={text!r}: expected integers separated by commas") from None
+        if any(s < 1 for s in scales):
+            raise ValueError(f"{source}: metadata scales={text!r}: expected integers >= 1")
+        schedule = parse_schedule(meta.pop("schedule"), f"{source}: metadata schedule") if "schedule" in meta else ()
+        return cls(name=meta.pop("name", fallback_name), kind=kind, mode=mode, scales=scales, notes=meta,
+                   own_schedule=schedule)
 
 
 BUNDLED = {
@@ -137,8 +168,85 @@ def load_model(model=None, device=None) -> tuple[MZSRNet, ModelInfo]:
         net.load_state_dict(state)
     except RuntimeError as error:
         raise ValueError(f"model: {path}: weights do not fit MZSRNet ({error})") from None
-    info = ModelInfo.from_metadata(meta, os.path.splitext(os.path.basename(path))[0])
-    if name in BUNDLED:  # what the name stands for, with the file's notes (training iteration)
-        info = replace(BUNDLED[name], notes=info.notes)
+    info = ModelInfo.from_metadata(meta, os.path.splitext(os.path.basename(path))[0], source=path)
+    if name in BUNDLED:  # what the name stands for, with the file's notes and schedule
+        info = replace(BUNDLED[name], notes=info.notes, own_schedule=info.own_schedule)
     net.model_info = info  # lets a loaded net be passed around without losing its info
     return (net.to(device) if device is not None else net), info
+
+
+def kind_for(mode: str, scales: tuple[int, ...]) -> str:
+    """The SCHEDULES key of a model trained for mode and scales."""
+    if mode == "bicubic":
+        return "bicubic_x2"
+    if len(scales) > 1:
+        return "multiscale"
+    return "direct_x4" if scales == (4,) else "direct_x2"
+
+
+def load_tf_checkpoint(prefix) -> dict[str, torch.Tensor]:
+    """The MZSRNet state dict ("layers.{i}.weight" [out, in, 3, 3], "layers.{i}.bias")
+    of a checkpoint of the reference implementation (TensorFlow, variables
+    MODEL/conv{1..8}/kernel [3, 3, in, out] and MODEL/conv{1..8}/bias), read
+    without TensorFlow. Optimiser slots and counters are ignored. Raises
+    ValueError naming the file for a missing variable, a wrong shape or a
+    checkpoint of another network (and TFCheckpointError for a corrupt one).
+    """
+    from .model import CHANNELS
+    from .tf_checkpoint import list_tf_checkpoint, read_tf_checkpoint, resolve_prefix
+
+    prefix = resolve_prefix(prefix)
+    layers = len(CHANNELS) - 1
+    wanted = {f"MODEL/conv{i + 1}/{part}": i for i in range(layers) for part in ("kernel", "bias")}
+    tensors = read_tf_checkpoint(prefix, names=wanted)
+    where = f"{prefix}.index"
+    missing = [name for name in wanted if name not in tensors]
+    if len(missing) == len(wanted):
+        raise ValueError(f"{where}: not a checkpoint of the MZSR network (no MODEL/conv1..{layers} variables)")
+    if missing:
+        raise ValueError(f"{where}: missing variable(s) {', '.join(missing)}")
+    extra = sorted(n for n in list_tf_checkpoint(prefix) if n.startswith("MODEL/conv")
+                   and n.split("/")[1] not in {f"conv{i + 1}" for i in range(layers)})
+    if extra:
+        raise ValueError(f"{where}: not a checkpoint of the MZSR network (extra layers: {', '.join(extra[:3])})")
+    state = {}
+    for name, array in tensors.items():
+        i = wanted[name]
+        c_in, c_out = CHANNELS[i], CHANNELS[i + 1]
+        expected = (3, 3, c_in, c_out) if name.endswith("kernel") else (c_out,)
+        if array.shape != expected:
+            raise ValueError(f"{where}: {name} has shape {list(array.shape)}, expected {list(expected)}")
+        if array.dtype != np.float32:
+            raise ValueError(f"{where}: {name} is {array.dtype}, expected float32")
+        if not np.isfinite(array).all():
+            raise ValueError(f"{where}: {name} holds NaN or infinite values")
+        tensor = torch.from_numpy(array)
+        if name.endswith("kernel"):
+            state[f"layers.{i}.weight"] = tensor.permute(3, 2, 0, 1).contiguous()  # HWIO -> OIHW
+        else:
+            state[f"layers.{i}.bias"] = tensor.clone()
+    return state
+
+
+def import_tf_checkpoint(prefix, out, mode: str = "direct", scales: tuple[int, ...] = (2,),
+                         schedule: tuple[float, ...] | None = None, name: str | None = None) -> ModelInfo:
+    """Convert a reference checkpoint into a model file that load_model, adapt,
+    sr, eval and metatrain --init take. The file's metadata records the source,
+    mode, scales and the test-time schedule (default: the reference's schedule
+    for that kind of model)."""
+    from .tf_checkpoint import resolve_prefix
+
+    if mode not in ("direct", "bicubic"):
+        raise ValueError(f"mode: expected 'direct' or 'bicubic', got {mode!r}")
+    scales = tuple(int(s) for s in scales)
+    if not scales or any(s < 2 for s in scales):
+        raise ValueError(f"scales: expected integers >= 2, got {scales!r}")
+    prefix = resolve_prefix(prefix)
+    net = MZSRNet()
+    net.load_state_dict(load_tf_checkpoint(prefix))
+    kind = kind_for(mode, scales)
+    info = ModelInfo(name or os.path.splitext(os.path.basename(os.fspath(out)))[0], kind, mode, scales,
+                     notes={"source": f"TensorFlow checkpoint {os.path.basename(prefix)}"},
+                     own_schedule=tuple(schedule) if schedule else SCHEDULES[kind])
+    save_model(out, net, info)
+    return info

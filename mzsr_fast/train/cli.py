@@ -59,8 +59,13 @@ def _common(parser: argparse.ArgumentParser, checkpoint_every: int, log_every: i
     parser.add_argument("--threads", type=_positive_int, help="CPU threads for torch")
     parser.add_argument("--validate-every", type=_count, default=0, metavar="V",
                         help="validate every V iterations on --val-dir (0: never)")
-    parser.add_argument("--val-dir", metavar="FOLDER", help="held-out images for validation (e.g. Set5)")
-    parser.add_argument("--amp", action="store_true", help="bf16 mixed precision (CUDA only)")
+    parser.add_argument("--val-dir", metavar="FOLDER", help="held-out images for validation")
+    parser.add_argument("--holdout", type=_count, default=0, metavar="N",
+                        help="keep N images of DATA_DIR out of training and validate on them (without --val-dir)")
+    parser.add_argument("--val-crop", type=_count, default=0, metavar="PX",
+                        help="validate on the central PX x PX pixels of each image (0: whole images)")
+    parser.add_argument("--amp", action="store_true",
+                        help="bf16 mixed precision (autocast on the CPU or CUDA; weights, updates and losses fp32)")
     parser.add_argument("--log-every", type=_positive_int, default=log_every, metavar="L",
                         help=f"log (CSV, progress) every L iterations (default {log_every})")
     parser.add_argument("--prefetch", type=_positive_int, help="batches prepared ahead by the loader thread")

@@ -33,7 +33,7 @@ from ..io import read_image
 from ..ops.blur_downsample import blur_downsample
 from ..resize import imresize
 
-__all__ = ["DataError", "TRAIN_EXTENSIONS", "FLAT_THRESHOLD", "find_images", "ImageBank", "PatchSampler",
+__all__ = ["DataError", "TRAIN_EXTENSIONS", "FLAT_THRESHOLD", "find_images", "holdout_paths", "ImageBank", "PatchSampler",
            "TaskBatch", "Prefetcher", "pretrain_pairs", "task_pairs", "degrade_tasks", "mean_squared_gradient",
            "shard"]
 
@@ -77,6 +77,16 @@ def find_images(root) -> list[str]:
     return sorted(paths)
 
 
+def holdout_paths(root, count: int) -> list[str]:
+    """count images of root (find_images order) kept out of training for
+    validation: evenly spaced over the sorted list, so the split is fixed by
+    the folder's content and spans its subfolders."""
+    paths = find_images(root)
+    if count >= len(paths):
+        raise DataError(f"{root}: cannot hold out {count} of its {len(paths)} images for validation")
+    return [paths[(i * len(paths)) // count] for i in range(count)] if count else []
+
+
 def mean_squared_gradient(patch: torch.Tensor) -> float:
     """Mean of dx^2 + dy^2 over a [C, H, W] patch in [0, 1] (the reference's
     flatness measure: forward differences on the top-left (H-1) x (W-1) pixels)."""
@@ -115,10 +125,11 @@ class ImageBank:
     Memory: 3 bytes per pixel (T91 + BSD200: about 100 MB; DIV2K: about 6 GB).
     """
 
-    def __init__(self, root, min_size: int):
+    def __init__(self, root, min_size: int, exclude=()):
         self.root = os.fspath(root)
         self.min_size = int(min_size)
-        paths = find_images(self.root)
+        excluded = set(exclude)
+        paths = [p for p in find_images(self.root) if p not in excluded]
         self.paths: list[str] = []
         self.images: list[torch.Tensor] = []
         corrupt, small = [], []

@@ -137,7 +137,8 @@ class MetaLearner(Trainer):
         self._val_images = None
         if config.validate_every and self.dist.is_main:  # fail before training, not at the first validation
             size = max(PRESETS[name].size for name in self.val_kernels)
-            self._val_images = validation.load_images(config.val_dir, self.variant.val_scale, min_lr_size=size)
+            self._val_images = validation.load_images(config.val_dir or self.holdout, self.variant.val_scale,
+                                                      min_lr_size=size, crop=config.val_crop)
 
     # -- data -------------------------------------------------------------
     def batch(self, step: int) -> TaskBatch:

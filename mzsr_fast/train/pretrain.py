@@ -70,7 +70,8 @@ class Pretrainer(Trainer):
         self.columns = ["lr", "loss", "val_psnr"]
         self._val_images = None
         if config.validate_every and self.dist.is_main:  # fail before training, not at the first validation
-            self._val_images = validation.load_images(config.val_dir, int(config.scale))
+            self._val_images = validation.load_images(config.val_dir or self.holdout, int(config.scale),
+                                                      crop=config.val_crop)
 
     def batch(self, step: int) -> torch.Tensor:
         """This rank's uint8 HR patches [n, 3, P, P] of iteration step (a pure function of seed and step)."""

@@ -49,13 +49,16 @@ __all__ = ["autocast", "ConfigMismatchError", "Run", "StopSignals", "config_dict
 # how long, where, how often to save/log/validate, and on what hardware.
 RUNTIME_FIELDS = frozenset({
     "iterations", "out", "resume", "allow_config_change", "checkpoint_every", "keep", "device", "threads",
-    "validate_every", "val_dir", "val_kernels", "val_steps", "log_every", "prefetch", "progress",
+    "validate_every", "val_dir", "val_crop", "val_kernels", "val_steps", "log_every", "prefetch", "progress",
 })
 
 
 def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when enabled (no loss scaling needed), else a no-op."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+    """bf16 autocast on the CPU or CUDA when enabled (bf16 has fp32's range: no
+    loss scaling), else a no-op. Parameters, their updates and the losses stay
+    fp32; the convolutions run in bf16."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=enabled and device.type in ("cpu", "cuda"))
 
 
 class ConfigMismatchError(ValueError):
@@ -320,12 +323,15 @@ class RunSettings:
     """Settings every training run has (keyword-only; the configs add their own).
 
     seed: of the initialisation and the data stream. flat_threshold: patches
-    flatter than this are redrawn. amp: bf16 autocast (CUDA only).
+    flatter than this are redrawn. amp: bf16 autocast (CPU or CUDA).
     checkpoint_every / keep: save every M iterations (0: only at the end and
     on a stop signal), keeping the last N (0: all). resume: continue from the
     newest checkpoint of `out`; allow_config_change: even when a setting
     differs. device / threads: where to train. validate_every / val_dir:
-    PSNR on held-out images every V iterations (0: never).
+    PSNR on held-out images every V iterations (0: never). holdout: that many
+    images of the training folder (data.holdout_paths) are kept out of
+    training and validated on when val_dir is not set. val_crop: validate on
+    the central val_crop x val_crop pixels of each image (0: whole images).
     """
 
     seed: int = 0
@@ -339,13 +345,16 @@ class RunSettings:
     threads: int | None = None
     validate_every: int = 0
     val_dir: str | None = None
+    holdout: int = 0
+    val_crop: int = 0
     progress: bool = True
 
     def check_run_settings(self) -> None:
         """Raise ValueError naming the first bad shared setting."""
-        non_negative_int(self, "seed", "checkpoint_every", "keep", "validate_every")
-        if self.validate_every and not self.val_dir:
-            raise ValueError("validate_every: validation needs a folder of held-out images (val_dir / --val-dir)")
+        non_negative_int(self, "seed", "checkpoint_every", "keep", "validate_every", "holdout", "val_crop")
+        if self.validate_every and not (self.val_dir or self.holdout):
+            raise ValueError("validate_every: validation needs held-out images (val_dir / --val-dir, or "
+                             "holdout / --holdout)")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads: expected a positive integer, got {self.threads}")
 

@@ -12,7 +12,7 @@ import torch
 from ..model import MZSRNet
 from . import distributed
 from .checkpoints import load_into, resolve_weights
-from .data import ImageBank, PatchSampler
+from .data import ImageBank, PatchSampler, holdout_paths
 
 __all__ = ["Trainer"]
 
@@ -33,15 +33,15 @@ class Trainer:
         self.dist = dist or distributed.Distributed()
         self.device = self.dist.device
         self.pin = self.device.type == "cuda"  # batches pinned for CUDA copies
-        if config.amp and self.device.type != "cuda":
-            raise ValueError("amp: mixed precision (bf16 autocast) needs a CUDA device")
         batch = getattr(config, batch_field)
         if batch < self.dist.world_size:
             raise ValueError(f"{batch_field}: {batch} {batch_unit} cannot be shared by "
                              f"{self.dist.world_size} processes")
         self.shard = self.dist.shard(batch)
         init = resolve_weights(config.init) if config.init else None  # a wrong path fails before loading data
-        self.bank = bank if bank is not None else ImageBank(config.data_dir, config.patch_size)
+        # the held-out validation images (config.holdout) never reach the bank
+        self.holdout = holdout_paths(config.data_dir, config.holdout) if config.holdout else []
+        self.bank = bank if bank is not None else ImageBank(config.data_dir, config.patch_size, exclude=self.holdout)
         self.sampler = PatchSampler(self.bank, config.patch_size, config.seed, config.flat_threshold)
         self.model = MZSRNet()
         if init:

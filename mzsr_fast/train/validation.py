@@ -1,4 +1,5 @@
-"""Validation during training on a held-out image folder (e.g. Set5).
+"""Validation during training on held-out images (a folder, or images of the
+training folder kept out of training: RunSettings.holdout).
 
 Pretraining: PSNR of the network on bicubically degraded images (what it is
 trained for). Meta-training: MZSR(n) PSNR for a fixed set of benchmark kernels,
@@ -26,22 +27,28 @@ def quantise(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x.clamp(0, 1) * 255) / 255
 
 
-def load_images(folder, scale: int, min_lr_size: int = 3) -> list[tuple[str, torch.Tensor]]:
-    """(name, image [3, H, W] float32) for every image in folder, cropped to a
-    multiple of scale. Raises DataError (before any training) for an image
-    whose LR would be smaller than min_lr_size (the adapter needs at least the
-    kernel's size)."""
+def load_images(source, scale: int, min_lr_size: int = 3, crop: int = 0) -> list[tuple[str, torch.Tensor]]:
+    """(name, image [3, H, W] float32) for every image in source (a folder, or
+    a list of image paths), cropped to a multiple of scale and, with crop > 0,
+    to its central crop x crop pixels at most. Raises DataError (before any
+    training) for an image whose LR would be smaller than min_lr_size (the
+    adapter needs at least the kernel's size)."""
     images = []
-    for path in find_images(folder):
+    paths = source if isinstance(source, (list, tuple)) else find_images(source)
+    for path in paths:
         image = read_image(path, torch.float32)
+        if crop:
+            top, left = max(0, (image.shape[-2] - crop) // 2), max(0, (image.shape[-1] - crop) // 2)
+            image = image[:, top:top + crop, left:left + crop]
         h, w = (image.shape[-2] // scale) * scale, (image.shape[-1] // scale) * scale
         if min(h, w) // scale < min_lr_size:
             raise DataError(f"{path}: validation image of {image.shape[-2]}x{image.shape[-1]} is too small: its "
                             f"x{scale} LR must be at least {min_lr_size}x{min_lr_size} (at least "
                             f"{min_lr_size * scale} pixels a side)")
-        images.append((os.path.relpath(path, folder), image[:, :h, :w].contiguous()))
+        name = os.path.basename(path) if isinstance(source, (list, tuple)) else os.path.relpath(path, source)
+        images.append((name, image[:, :h, :w].contiguous()))
     if not images:
-        raise DataError(f"{folder}: no validation images")
+        raise DataError(f"{source}: no validation images")
     return images
 
 
