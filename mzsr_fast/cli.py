@@ -147,7 +147,7 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
 
 
 def cmd_import_tf(args) -> None:
-    from .pretrained import import_tf_checkpoint, parse_schedule
+    from .pretrained import format_schedule, import_tf_checkpoint, parse_schedule
 
     if os.path.exists(args.output) and not args.force:
         raise UsageError(f"-o: {args.output} exists (use --force to overwrite)")
@@ -155,7 +155,7 @@ def cmd_import_tf(args) -> None:
     info = import_tf_checkpoint(args.prefix, args.output, mode=args.mode, scales=_int_list(args.scales, "--scales"),
                                 schedule=schedule)
     print(f"{args.prefix} -> {args.output} ({info.mode}, scales {','.join(map(str, info.scales))}, "
-          f"schedule {','.join(f'{r:g}' for r in info.schedule)})")
+          f"schedule {format_schedule(info.schedule)})")
 
 
 def cmd_info(args) -> None:

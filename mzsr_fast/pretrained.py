@@ -10,11 +10,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
-from .model import MZSRNet
+from .model import PARAMETER_NAMES, MZSRNet
 
 __all__ = ["ModelInfo", "SCHEDULES", "BUNDLED", "load_model", "save_model", "bundled_models",
            "DEFAULT_MODEL", "default_model", "resolve_model", "mode_mismatch", "load_tf_checkpoint",
-           "import_tf_checkpoint", "kind_for", "parse_schedule"]
+           "import_tf_checkpoint", "kind_for", "parse_schedule", "format_schedule",
+           "Schedule"]
 
 # Per-step learning rates of the meta-test (SPEC section 8); the last one repeats.
 SCHEDULES = {
@@ -27,15 +28,41 @@ SCHEDULES = {
 DEFAULT_MODEL = "direct_x2"
 
 
-def parse_schedule(text: str, what: str = "schedule") -> tuple[float, ...]:
-    """Learning rates from "r1,r2,..." (each in (0, 1)); ValueError naming what."""
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ValueError(f"{what}: expected numbers separated by commas, got {text!r}") from None
-    if not values or not all(0 < v < 1 for v in values):
-        raise ValueError(f"{what}: expected learning rates in (0, 1), got {text!r}")
-    return values
+# A test-time schedule: one entry per step, the last repeating. An entry is one
+# rate for every parameter tensor, or a tuple of rates, one per tensor in
+# model.PARAMETER_NAMES order (a learned MAML++ table).
+Schedule = tuple
+
+
+def parse_schedule(text: str, what: str = "schedule") -> Schedule:
+    """A schedule from "r1,r2,..." (one rate per step) or "a1,a2,...;b1,b2,...;..."
+    (per step, one rate per parameter tensor); rates in (0, 1) (per-tensor
+    ones in [0, 1)). ValueError naming what."""
+    if ";" not in text:
+        try:
+            values = tuple(float(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise ValueError(f"{what}: expected numbers separated by commas, got {text!r}") from None
+        if not values or not all(0 < v < 1 for v in values):
+            raise ValueError(f"{what}: expected learning rates in (0, 1), got {text!r}")
+        return values
+    rows = []
+    for row in text.split(";"):
+        try:
+            rates = tuple(float(v) for v in row.split(","))
+        except ValueError:
+            raise ValueError(f"{what}: expected numbers separated by commas, got {row!r}") from None
+        if len(rates) != len(PARAMETER_NAMES) or not all(0 <= v < 1 for v in rates):
+            raise ValueError(f"{what}: a per-tensor step needs {len(PARAMETER_NAMES)} rates in [0, 1), got {row!r}")
+        rows.append(rates)
+    return tuple(rows)
+
+
+def format_schedule(schedule: Schedule) -> str:
+    """The text form parse_schedule reads."""
+    if all(isinstance(r, float) for r in schedule):
+        return ",".join(repr(r) for r in schedule)
+    return ";".join(",".join(repr(float(v)) for v in row) for row in schedule)
 
 
 @dataclass(frozen=True)
@@ -49,18 +76,18 @@ class ModelInfo:
     mode: str = "direct"
     scales: tuple[int, ...] = (2,)
     notes: dict = field(default_factory=dict, compare=False)
-    own_schedule: tuple[float, ...] = ()
+    own_schedule: Schedule = ()
 
     @property
-    def schedule(self) -> tuple[float, ...]:
-        """Per-step test-time learning rates; the last one repeats."""
+    def schedule(self) -> Schedule:
+        """Per-step test-time learning rates (see Schedule); the last step repeats."""
         return self.own_schedule or SCHEDULES[self.kind]
 
     def metadata(self) -> dict[str, str]:
         meta = {"name": self.name, "kind": self.kind, "mode": self.mode,
                 "scales": ",".join(str(s) for s in self.scales), **{k: str(v) for k, v in self.notes.items()}}
         if self.own_schedule:
-            meta["schedule"] = ",".join(repr(r) for r in self.own_schedule)
+            meta["schedule"] = format_schedule(self.own_schedule)
         return meta
 
     @classmethod

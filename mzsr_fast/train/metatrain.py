@@ -21,7 +21,7 @@ import dataclasses
 import torch
 
 from ..degradation import PRESETS
-from ..pretrained import SCHEDULES, ModelInfo
+from ..pretrained import ModelInfo
 from . import distributed, validation
 from .checkpoints import weights_bytes
 from .data import ImageBank, TaskBatch, task_pairs
@@ -210,12 +210,18 @@ class MetaLearner(Trainer):
         c = self.config
         scale = self.variant.val_scale
         return validation.mzsr_psnr(self.model, self._val_images, list(self.val_kernels), scale,
-                                    steps=tuple(c.val_steps), schedule=SCHEDULES[self.variant.name],
+                                    steps=tuple(c.val_steps), schedule=self.model_info().schedule,
                                     mode=self.variant.mode, device=self.device)
 
     def model_info(self) -> ModelInfo:
+        """The variant's info; with learned inner rates, their table (steps x
+        parameter tensors, negative rates as 0) is the model's test-time schedule."""
         v = self.variant
-        return ModelInfo(name=f"metatrain-{v.name}", kind=v.name, mode=v.mode, scales=v.model_scales)
+        schedule = ()
+        if self.inner_lr is not None:
+            schedule = tuple(tuple(float(r) for r in row) for row in self.inner_lr.detach().clamp_min(0).cpu())
+        return ModelInfo(name=f"metatrain-{v.name}", kind=v.name, mode=v.mode, scales=v.model_scales,
+                         own_schedule=schedule)
 
     def restore(self, weights: dict, state: dict) -> None:
         self.model.load_state_dict(weights)

@@ -82,3 +82,21 @@ def test_learnable_inner_rates_are_trained(image_dir, tmp_path):
     learner.train_step(learner.batch(0), 0)
     assert learner.inner_lr.shape == (2, 16)
     assert not torch.equal(before, learner.inner_lr.detach())
+
+
+def test_learned_inner_rates_are_the_models_test_time_schedule(image_dir, tmp_path):
+    """With --learn-inner-lr the saved model carries the learned table, and
+    load_model / adapt / validation read it back (steps x parameter tensors)."""
+    from mzsr_fast.pretrained import load_model
+    from mzsr_fast.train import metatrain
+
+    config = tiny_meta(image_dir, tmp_path, learn_inner_lr=True, iterations=2)
+    result = metatrain(config)
+    _, info = load_model(result.latest)
+    assert len(info.schedule) == 2 and all(len(row) == 16 for row in info.schedule)
+    learner = MetaLearner(tiny_meta(image_dir, tmp_path / "again", learn_inner_lr=True))
+    learner.inner_lr.data.uniform_(0.001, 0.02)
+    learner.inner_lr.data[0, 3] = -0.5  # a negative learned rate is used as 0
+    schedule = learner.model_info().schedule
+    assert schedule[0][3] == 0.0
+    assert schedule[1][5] == pytest.approx(float(learner.inner_lr[1, 5].detach()))
