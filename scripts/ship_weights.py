@@ -6,7 +6,8 @@ Checks that the file is a meta-training result (not a pretraining one) for the
 kind the bundled name stands for (same kind, subsampling mode and scales as
 mzsr_fast.pretrained.BUNDLED), then writes
 mzsr_fast/weights/NAME.safetensors (safetensors, no pickle) with the run's
-iteration count in its metadata.
+iteration count and the weights' own test-time schedule (learned, or written
+by scripts/calibrate_schedule.py) in its metadata.
 """
 import argparse
 import os
@@ -36,7 +37,8 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     target = os.path.join(os.path.dirname(__file__), "..", "mzsr_fast", "weights", f"{args.name}.safetensors")
-    save_model(target, net, ModelInfo(args.name, want.kind, want.mode, want.scales, notes=info.notes))
+    save_model(target, net, ModelInfo(args.name, want.kind, want.mode, want.scales, notes=info.notes,
+                                      own_schedule=info.own_schedule))
     print(f"{args.name}: iteration {info.notes.get('step', '?')} of {args.run_dir} -> {os.path.normpath(target)}")
     return 0
 
