@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import mzsr_fast
 from mzsr_fast import pretrained
 from mzsr_fast.adapt import forward_tiled, learning_rates
-from mzsr_fast.pretrained import ModelInfo, SCHEDULES, load_model, save_model
+from mzsr_fast.pretrained import CATALOGUE, ModelInfo, load_model, save_model
 
 adapt_module = importlib.import_module("mzsr_fast.adapt")  # the package's `adapt` is the function
 
@@ -43,9 +43,9 @@ def _straightforward(lr, kernel, scale, rates, net, mode="direct"):
 
 
 def test_learning_rate_table():
-    assert learning_rates(SCHEDULES["direct_x2"], 7) == [0.02, 0.01, 0.01, 0.01, 0.005, 0.005, 0.005]
-    assert learning_rates(SCHEDULES["direct_x4"], 2) == [0.01, 0.005]
-    assert learning_rates(SCHEDULES["bicubic_x2"], 0) == []
+    assert learning_rates(CATALOGUE["direct_x2"].schedule, 7) == [0.02, 0.01, 0.01, 0.01, 0.005, 0.005, 0.005]
+    assert learning_rates(CATALOGUE["direct_x4"].schedule, 2) == [0.01, 0.005]
+    assert learning_rates(CATALOGUE["bicubic_x2"].schedule, 0) == []
 
 
 @pytest.mark.parametrize("mode", ["direct", "bicubic"])
@@ -55,7 +55,7 @@ def test_adapt_equals_straightforward_implementation(mode):
     lr = torch.rand(3, 30, 26)
     kernel = mzsr_fast.preset("g_d_2.0").kernel
     sr, losses = mzsr_fast.adapt(lr, kernel, 2, steps=6, model=net, mode=mode, return_losses=True)
-    expected_sr, expected_losses = _straightforward(lr, kernel, 2, learning_rates(SCHEDULES["direct_x2"], 6),
+    expected_sr, expected_losses = _straightforward(lr, kernel, 2, learning_rates(CATALOGUE["direct_x2"].schedule, 6),
                                                     net, mode)
     torch.testing.assert_close(losses[0], torch.tensor(expected_losses), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(sr, expected_sr, rtol=1e-4, atol=1e-5)
@@ -100,7 +100,7 @@ def test_graph_step_logic_without_a_gpu(monkeypatch):
     net = _small_net()
     params = {n: p.detach() for n, p in net.named_parameters()}
     x, target = torch.rand(2, 3, 20, 18), torch.rand(2, 3, 20, 18)
-    rates = learning_rates(SCHEDULES["direct_x2"], adapt_module.WARMUP_STEPS + 3)
+    rates = learning_rates(CATALOGUE["direct_x2"].schedule, adapt_module.WARMUP_STEPS + 3)
     captured = []
 
     def static_capture(step, device):

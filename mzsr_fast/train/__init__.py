@@ -12,10 +12,10 @@ images), cli (the subcommands).
 """
 from .checkpoints import CheckpointManager
 from .data import DataError, ImageBank, PatchSampler, Prefetcher
-from .metatrain import VARIANTS, MetaLearner, MetatrainConfig, metatrain
+from .metatrain import MetaLearner, MetatrainConfig, metatrain
 from .pretrain import Pretrainer, PretrainConfig, pretrain
 from .run import ConfigMismatchError, TrainResult
 
-__all__ = ["PretrainConfig", "pretrain", "Pretrainer", "MetatrainConfig", "metatrain", "MetaLearner", "VARIANTS",
+__all__ = ["PretrainConfig", "pretrain", "Pretrainer", "MetatrainConfig", "metatrain", "MetaLearner",
            "TrainResult", "ConfigMismatchError", "DataError", "ImageBank", "PatchSampler", "Prefetcher",
            "CheckpointManager"]

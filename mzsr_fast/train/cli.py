@@ -124,7 +124,7 @@ def register_train_commands(commands) -> None:
     pre.add_argument("--init", help="start from these weights (.safetensors or a run folder)")
     pre.set_defaults(run=cmd_pretrain)
 
-    from .metatrain import VARIANTS
+    from ..pretrained import CATALOGUE
     meta = commands.add_parser(
         "metatrain", help="meta-transfer learning with MAML (SPEC 7)",
         description="Meta-transfer learning: tasks of one random blur kernel each, inner SGD steps on a "
@@ -132,7 +132,7 @@ def register_train_commands(commands) -> None:
     _common(meta, checkpoint_every=1000, log_every=10)
     meta.add_argument("--init", required=True, metavar="PRETRAINED",
                       help="pretrained weights (.safetensors or a pretraining run folder)")
-    meta.add_argument("--variant", choices=sorted(VARIANTS), help="direct_x2 (default), bicubic_x2, direct_x4 or "
+    meta.add_argument("--variant", choices=sorted(CATALOGUE), help="direct_x2 (default), bicubic_x2, direct_x4 or "
                       "multiscale (scale per task from 2.0, 2.2, ..., 4.0)")
     meta.add_argument("--meta-batch", type=_positive_int, help="tasks per meta-iteration, all processes (default 5)")
     meta.add_argument("--task-batch", type=_positive_int,

@@ -100,3 +100,25 @@ def test_learned_inner_rates_are_the_models_test_time_schedule(image_dir, tmp_pa
     schedule = learner.model_info().schedule
     assert schedule[0][3] == 0.0
     assert schedule[1][5] == pytest.approx(float(learner.inner_lr[1, 5].detach()))
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_cpu_bf16_meta_gradient_is_close_to_fp32(image_dir, tmp_path, order):
+    """--amp on the CPU: the same iteration's meta-gradient in bf16 autocast and
+    in fp32. bf16 keeps 8 mantissa bits (relative rounding 2^-9 per value), and
+    the convolutions accumulate in fp32, so the gradient agrees to a few
+    percent of its norm, never to fp32 precision."""
+    grads = {}
+    for amp in (False, True):
+        learner = MetaLearner(tiny_meta(image_dir, tmp_path / str(amp), amp=amp, order=order, inner_steps=2))
+        learner.compute_gradients(learner.batch(0), 0)
+        grads[amp] = torch.cat([p.grad.flatten() for p in learner.model.parameters()])
+    assert torch.isfinite(grads[True]).all()
+    relative = (grads[True] - grads[False]).norm() / grads[False].norm()
+    assert 0 < relative < 0.05
+
+
+def test_cpu_bf16_pretraining_step(smooth_dir, tmp_path):
+    learner = Pretrainer(tiny_pretrain(smooth_dir, tmp_path, amp=True))
+    stats = learner.train_step(learner.batch(0), 0)
+    assert torch.isfinite(stats["loss"])
