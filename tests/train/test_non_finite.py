@@ -1,0 +1,73 @@
+"""Non-finite training: NaN / infinite --init weights are refused, a run whose
+loss or weights stop being finite stops with an error, and no checkpoint
+with a NaN or an infinity is ever written."""
+import csv
+import math
+import re
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from mzsr_fast.cli import main
+from mzsr_fast.model import MZSRNet
+from mzsr_fast.train import MetaLearner, NonFiniteError, metatrain
+from mzsr_fast.train.checkpoints import CheckpointManager, first_non_finite, load_weights
+from train_helpers import tiny_meta
+
+META_CLI = ["--iterations", "2", "--meta-batch", "2", "--task-batch", "2", "--patch-size", "16", "--inner-steps",
+            "1", "--threads", "1", "--no-progress"]
+
+
+@pytest.mark.parametrize("value, dtype, expected", [(math.nan, torch.float32, "NaN or infinite values"),
+                                                    (math.inf, torch.float32, "NaN or infinite values"),
+                                                    (1, torch.int32, "torch.int32 values")])
+def test_metatrain_refuses_init_weights_that_are_not_finite_floats(image_dir, tmp_path, capsys, value, dtype,
+                                                                   expected):
+    init = tmp_path / "init.safetensors"
+    save_file({k: torch.full_like(v, value, dtype=dtype) for k, v in MZSRNet().state_dict().items()}, str(init))
+    assert main(["metatrain", str(image_dir), "--init", str(init), "--out", str(tmp_path / "run"), *META_CLI]) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"error: {re.escape(str(init))}: layers\.\d+\.(weight|bias) holds {expected}", err)
+    assert err.count("\n") == 1
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def poison_after(monkeypatch, step: int, value: float) -> None:
+    """MetaLearner.train_step fills the first layer's weights with value after iteration step (0-based)."""
+    train_step = MetaLearner.train_step
+
+    def poisoned(self, batch, i):
+        stats = train_step(self, batch, i)
+        if i == step:
+            with torch.no_grad():
+                self.model.layers[0].weight.fill_(value)
+        return stats
+
+    monkeypatch.setattr(MetaLearner, "train_step", poisoned)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_a_loss_that_stops_being_finite_stops_the_run_before_it_is_logged_or_saved(image_dir, tmp_path,
+                                                                                   monkeypatch, value):
+    poison_after(monkeypatch, 2, value)  # the loss of iteration 4 (0-based 3) is not finite
+    with pytest.raises(NonFiniteError, match=r"the loss at iteration 4 is (nan|inf): training diverged") as error:
+        metatrain(tiny_meta(image_dir, tmp_path, iterations=6))
+    assert "its checkpoint of iteration 2 is intact" in str(error.value)
+    assert [c.step for c in CheckpointManager(tmp_path).list()] == [2]
+    assert first_non_finite(load_weights(tmp_path / "latest.safetensors")) is None
+    with open(tmp_path / "log.csv") as f:
+        assert [int(row["step"]) for row in csv.DictReader(f)] == [1, 2, 3]  # not the diverged iteration 4
+
+def test_a_checkpoint_with_non_finite_weights_is_not_written(image_dir, tmp_path, monkeypatch):
+    poison_after(monkeypatch, 1, math.nan)  # iteration 2's loss is finite, its weights are not
+    with pytest.raises(NonFiniteError, match="checkpoint of iteration 2 not written: weights.layers.0.weight holds"):
+        metatrain(tiny_meta(image_dir, tmp_path, iterations=3))
+    assert CheckpointManager(tmp_path).list() == [] and not (tmp_path / "latest.safetensors").exists()
+
+
+def test_a_state_with_a_non_finite_optimiser_moment_is_not_written(tmp_path):
+    state = {"optimizer": {"state": {0: {"exp_avg_sq": torch.tensor([1.0, math.inf])}}}}
+    with pytest.raises(NonFiniteError, match="state.optimizer.state.0.exp_avg_sq holds NaN or infinite"):
+        CheckpointManager(tmp_path).save(1, MZSRNet().state_dict(), state)
+    assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").iterdir())
