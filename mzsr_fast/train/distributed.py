@@ -9,6 +9,7 @@ gradients). gloo on CPU, NCCL on CUDA; only rank 0 writes files.
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -117,10 +118,18 @@ class Distributed:
         if self.active:
             dist.barrier()
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
+        """Leave the process group that setup() joined (none when the caller
+        had joined one). After a finished run every rank first meets at a
+        barrier, so that no collective is in flight when the group goes;
+        the garbage collection then frees the group, and gloo joins its
+        threads now rather than during the interpreter's shutdown."""
         if self.owns_group and dist.is_initialized():
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
             self.owns_group = False
+            gc.collect()
 
 
 def setup(device: str | None = None) -> Distributed:

@@ -329,6 +329,7 @@ def train(kind: str, config, make_trainer, on_step=None) -> TrainResult:
     if config.threads:
         torch.set_num_threads(config.threads)
     dist = distributed.setup(config.device)
+    finished = False
     try:
         with Run(kind, config, dist) as run:
             resumed = run.open()
@@ -340,9 +341,11 @@ def train(kind: str, config, make_trainer, on_step=None) -> TrainResult:
                 set_rng_state(state["rng"])
             else:
                 dist.broadcast_parameters(p for group in trainer.optimizer.param_groups for p in group["params"])
-            return run.loop(trainer, start, resumed is not None, on_step)
+            result = run.loop(trainer, start, resumed is not None, on_step)
+        finished = True
+        return result
     finally:
-        dist.close()
+        dist.close(finished)
         torch.set_num_threads(threads)
 
 
