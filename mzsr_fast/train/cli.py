@@ -5,7 +5,10 @@
     torchrun --nproc_per_node=N -m mzsr_fast.cli metatrain ...   (data parallel)
 
 A stopped run (Ctrl-C, SIGTERM) saves a checkpoint and exits with code 1;
-the same command with --resume continues it exactly.
+the same command with --resume continues it exactly (--resume-or-start: the
+same command also makes the first start). Exit code 2: bad settings or data,
+a run folder in use by another process, --resume without a readable
+checkpoint, a loss that stopped being finite.
 """
 from __future__ import annotations
 

@@ -390,6 +390,9 @@ class RunSettings:
                              "holdout / --holdout)")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads: expected a positive integer, got {self.threads}")
+        if isinstance(self.flat_threshold, bool) or not isinstance(self.flat_threshold, (int, float)) \
+                or not math.isfinite(self.flat_threshold):
+            raise ValueError(f"flat_threshold: expected a finite number, got {self.flat_threshold!r}")
 
 
 # Setting checks shared by the config dataclasses: ValueError naming the field.

@@ -19,14 +19,21 @@ META_CLI = ["--iterations", "2", "--meta-batch", "2", "--task-batch", "2", "--pa
             "1", "--threads", "1", "--no-progress"]
 
 
-@pytest.mark.parametrize("value, dtype, expected", [(math.nan, torch.float32, "NaN or infinite values"),
-                                                    (math.inf, torch.float32, "NaN or infinite values"),
-                                                    (1, torch.int32, "torch.int32 values")])
-def test_metatrain_refuses_init_weights_that_are_not_finite_floats(image_dir, tmp_path, capsys, value, dtype,
-                                                                   expected):
+PRETRAIN_CLI = ["--iterations", "1", "--patch-size", "16", "--batch-size", "2", "--threads", "1", "--no-progress"]
+
+
+@pytest.mark.parametrize("command, value, dtype, expected", [
+    ("metatrain", math.nan, torch.float32, "NaN or infinite values"),
+    ("metatrain", math.inf, torch.float32, "NaN or infinite values"),
+    ("metatrain", 1, torch.int32, "torch.int32 values"),
+    ("pretrain", math.nan, torch.float32, "NaN or infinite values"),
+])
+def test_init_weights_that_are_not_finite_floats_are_refused(image_dir, tmp_path, capsys, command, value, dtype,
+                                                             expected):
     init = tmp_path / "init.safetensors"
     save_file({k: torch.full_like(v, value, dtype=dtype) for k, v in MZSRNet().state_dict().items()}, str(init))
-    assert main(["metatrain", str(image_dir), "--init", str(init), "--out", str(tmp_path / "run"), *META_CLI]) == 2
+    options = META_CLI if command == "metatrain" else PRETRAIN_CLI
+    assert main([command, str(image_dir), "--init", str(init), "--out", str(tmp_path / "run"), *options]) == 2
     err = capsys.readouterr().err
     assert re.search(rf"error: {re.escape(str(init))}: layers\.\d+\.(weight|bias) holds {expected}", err)
     assert err.count("\n") == 1
@@ -71,3 +78,10 @@ def test_a_state_with_a_non_finite_optimiser_moment_is_not_written(tmp_path):
     with pytest.raises(NonFiniteError, match="state.optimizer.state.0.exp_avg_sq holds NaN or infinite"):
         CheckpointManager(tmp_path).save(1, MZSRNet().state_dict(), state)
     assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_non_finite_flat_threshold_is_refused(image_dir, tmp_path, capsys, value):
+    assert main(["pretrain", str(image_dir), "--out", str(tmp_path), "--flat-threshold", value, "--iterations", "1",
+                 "--no-progress"]) == 2
+    assert f"error: flat_threshold: expected a finite number, got {float(value)!r}" in capsys.readouterr().err
