@@ -218,9 +218,8 @@ class Run:
         self.checkpoints.clean()  # only now: another process's temporary files are not leftovers
 
     def _write_settings(self) -> None:
-        if self.dist.is_main:
-            text = json.dumps({"kind": self.kind, **self.settings}, indent=2, sort_keys=True)
-            atomic_write(os.path.join(self.run_dir, "config.json"), text.encode())
+        text = json.dumps({"kind": self.kind, **self.settings}, indent=2, sort_keys=True)
+        self.dist.on_main(lambda: atomic_write(os.path.join(self.run_dir, "config.json"), text.encode()))
 
     def due(self, step: int) -> bool:
         """Whether a checkpoint is due after step (every checkpoint_every, and the last)."""
