@@ -248,11 +248,10 @@ class Run:
     def _diverged(self, done: int, loss: torch.Tensor) -> str:
         value = float(loss.float().sum())
         shown = f"{value}" if not math.isfinite(value) else "not finite on another process"
-        kept = (f"its checkpoint of iteration {self.saved_step} is intact" if self.saved_step is not None
-                else "it has no checkpoint")
+        kept = (f"the checkpoint of iteration {self.saved_step} in {self.run_dir} is intact"
+                if self.saved_step is not None else f"{self.run_dir} has no checkpoint yet")
         return (f"{self.kind}: the loss at iteration {done} is {shown}: training diverged and was stopped "
-                f"without saving it; {kept} in {self.run_dir}. Lower the learning rate, or check --init "
-                f"and the training images")
+                f"without saving it; {kept}. Lower the learning rate, or check --init and the training images")
 
     def loop(self, trainer, start: int, resumed: bool, on_step=None) -> TrainResult:
         """Iterations start..config.iterations of trainer (see the module docstring)."""
