@@ -9,7 +9,6 @@ gradients). gloo on CPU, NCCL on CUDA; only rank 0 writes files.
 """
 from __future__ import annotations
 
-import gc
 import os
 from dataclasses import dataclass
 
@@ -121,15 +120,13 @@ class Distributed:
     def close(self, finished: bool = True) -> None:
         """Leave the process group that setup() joined (none when the caller
         had joined one). After a finished run every rank first meets at a
-        barrier, so that no collective is in flight when the group goes;
-        the garbage collection then frees the group, and gloo joins its
-        threads now rather than during the interpreter's shutdown."""
+        barrier, so that no rank destroys the group while another is still
+        in a collective with it."""
         if self.owns_group and dist.is_initialized():
             if finished:
                 dist.barrier()
             dist.destroy_process_group()
             self.owns_group = False
-            gc.collect()
 
 
 def setup(device: str | None = None) -> Distributed:

@@ -35,14 +35,14 @@ def in_process_group(rank: int, world_size: int, init_file: str, work, *args) ->
     joins the group, runs work(rank, info, *args) (info: distributed.setup's
     Distributed) and shuts down deterministically.
 
-    Shutdown: all ranks meet at a barrier (no collective in flight), destroy
-    the group and collect garbage (gloo joins its threads), then leave with
-    os._exit(0): the interpreter's own shutdown, which tears torch's C++
-    threads and static objects down in no fixed order, once aborted a rank
-    ("terminate called without an active exception"). An error leaves the
-    normal way, so that spawn reports it.
+    Shutdown: all ranks meet at a barrier (no collective in flight) and
+    destroy the group, then leave with os._exit(0), without the
+    interpreter's own shutdown. Once torch._dynamo is imported (Adam's step
+    imports it), the gloo group outlives destroy_process_group, its threads
+    still running, and tearing them down at interpreter exit once aborted a
+    rank ("terminate called without an active exception"). An error leaves
+    the normal way, so that spawn reports it.
     """
-    import gc
     import os
     import sys
 
@@ -61,7 +61,6 @@ def in_process_group(rank: int, world_size: int, init_file: str, work, *args) ->
         dist.barrier()
     finally:
         dist.destroy_process_group()
-    gc.collect()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
