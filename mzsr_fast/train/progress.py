@@ -112,6 +112,12 @@ def _terminal_width() -> int:
         return 120
 
 
+def _step(row: dict) -> int | None:
+    """The step of a log row, None when it has none (a damaged row)."""
+    text = row.get("step") or ""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 class MetricsLog:
     """RUN_DIR/log.csv with a fixed header (columns given up front; blank where
     a row has no value) and TensorBoard scalars when tensorboard is installed.
@@ -140,7 +146,7 @@ class MetricsLog:
                 with open(self.path, newline="", encoding="utf-8") as f:
                     reader = csv.DictReader(f)
                     header = reader.fieldnames or []
-                    rows = [r for r in reader if (r.get("step") or "").isdigit() and int(r["step"]) <= resume_step]
+                    rows = [r for r in reader if _step(r) is not None and _step(r) <= resume_step]
             except (UnicodeDecodeError, csv.Error) as error:
                 aside = os.path.join(folder, f"log.unreadable-{resume_step}.csv")
                 os.replace(self.path, aside)

@@ -132,3 +132,14 @@ def test_a_log_that_is_not_utf8_is_kept_aside_on_resume(image_dir, tmp_path):
     assert (tmp_path / "log.unreadable-2.csv").read_bytes() == garbage
     with open(tmp_path / "log.csv", encoding="utf-8") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [3]
+
+
+def test_damaged_rows_of_the_log_are_dropped_on_resume(image_dir, tmp_path):
+    pretrain(tiny_pretrain(image_dir, tmp_path, iterations=2))
+    with open(tmp_path / "log.csv", encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    lines[1:1] = ["\u00b2" + lines[1][1:], "x" + lines[1][1:], ""]  # step "²" (isdigit, not an int), "x1"
+    (tmp_path / "log.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert pretrain(tiny_pretrain(image_dir, tmp_path, iterations=3, resume=True)).step == 3
+    with open(tmp_path / "log.csv", encoding="utf-8") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3]
