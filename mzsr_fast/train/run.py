@@ -357,8 +357,9 @@ class RunSettings:
     on a stop signal), keeping the last N that load (0: all). resume:
     continue from the newest checkpoint of `out` (an error when there is
     none); resume_or_start: the same, but start a new run when `out` has no
-    checkpoint; allow_config_change: resume even when a setting differs. device / threads: where to train. validate_every / val_dir:
-    PSNR on held-out images every V iterations (0: never). holdout: that many
+    checkpoint; allow_config_change: resume even when a setting differs.
+    device / threads: where to train. validate_every / val_dir: PSNR on
+    held-out images every V iterations (0: never). holdout: that many
     images of the training folder (data.holdout_paths) are kept out of
     training and validated on when val_dir is not set. val_crop: validate on
     the central val_crop x val_crop pixels of each image (0: whole images).
