@@ -92,9 +92,20 @@ def _schedule(schedule, info: ModelInfo, steps: int) -> list[float]:
     if schedule is None:
         return learning_rates(info.schedule, steps)
     rates = [schedule] if isinstance(schedule, (int, float)) else list(schedule)
-    if not rates or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not r >= 0 for r in rates):
-        raise ValueError(f"schedule: expected a list of per-step learning rates >= 0, got {schedule!r}")
+    if not rates or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1 for r in rates):
+        raise ValueError(f"schedule: expected a list of per-step learning rates in [0, 1), got {schedule!r}")
     return learning_rates(rates, steps)
+
+
+def _check_converged(losses: torch.Tensor, sr: torch.Tensor, rates: list[float]) -> None:
+    """Raise ValueError when the adaptation diverged: a loss ([T, steps]) or an
+    output pixel (sr before clipping) that is not finite."""
+    if bool(torch.isfinite(losses).all()) and bool(torch.isfinite(sr).all()):
+        return
+    trace = ", ".join(f"{v:.3g}" for v in losses.amax(0).tolist())
+    raise ValueError(f"the adaptation diverged: L1 loss before each step {trace} with learning rates {rates}, "
+                     f"and the output is not finite; expected smaller learning rates or a model whose outputs stay "
+                     f"in range")
 
 
 # Eager steps before a CUDA-graph capture: lazy initialisation and cuDNN's
@@ -184,7 +195,8 @@ def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None,
     pretrained.default_model), a bundled name, a .safetensors path or an
     MZSRNet (left unchanged). mode: "direct" or "bicubic" subsampling of the son
     (default: the model's). schedule: per-step learning rates (default: the
-    model's row of the SPEC table). precision: "fp32" or "bf16" (autocast).
+    model's row of the SPEC table), each in [0, 1); a diverging adaptation
+    (non-finite loss or output) raises ValueError. precision: "fp32" or "bf16" (autocast).
     tile: final inference on tiles of this many output pixels (bounded memory).
     cuda_graph: (CUDA only) after WARMUP_STEPS eager steps, capture one
     adaptation step as a CUDA graph and replay it for the remaining steps:
@@ -206,6 +218,7 @@ def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None,
         raise ValueError(f"cuda_graph: needs lr on a CUDA device, got {y.device}")
     if not torch.compiler.is_compiling():
         _checks.finite_tensor(y, "lr")
+        _checks.unit_range(y, "lr")
     kernels, kernel_mode = _kernels(kernel, y.shape[0])
     net, info = resolve_model(model, mode or kernel_mode, scale)
     if info.scales and scale not in info.scales:
@@ -223,6 +236,9 @@ def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None,
 
     y = y.float()
     params = {n: p.detach().to(y.device, torch.float32) for n, p in net.named_parameters()}
+    if not torch.compiler.is_compiling():
+        for name, p in params.items():
+            _checks.finite_tensor(p, f"model: {name}")
     son = degrade(y, kernels.to(y.device), scale, mode=mode, backend=backend)
     # channels_last: the convolutions run about 1.3x (fp32) to 2x (bf16) faster on CPU.
     son_up = imresize(son, scale=scale, size=y.shape[-2:]).contiguous(memory_format=torch.channels_last)
@@ -233,7 +249,10 @@ def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None,
         with torch.no_grad(), _autocast(x.device, precision):
             return stacked_forward(adapted, x[:, None])[:, 0].float()
 
-    sr = forward_tiled(run, lr_up, tile).clamp(0, 1)
+    sr = forward_tiled(run, lr_up, tile)
+    if steps and not torch.compiler.is_compiling():
+        _check_converged(losses, sr, rates)
+    sr = sr.clamp(0, 1)
     if backprojection:
         sr = back_projection(sr, y, scale)
     sr = sr.squeeze(0) if was_3d else sr

@@ -27,6 +27,7 @@ def _luma(x: torch.Tensor, name: str) -> torch.Tensor:
     x4, _ = _checks.as_batched_image(x, name)
     if x4.shape[1] not in (1, 3):
         raise ValueError(f"{name}: expected 1 or 3 channels, got {x4.shape[1]}")
+    _checks.unit_range(x4, name, stacklevel=5)
     x255 = torch.round(x4.detach().double().clamp(0, 1) * 255)
     return rgb_to_y(x255) if x4.shape[1] == 3 else x255[:, 0]
 

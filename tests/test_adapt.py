@@ -194,6 +194,22 @@ def test_saved_model_round_trip(tmp_path):
         mzsr_fast.adapt(torch.rand(3, 24, 24), "g_d_2.0", 2, model=str(tmp_path / "m.safetensors"))
 
 
+def _scaled_net(factor):
+    """A net whose outputs overflow float32 for factor 1e6 (eight layers: weights^8)."""
+    net = _small_net()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(factor)
+    return net
+
+
+def _nan_net():
+    net = _small_net()
+    with torch.no_grad():
+        net.layers[0].bias.fill_(float("nan"))
+    return net
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(steps=-1), "steps: expected an integer >= 0"),
     (dict(scale=1.5), "scale: expected an integer >= 1"),
@@ -202,6 +218,11 @@ def test_saved_model_round_trip(tmp_path):
     (dict(lr=torch.full((3, 24, 24), float("nan"))), "lr: expected finite values"),
     (dict(precision="fp8"), "precision: expected one of"),
     (dict(schedule=[-1.0]), "schedule: expected a list"),
+    (dict(schedule=[float("inf")]), r"schedule: expected a list of per-step learning rates in \[0, 1\)"),
+    (dict(schedule=[0.01, 1e6]), r"schedule: expected a list of per-step learning rates in \[0, 1\)"),
+    (dict(model=_scaled_net(1e6), steps=2), r"the adaptation diverged: L1 loss before each step nan, nan with "
+                                            r"learning rates \[0.02, 0.01\]"),
+    (dict(model=_nan_net()), "model: layers.0.bias: expected finite values"),
     (dict(mode="area"), "mode: expected 'direct' or 'bicubic'"),
     (dict(model=3), "model: expected None, a bundled name"),
     (dict(model="missing.safetensors"), "model: 'missing.safetensors' is neither"),
@@ -227,3 +248,19 @@ def test_zssr_baseline_learns_from_the_image_alone():
     assert sum(losses[-5:]) < sum(losses[:5])
     with pytest.raises(ValueError, match="steps: expected an integer >= 0"):
         zssr(lr, "g_d_2.0", 2, steps=-3)
+
+
+def test_images_on_the_0_to_255_scale_warn():
+    lr = torch.rand(3, 24, 24)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mzsr_fast.adapt(lr, "g_d_2.0", steps=1, model=_small_net())
+    with pytest.warns(UserWarning, match=r"lr: values from .* expected an image in \[0, 1\] \(8-bit values\? divide"):
+        mzsr_fast.adapt(lr * 255, "g_d_2.0", steps=1, model=_small_net())
+
+
+def test_zssr_warns_for_images_on_the_0_to_255_scale():
+    from mzsr_fast.zssr import zssr
+
+    with pytest.warns(UserWarning, match=r"lr: values from .* expected an image in \[0, 1\]"):
+        zssr(torch.rand(3, 24, 24) * 255, "g_d_2.0", 2, steps=0)

@@ -194,3 +194,33 @@ def test_eval_zssr(tmp_path, capsys):
     Image.fromarray(np.random.randint(0, 255, (48, 48, 3), np.uint8)).save(gt / "a.png")
     assert main(["eval", "--gt", str(gt), "--method", "zssr", "--steps", "3"]) == 0
     assert "| zssr | 3 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("nan", "layers.0.weight holds NaN or infinite values"),
+    ("inf", "layers.0.weight holds NaN or infinite values"),
+    ("int", "layers.0.weight is torch.int32, expected floating-point weights"),
+])
+def test_sr_refuses_a_model_with_bad_weights(tmp_path, capsys, damage, message):
+    from safetensors.torch import save_file
+
+    from mzsr_fast import MZSRNet
+
+    state = {k: v.detach().clone() for k, v in MZSRNet().state_dict().items()}
+    weight = state["layers.0.weight"]
+    state["layers.0.weight"] = {"nan": torch.full_like(weight, float("nan")),
+                                "inf": weight.index_fill(0, torch.tensor([1]), float("inf")),
+                                "int": torch.ones_like(weight, dtype=torch.int32)}[damage]
+    save_file(state, str(tmp_path / "bad.safetensors"), metadata={"scales": "2"})
+    assert main(["sr", "example-lr", "-o", str(tmp_path / "out"), "--model", str(tmp_path / "bad.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'bad.safetensors'}: {message}" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_sr_bad_model_metadata_names_the_file(tmp_path, model_file, capsys):
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(model_file), str(tmp_path / "meta.safetensors"), metadata={"scales": "abc"})
+    assert main(["sr", "example-lr", "-o", str(tmp_path / "out"), "--model", str(tmp_path / "meta.safetensors")]) == 2
+    assert f"{tmp_path / 'meta.safetensors'}: metadata scales='abc'" in capsys.readouterr().err

@@ -47,3 +47,11 @@ def test_errors():
         metrics.psnr(torch.rand(2, 20, 20), torch.rand(3, 20, 20), 2)
     with pytest.raises(ValueError, match="scale: expected an integer >= 1"):
         metrics.ssim(torch.rand(3, 20, 20), torch.rand(3, 20, 20), 0)
+
+
+def test_images_on_the_0_to_255_scale_warn():
+    gt = torch.rand(3, 20, 20)
+    with pytest.warns(UserWarning, match=r"gt: values from .* expected an image in \[0, 1\] \(8-bit values"):
+        metrics.psnr(gt, gt * 255, 2)
+    with pytest.warns(UserWarning, match=r"sr: values from .* expected an image in \[0, 1\]"):
+        metrics.ssim(gt * 255, gt, 2)
