@@ -62,6 +62,11 @@ def unit_range(x: torch.Tensor, name: str, stacklevel: int = 3) -> None:
                       f"they are clipped to [0, 1]", UserWarning, stacklevel=stacklevel)
 
 
+def size_text(shape) -> str:
+    """The size of an image of shape [..., H, W] as the messages print it: "HxW (height x width)"."""
+    return f"{shape[-2]}x{shape[-1]} (height x width)"
+
+
 def same_device(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
     if a.device != b.device:
         raise ValueError(f"{name_b}: expected a tensor on {a.device} like {name_a}, got {b.device}")

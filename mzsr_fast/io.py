@@ -5,6 +5,7 @@ are read (and 16-bit outputs written) with pypng.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -15,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import _checks
 
-__all__ = ["read_image", "write_image", "bit_depth", "IMAGE_EXTENSIONS"]
+__all__ = ["read_image", "write_image", "bit_depth", "check_image", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -91,6 +92,33 @@ def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
     return turns[orientation](array) if orientation in turns else array
 
 
+@contextlib.contextmanager
+def _opened(path: str):
+    """Image.open(path) as a context; its errors, and those of decoding inside
+    the context, become FileNotFoundError or ValueError naming the path."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a directory, expected an image file")
+    try:
+        with Image.open(path) as image:
+            yield image
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image file pillow can read") from None
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{path}: refused as a possible decompression bomb ({error})") from None
+    except (OSError, SyntaxError, png.Error) as error:
+        raise ValueError(f"{path}: corrupt or truncated image ({error})") from None
+
+
+def check_image(path) -> None:
+    """Open the image's header only (fast): FileNotFoundError or ValueError
+    naming the path for a missing, non-image or decompression-bomb file.
+    Damage past the header shows only when read_image decodes the file."""
+    with _opened(os.fspath(path)):
+        pass
+
+
 def read_image(path, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Read PNG/JPEG/BMP/TIFF (any pillow mode) as [3, H, W] in [0, 1], upright.
 
@@ -100,21 +128,10 @@ def read_image(path, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     path for a missing, non-image, truncated or decompression-bomb file.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise ValueError(f"{path}: is a directory, expected an image file")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            array = _to_rgb_array(image, path)
-            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-    except UnidentifiedImageError:
-        raise ValueError(f"{path}: not an image file pillow can read") from None
-    except Image.DecompressionBombError as error:
-        raise ValueError(f"{path}: refused as a possible decompression bomb ({error})") from None
-    except (OSError, SyntaxError, png.Error) as error:
-        raise ValueError(f"{path}: corrupt or truncated image ({error})") from None
+    with _opened(path) as image:
+        image.load()
+        array = _to_rgb_array(image, path)
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     array = _orient(array, orientation)
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).to(dtype)
 

@@ -39,11 +39,12 @@ def prepare(sr: torch.Tensor, gt: torch.Tensor, scale: int) -> tuple[torch.Tenso
     h, w = (y_gt.shape[-2] // scale) * scale, (y_gt.shape[-1] // scale) * scale
     if y_sr.shape[-2] < h or y_sr.shape[-1] < w:
         raise ValueError(f"sr: expected at least the ground truth's size cropped to a multiple of "
-                         f"scale, {h} x {w}, got {tuple(y_sr.shape[-2:])}")
+                         f"scale, {_checks.size_text((h, w))}, got {_checks.size_text(y_sr.shape)}")
     if y_sr.shape[0] != y_gt.shape[0]:
         raise ValueError(f"sr: expected as many images as gt ({y_gt.shape[0]}), got {y_sr.shape[0]}")
     if h <= 2 * scale or w <= 2 * scale:
-        raise ValueError(f"gt: image of {h} x {w} is too small to shave {scale} pixels from each border")
+        raise ValueError(f"gt: image of {_checks.size_text((h, w))} is too small to shave {scale} pixels from "
+                         f"each border")
     crop = (slice(None), slice(scale, h - scale), slice(scale, w - scale))
     return y_sr[crop], y_gt[crop]
 
@@ -67,7 +68,8 @@ def ssim(sr: torch.Tensor, gt: torch.Tensor, scale: int) -> float:
     K2 0.03, L 255) over the 'valid' window positions and the batch."""
     a, b = prepare(sr, gt, scale)
     if min(a.shape[-2:]) < 11:
-        raise ValueError(f"gt: the scored region {tuple(a.shape[-2:])} is smaller than the 11x11 SSIM window")
+        raise ValueError(f"gt: the scored region of {_checks.size_text(a.shape)} is smaller than the 11x11 SSIM "
+                         f"window")
     window = _gaussian_window().to(a.device)[None, None]
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     a, b = a[:, None], b[:, None]

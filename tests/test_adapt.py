@@ -214,7 +214,7 @@ def _nan_net():
     (dict(steps=-1), "steps: expected an integer >= 0"),
     (dict(scale=1.5), "scale: expected an integer >= 1"),
     (dict(kernel="nope"), "kernel: 'nope' is neither a preset"),
-    (dict(lr=torch.rand(3, 10, 10)), r"lr: image of \(10, 10\) is smaller than the 21x21 kernel"),
+    (dict(lr=torch.rand(3, 10, 10)), r"lr: image of 10x10 \(height x width\) is smaller than the 21x21 kernel"),
     (dict(lr=torch.full((3, 24, 24), float("nan"))), "lr: expected finite values"),
     (dict(precision="fp8"), "precision: expected one of"),
     (dict(schedule=[-1.0]), "schedule: expected a list"),
@@ -264,3 +264,22 @@ def test_zssr_warns_for_images_on_the_0_to_255_scale():
 
     with pytest.warns(UserWarning, match=r"lr: values from .* expected an image in \[0, 1\]"):
         zssr(torch.rand(3, 24, 24) * 255, "g_d_2.0", 2, steps=0)
+
+
+def test_final_inference_is_tiled_by_default(monkeypatch):
+    net = _small_net()
+    lr = torch.rand(1, 3, 40, 36)
+    whole = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=1, model=net, tile=10 ** 6)
+    tiles, untouched = [], adapt_module.forward_tiled
+    monkeypatch.setattr(adapt_module, "AUTO_TILE", 32)
+    monkeypatch.setattr(adapt_module, "forward_tiled", lambda fn, x, tile: tiles.append(tile) or untouched(fn, x, tile))
+    auto = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=1, model=net)
+    assert tiles == [32]
+    torch.testing.assert_close(auto, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_an_image_too_large_for_memory_is_refused(monkeypatch):
+    monkeypatch.setattr(adapt_module, "available_memory", lambda device: 2 ** 20)
+    with pytest.raises(ValueError, match=r"lr: 24x24 \(height x width\) x2 needs about 2 MiB for the adaptation"):
+        mzsr_fast.adapt(torch.rand(3, 24, 24), "g_d_2.0", steps=1, model=_small_net())
+    mzsr_fast.adapt(torch.rand(3, 24, 24), "g_d_2.0", steps=0, model=_small_net())  # the output alone fits
