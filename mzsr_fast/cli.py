@@ -185,7 +185,8 @@ def cmd_eval(args) -> None:
     steps = _steps_list(args.steps)
     device = _device(args.device)
     if args.output:
-        _output_folder(args.output)
+        _check_outputs([(args.gt, os.path.join(_output_folder(args.output), f"results.{ext}"))
+                        for ext in ("md", "csv", "json")])
     progress = _Progress()
 
     def on_image(score):

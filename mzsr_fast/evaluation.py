@@ -135,7 +135,7 @@ def _score_image(gt_path, lr_path, kernel_tensor, kernel_mode, scale, steps, met
             step_hook = (lambda done, total, n=n: on_step(name, n, done, total)) if on_step else None
             sr = adapt(lr.float(), kernel_tensor, scale, steps=n, model=model, on_step=step_hook, **adapt_options)
         sr = _quantise(sr.double())
-        psnr, ssim = metrics.psnr(sr, gt, scale), metrics.ssim(sr, gt, scale)
+        psnr, ssim = metrics.psnr_ssim(sr, gt, scale)
         now = time.perf_counter()
         score = Score(name, method, n, psnr, ssim, now - start)
         start = now

@@ -245,6 +245,15 @@ def test_output_naming_an_existing_file_exits_2_before_any_work(tmp_path, model_
     assert f"-o: {tmp_path / 'taken'} is an existing file; expected an output folder" in captured.err
 
 
+def test_eval_report_file_taken_by_a_folder_exits_2_before_any_work(tmp_path, capsys):
+    (tmp_path / "gt").mkdir()
+    _rgb(tmp_path / "gt" / "a.png", 32, 32)
+    (tmp_path / "o" / "results.csv").mkdir(parents=True)
+    assert main(["eval", "--gt", str(tmp_path / "gt"), "--method", "bicubic", "-o", str(tmp_path / "o")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"{tmp_path / 'o' / 'results.csv'}: is a folder" in captured.err
+
+
 def test_two_inputs_for_one_output_file_exit_2(tmp_path, model_file, capsys):
     for folder in ("one", "two"):
         (tmp_path / folder).mkdir()
@@ -367,3 +376,16 @@ def test_sr_refuses_an_image_too_large_for_memory(tmp_path, model_file, capsys, 
     assert "butterfly_lr_g_d_2.0.png: 128x128 (height x width) x2 needs about 46 MiB" in err
     assert "more than the 8 MiB available on cpu" in err and err.count("\n") == 1
     assert main(args + ["--steps", "0"]) == 0  # the output alone, 96 B per output pixel: 6 MiB
+
+
+def test_eval_seconds_are_what_the_user_waits_scoring_included(tmp_path, monkeypatch):
+    import time
+
+    from mzsr_fast import evaluation, metrics
+
+    (tmp_path / "gt").mkdir()
+    _rgb(tmp_path / "gt" / "a.png", 32, 32)
+    scoring = metrics.psnr_ssim
+    monkeypatch.setattr(metrics, "psnr_ssim", lambda *args: time.sleep(0.25) or scoring(*args))
+    [score] = evaluation.evaluate(str(tmp_path / "gt"), "g_d_2.0", 2, [0], method="bicubic")
+    assert score.seconds >= 0.25
