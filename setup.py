@@ -50,7 +50,7 @@ setup(
               "mzsr_fast.train"],
     package_dir={"mzsr_fast.kernels": "kernels"},
     package_data={"mzsr_fast": ["weights/*.safetensors", "weights/*.md", "data/*.png"]},
-    install_requires=["torch>=2.5", "numpy", "pillow", "safetensors"],
+    install_requires=["torch>=2.5", "numpy", "pillow", "pypng", "safetensors"],
     extras_require={"triton": ["triton"], "test": ["pytest", "pytest-benchmark", "scipy"]},
     entry_points={"console_scripts": ["mzsr-fast = mzsr_fast.cli:main"]},
     ext_modules=[extension()],

@@ -7,6 +7,7 @@ to learn what they passed wrong.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -44,6 +45,26 @@ def finite_tensor(t: torch.Tensor, name: str) -> None:
     """Raise if t holds NaN or infinity (use on small parameter tensors only)."""
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name}: expected finite values, got NaN or infinity")
+
+
+# How far outside [0, 1] an image may reach before it is taken for one on
+# another scale: bicubic overshoot of a [0, 1] image stays well within this.
+UNIT_RANGE_SLACK = 0.5
+
+
+def unit_range(x: torch.Tensor, name: str, stacklevel: int = 3) -> None:
+    """Warn when an image meant to be in [0, 1] reaches beyond [-0.5, 1.5]
+    (e.g. 8-bit values 0..255 not divided by 255)."""
+    low, high = (float(v) for v in torch.aminmax(x.detach()))
+    if high > 1 + UNIT_RANGE_SLACK or low < -UNIT_RANGE_SLACK:
+        hint = " (8-bit values? divide by 255)" if high > 2 else ""
+        warnings.warn(f"{name}: values from {low:.4g} to {high:.4g}, expected an image in [0, 1]{hint}; "
+                      f"they are clipped to [0, 1]", UserWarning, stacklevel=stacklevel)
+
+
+def size_text(shape) -> str:
+    """The size of an image of shape [..., H, W] as the messages print it: "HxW (height x width)"."""
+    return f"{shape[-2]}x{shape[-1]} (height x width)"
 
 
 def same_device(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:

@@ -25,11 +25,23 @@ from .model import PARAMETER_NAMES
 from .pretrained import ModelInfo, mode_mismatch, resolve_model
 from .resize import imresize
 
-__all__ = ["adapt", "learning_rates", "forward_tiled", "back_projection", "RECEPTIVE_RADIUS"]
+__all__ = ["adapt", "learning_rates", "forward_tiled", "back_projection", "available_memory", "RECEPTIVE_RADIUS",
+           "AUTO_TILE"]
 
 # Eight 3x3 convolutions: an output pixel sees 8 pixels on each side.
 RECEPTIVE_RADIUS = 8
 PRECISIONS = ("fp32", "bf16")
+# The final inference runs on tiles of this many output pixels when tile is
+# None: its peak (three 64-channel float32 maps of a tile with its margins) is
+# about 0.8 GB, and the margins add 3% of work.
+AUTO_TILE = 1024
+# Peak bytes per LR pixel and image of an adaptation step (what autograd keeps
+# of the eight 64-channel layers for the backward pass): 2.2 KB measured
+# (peak RSS, 1024x1024 LR, fp32, CPU), with a margin.
+ADAPT_BYTES_PER_PIXEL = 2560
+# Peak bytes per output pixel besides the tiles (the upsampled LR, the SR and
+# the resize's intermediates): 80 measured the same way, with a margin.
+OUTPUT_BYTES_PER_PIXEL = 96
 
 
 def learning_rates(schedule: Sequence, steps: int) -> list:
@@ -65,6 +77,39 @@ def forward_tiled(fn, x: torch.Tensor, tile: int | None, margin: int = RECEPTIVE
     return out
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on device (CPU: MemAvailable of
+    /proc/meminfo; CUDA: free plus cached by torch), None where unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # not Linux
+        pass
+    return None
+
+
+def _check_memory(y: torch.Tensor, scale: int, steps: int) -> None:
+    """Refuse (ValueError) an adaptation of y ([T, C, H, W]) that cannot fit in memory."""
+    tasks, _, h, w = y.shape
+    need = (ADAPT_BYTES_PER_PIXEL * tasks * h * w if steps else 0) + OUTPUT_BYTES_PER_PIXEL * tasks * h * w * scale ** 2
+    free = available_memory(y.device)
+    if free is not None and need > free:
+        work = "the adaptation (forward and backward passes over the whole image) and the output" if steps else \
+            "the output"
+        raise ValueError(f"lr: {_checks.size_text(y.shape)} x{scale} needs about {_bytes_text(need)} for {work}, "
+                         f"more than the {_bytes_text(free)} available on {y.device}; expected a smaller image "
+                         f"(crop or split it){' or steps=0' if steps else ''}")
+
+
+def _bytes_text(n: int) -> str:
+    return f"{n / 2 ** 30:.1f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.0f} MiB"
+
+
 def back_projection(sr: torch.Tensor, lr: torch.Tensor, scale: int, iterations: int = 4) -> torch.Tensor:
     """Iterative back-projection with bicubic resizes: sr += up(lr - down(sr)).
 
@@ -94,7 +139,7 @@ def _check_steps(steps) -> int:
 
 
 def _is_rate(r) -> bool:
-    return not isinstance(r, bool) and isinstance(r, numbers.Real) and math.isfinite(r) and r >= 0
+    return not isinstance(r, bool) and isinstance(r, numbers.Real) and 0 <= r < 1
 
 
 def _schedule(schedule, info: ModelInfo, steps: int) -> list:
@@ -111,11 +156,22 @@ def _schedule(schedule, info: ModelInfo, steps: int) -> list:
         elif isinstance(entry, (list, tuple)) and len(entry) == len(PARAMETER_NAMES) and all(map(_is_rate, entry)):
             rates.append(tuple(float(v) for v in entry))
         else:
-            raise ValueError(f"schedule: expected per-step learning rates >= 0 (each a number, or "
+            raise ValueError(f"schedule: expected per-step learning rates in [0, 1) (each a number, or "
                              f"{len(PARAMETER_NAMES)} numbers, one per parameter tensor), got {schedule!r}")
     if not rates:
         raise ValueError("schedule: expected at least one learning rate, got an empty schedule")
     return learning_rates(rates, steps)
+
+
+def _check_converged(losses: torch.Tensor, sr: torch.Tensor, rates: list[float]) -> None:
+    """Raise ValueError when the adaptation diverged: a loss ([T, steps]) or an
+    output pixel (sr before clipping) that is not finite."""
+    if bool(torch.isfinite(losses).all()) and bool(torch.isfinite(sr).all()):
+        return
+    trace = ", ".join(f"{v:.3g}" for v in losses.amax(0).tolist())
+    raise ValueError(f"the adaptation diverged: L1 loss before each step {trace} with learning rates {rates}, "
+                     f"and the output is not finite; expected smaller learning rates or a model whose outputs stay "
+                     f"in range")
 
 
 # Eager steps before a CUDA-graph capture: lazy initialisation and cuDNN's
@@ -151,6 +207,7 @@ def _capture(step: Callable[[], torch.Tensor], device: torch.device) -> Callable
 
 def _adapt_weights(params: dict[str, torch.Tensor], x: torch.Tensor, target: torch.Tensor,
                    rates: list[float], precision: str, cuda_graph: bool = False,
+                   on_step: Callable[[int, int], None] | None = None,
                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Plain SGD on L1(f(x[t]), target[t]) for every image t at once, each with
     its own copy of the weights (the tasks of the batched inner loop).
@@ -158,7 +215,8 @@ def _adapt_weights(params: dict[str, torch.Tensor], x: torch.Tensor, target: tor
     params: shared weights; x, target: [T, C, H, W]. cuda_graph: the first
     WARMUP_STEPS steps run eagerly on a side stream, the step (forward,
     backward, update, with the rate in a device tensor) is then captured once
-    as a CUDA graph and replayed for the remaining steps. Returns the adapted
+    as a CUDA graph and replayed for the remaining steps. on_step(done, total)
+    is called after each step (without waiting for the device). Returns the adapted
     stacked weights {name: [T, ...]} and the loss before each step, [T, steps].
     """
     tasks = x.shape[0]
@@ -187,18 +245,22 @@ def _adapt_weights(params: dict[str, torch.Tensor], x: torch.Tensor, target: tor
         for i in range(eager):
             rate.copy_(table[i])
             losses[:, i] = step()
+            if on_step is not None:
+                on_step(i + 1, len(rates))
     if eager < len(rates):
         replay = _capture(step, x.device)
         for i in range(eager, len(rates)):
             rate.copy_(table[i])
             losses[:, i] = replay()
+            if on_step is not None:
+                on_step(i + 1, len(rates))
     return {n: w.detach() for n, w in zip(names, weights)}, losses
 
 
 def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | None = None,
           schedule: Sequence[float] | None = None, precision: str = "fp32", return_losses: bool = False,
           backprojection: bool = False, tile: int | None = None, backend: str | None = None,
-          cuda_graph: bool = False):
+          cuda_graph: bool = False, on_step: Callable[[int, int], None] | None = None):
     """Super-resolve LR images with MZSR(steps).
 
     lr: [C, H, W] or [B, C, H, W] in [0, 1]; the B images are adapted at once,
@@ -208,9 +270,15 @@ def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None,
     shipped bundled model for the preset's subsampling mode and the scale,
     pretrained.default_model), a bundled name, a .safetensors path or an
     MZSRNet (left unchanged). mode: "direct" or "bicubic" subsampling of the son
-    (default: the model's). schedule: per-step learning rates, each a number or
-    one number per parameter tensor (default: the model's, ModelInfo.schedule). precision: "fp32" or "bf16" (autocast).
-    tile: final inference on tiles of this many output pixels (bounded memory).
+    (default: the model's). schedule: per-step learning rates in [0, 1), each
+    a number or one number per parameter tensor (default: the model's,
+    ModelInfo.schedule); a diverging adaptation
+    (non-finite loss or output) raises ValueError. precision: "fp32" or "bf16" (autocast).
+    tile: final inference on tiles of this many output pixels (bounded
+    memory; None: AUTO_TILE); the result equals the untiled one. An image
+    whose adaptation (about ADAPT_BYTES_PER_PIXEL per LR pixel) and output
+    do not fit in the memory available is refused with a ValueError.
+    on_step(done, total): called after each adaptation step (progress).
     cuda_graph: (CUDA only) after WARMUP_STEPS eager steps, capture one
     adaptation step as a CUDA graph and replay it for the remaining steps:
     one launch per step instead of one per kernel (launches dominate small
@@ -231,6 +299,7 @@ def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None,
         raise ValueError(f"cuda_graph: needs lr on a CUDA device, got {y.device}")
     if not torch.compiler.is_compiling():
         _checks.finite_tensor(y, "lr")
+        _checks.unit_range(y, "lr")
     kernels, kernel_mode = _kernels(kernel, y.shape[0])
     net, info = resolve_model(model, mode or kernel_mode, scale)
     if info.scales and scale not in info.scales:
@@ -243,22 +312,33 @@ def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None,
         raise ValueError(f"mode: expected 'direct' or 'bicubic', got {mode!r}")
     k = kernels.shape[-1]
     if min(y.shape[-2:]) < k:
-        raise ValueError(f"lr: image of {tuple(y.shape[-2:])} is smaller than the {k}x{k} kernel")
+        raise ValueError(f"lr: image of {_checks.size_text(y.shape)} is smaller than the {k}x{k} kernel")
     rates = _schedule(schedule, info, steps)
+    if not torch.compiler.is_compiling():
+        _check_memory(y, scale, steps)
 
     y = y.float()
     params = {n: p.detach().to(y.device, torch.float32) for n, p in net.named_parameters()}
-    son = degrade(y, kernels.to(y.device), scale, mode=mode, backend=backend)
+    if not torch.compiler.is_compiling():
+        for name, p in params.items():
+            _checks.finite_tensor(p, f"model: {name}")
     # channels_last: the convolutions run about 1.3x (fp32) to 2x (bf16) faster on CPU.
-    son_up = imresize(son, scale=scale, size=y.shape[-2:]).contiguous(memory_format=torch.channels_last)
+    if steps:
+        son = degrade(y, kernels.to(y.device), scale, mode=mode, backend=backend)
+        son_up = imresize(son, scale=scale, size=y.shape[-2:]).contiguous(memory_format=torch.channels_last)
+    else:  # no step: the son is never used
+        son_up = y
     lr_up = imresize(y, scale=scale).contiguous(memory_format=torch.channels_last)
-    adapted, losses = _adapt_weights(params, son_up, y, rates, precision, cuda_graph)
+    adapted, losses = _adapt_weights(params, son_up, y, rates, precision, cuda_graph, on_step)
 
     def run(x):
         with torch.no_grad(), _autocast(x.device, precision):
             return stacked_forward(adapted, x[:, None])[:, 0].float()
 
-    sr = forward_tiled(run, lr_up, tile).clamp(0, 1)
+    sr = forward_tiled(run, lr_up, tile or AUTO_TILE)
+    if steps and not torch.compiler.is_compiling():
+        _check_converged(losses, sr, rates)
+    sr = sr.clamp(0, 1)
     if backprojection:
         sr = back_projection(sr, y, scale)
     sr = sr.squeeze(0) if was_3d else sr

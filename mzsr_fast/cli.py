@@ -62,28 +62,75 @@ def _device(name: str | None) -> torch.device:
     return device
 
 
-def _output_path(out_dir: str, input_path: str, suffix: str) -> str:
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.splitext(os.path.basename(input_path))[0]
-    return os.path.join(out_dir, f"{stem}{suffix}.png")
+def _output_folder(path: str) -> str:
+    """The -o folder, made now, before any work; UsageError for an existing
+    file or a folder that cannot be made."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"-o: {path} is an existing file; expected an output folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"-o: cannot make the output folder {path} ({error.strerror or error})") from None
+    return path
+
+
+def _check_outputs(jobs: list[tuple[str, str]]) -> None:
+    """Refuse (input, output file) jobs before any work: two inputs written to
+    one file, or an output file name taken by a folder."""
+    writers: dict[str, str] = {}
+    for source, out in jobs:
+        if out in writers and writers[out] != source:
+            raise UsageError(f"{writers[out]} and {source} would both be written to {out}; "
+                             f"expected inputs with different file names")
+        if os.path.isdir(out):
+            raise UsageError(f"{out}: is a folder; cannot write the output of {source} there")
+        writers[out] = source
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+class _Progress:
+    """on_step callback for adapt: a line on stderr per step once the work on
+    an image has run PROGRESS_EVERY seconds without one, so only long work shows."""
+
+    def __init__(self):
+        self.key, self.last = None, 0.0
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if label != self.key:  # a new image or n: its clock starts at its first step
+            self.key, self.last = label, now
+        elif now - self.last >= PROGRESS_EVERY and done < total:
+            print(f"  {label}: step {done}/{total}", file=sys.stderr, flush=True)
+            self.last = now
+
+
+# Seconds of work on one image before its adaptation steps are shown.
+PROGRESS_EVERY = 5.0
 
 
 def cmd_degrade(args) -> None:
+    from ._checks import size_text
     from .degradation import degrade, load_kernel
-    from .io import read_image, write_image
+    from .io import bit_depth, read_image, write_image
 
     kernel, preset_mode = load_kernel(args.kernel, size=args.kernel_size)
     mode = args.mode or preset_mode or "direct"
     device = _device(args.device)
-    for path in _input_paths(args.inputs):
+    paths = _input_paths(args.inputs)
+    out_dir = _output_folder(args.output)
+    jobs = [(path, os.path.join(out_dir, f"{_stem(path)}_x{args.scale}.png")) for path in paths]
+    _check_outputs(jobs)
+    for path, out in jobs:
         image = read_image(path, torch.float64).to(device)
         if min(image.shape[-2:]) < args.scale:
-            raise UsageError(f"{path}: image of {tuple(image.shape[-2:])} is smaller than the scale {args.scale}")
+            raise UsageError(f"{path}: image of {size_text(image.shape)} is smaller than the scale {args.scale}")
         lr = degrade(image, kernel.to(device), args.scale, mode=mode, noise_sigma=args.noise,
                      backend=args.backend)
-        out = _output_path(args.output, path, f"_x{args.scale}")
-        write_image(out, lr)
-        print(f"{path} -> {out} ({lr.shape[-2]}x{lr.shape[-1]})")
+        write_image(out, lr, bits=bit_depth(path))
+        print(f"{path} -> {out} ({size_text(lr.shape)})")
 
 
 def _steps_list(text: str) -> list[int]:
@@ -97,25 +144,39 @@ def _steps_list(text: str) -> list[int]:
 
 
 def cmd_sr(args) -> None:
+    from ._checks import size_text
     from .adapt import adapt
     from .degradation import PRESETS
-    from .io import read_image, write_image
+    from .io import bit_depth, read_image, write_image
     from .pretrained import resolve_model
 
+    steps = _steps_list(args.steps)
     device = _device(args.device)
     preset = PRESETS.get(args.kernel)
     net, _ = resolve_model(args.model, preset.mode if preset else None, args.scale, device=device)
     paths = _input_paths(args.inputs)
+    out_dir = _output_folder(args.output)
+
+    def out_path(path: str, n: int) -> str:  # an input made by `degrade` keeps one _x{scale}
+        return os.path.join(out_dir, f"{_stem(path).removesuffix(f'_x{args.scale}')}_x{args.scale}_mzsr{n}.png")
+
+    _check_outputs([(path, out_path(path, n)) for path in paths for n in steps])
+    progress = _Progress()
     for index, path in enumerate(paths, 1):
         lr = read_image(path).to(device)
-        start = time.perf_counter()
-        sr = adapt(lr, args.kernel, args.scale, steps=args.steps, model=net,
-                   precision=args.precision, backprojection=args.backprojection, tile=args.tile,
-                   backend=args.backend, cuda_graph=args.cuda_graph)
-        seconds = time.perf_counter() - start
-        out = _output_path(args.output, path, f"_x{args.scale}_mzsr{args.steps}")
-        write_image(out, sr)
-        print(f"[{index}/{len(paths)}] {path} -> {out} ({sr.shape[-2]}x{sr.shape[-1]}, {seconds:.2f} s)")
+        for n in steps:
+            start = time.perf_counter()
+            try:
+                sr = adapt(lr, args.kernel, args.scale, steps=n, model=net,
+                           precision=args.precision, backprojection=args.backprojection, tile=args.tile,
+                           backend=args.backend, cuda_graph=args.cuda_graph,
+                           on_step=lambda done, total, n=n: progress(f"{path} MZSR({n})", done, total))
+            except ValueError as error:  # name the image
+                raise UsageError(f"{path}: {str(error).removeprefix('lr: ')}") from None
+            seconds = time.perf_counter() - start
+            out = out_path(path, n)
+            write_image(out, sr, bits=bit_depth(path))
+            print(f"[{index}/{len(paths)}] {path} -> {out} ({size_text(sr.shape)}, {seconds:.2f} s)")
 
 
 def cmd_eval(args) -> None:
@@ -123,13 +184,18 @@ def cmd_eval(args) -> None:
 
     steps = _steps_list(args.steps)
     device = _device(args.device)
+    if args.output:
+        _check_outputs([(args.gt, os.path.join(_output_folder(args.output), f"results.{ext}"))
+                        for ext in ("md", "csv", "json")])
+    progress = _Progress()
 
-    def progress(score):
+    def on_image(score):
         print(f"  {score.image} {score.method}({score.steps}): {score.psnr:.2f} dB / {score.ssim:.4f} "
               f"({score.seconds:.2f} s)", file=sys.stderr)
 
     scores = evaluate(args.gt, args.kernel, args.scale, steps, method=args.method, lr_dir=args.lr,
-                      model=args.model, device=device, on_image=progress, precision=args.precision)
+                      model=args.model, device=device, on_image=on_image, precision=args.precision,
+                      on_step=lambda image, n, done, total: progress(f"{image} MZSR({n})", done, total))
     title = f"{args.method} x{args.scale}, kernel {args.kernel}, GT {args.gt}" + (f", LR {args.lr}" if args.lr else "")
     print(format_markdown(scores, title))
     if args.output:
@@ -211,11 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     sr.add_argument("--scale", type=int, default=2)
     sr.add_argument("--kernel", default="g_d_2.0", help=kernel_help)
-    sr.add_argument("--steps", type=int, default=10, help="adaptation steps n of MZSR(n)")
+    sr.add_argument("--steps", default="10",
+                    help="adaptation steps n of MZSR(n); comma-separated for one output per n, e.g. 0,1,10")
     sr.add_argument("--model", help="bundled model name or .safetensors path (default: the shipped model for "
                                     "the kernel's subsampling mode and the scale; direct_x2 when none fits)")
     sr.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    sr.add_argument("--tile", type=int, help="final inference on tiles of this many pixels (bounded memory)")
+    sr.add_argument("--tile", type=int, help="final inference on tiles of this many output pixels (default: "
+                                             "1024; bounds its memory, same result)")
     sr.add_argument("--backprojection", action="store_true", help="4 iterations of back-projection")
     sr.add_argument("--device")
     sr.add_argument("--backend", choices=("cpu", "cuda", "triton", "torch"))
@@ -254,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="version, devices and available backends")
     info.set_defaults(run=cmd_info)
+    for command in commands.choices.values():  # --debug also after the subcommand
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
 
 

@@ -14,7 +14,7 @@ import torch
 from . import metrics
 from .adapt import adapt
 from .degradation import degrade, load_kernel
-from .io import IMAGE_EXTENSIONS, read_image
+from .io import IMAGE_EXTENSIONS, check_image, read_image
 from .pretrained import mode_mismatch, resolve_model
 from .resize import imresize
 from .zssr import zssr
@@ -53,18 +53,25 @@ def _image_files(folder: str, name: str) -> list[str]:
     return [os.path.join(folder, f) for f in files]
 
 
-def _matching_lr(gt_path: str, lr_dir: str) -> str:
-    """The LR file for a GT file: same stem, or the stem without _GT / _HR."""
+def _matching_lr(gt_path: str, lr_files: list[str], lr_dir: str, scale: int) -> str:
+    """The LR file for a GT file: the same stem, or the stem without _GT / _HR,
+    each also with the _x{scale} that `mzsr-fast degrade` appends."""
     stem = os.path.splitext(os.path.basename(gt_path))[0]
-    candidates = {stem, stem.removesuffix("_GT"), stem.removesuffix("_HR")}
-    for path in _image_files(lr_dir, "--lr"):
-        if os.path.splitext(os.path.basename(path))[0] in candidates:
-            return path
-    raise ValueError(f"--lr: no LR image for {os.path.basename(gt_path)} in {lr_dir!r}")
+    names = {stem, stem.removesuffix("_GT"), stem.removesuffix("_HR")}
+    names |= {f"{name}_x{scale}" for name in names}
+    found = [path for path in lr_files if os.path.splitext(os.path.basename(path))[0] in names]
+    if not found:
+        raise ValueError(f"--lr: no LR image for {os.path.basename(gt_path)} in {lr_dir!r} "
+                         f"(expected one named {' or '.join(sorted(names))} with an image extension)")
+    if len(found) > 1:
+        raise ValueError(f"--lr: several LR images for {os.path.basename(gt_path)} in {lr_dir!r}: "
+                         f"{', '.join(os.path.basename(p) for p in found)}")
+    return found[0]
 
 
 def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "mzsr",
-             lr_dir: str | None = None, model=None, device=None, on_image=None, **adapt_options) -> list[Score]:
+             lr_dir: str | None = None, model=None, device=None, on_image=None, on_step=None,
+             **adapt_options) -> list[Score]:
     """Score every GT image of gt_dir; one Score per (image, steps value).
 
     LR inputs are read from lr_dir, else made by degrading the GT (cropped to a
@@ -72,6 +79,9 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
     load_kernel accepts; a preset degrades with its own subsampling mode.
     model: as adapt's (None: the bundled model for the preset's mode and scale).
     steps: n of MZSR(n); for zssr the maximum training steps (ZSSR: 3000).
+    on_image(score) is called after each Score, on_step(image, n, done, total)
+    after each adaptation step of MZSR(n) (progress within an image). Every
+    file is found and opened before any work; errors name the image.
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
@@ -82,30 +92,56 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
         mismatch = mode_mismatch(kernel_mode, info) if max(steps) > 0 else None
         if mismatch:
             warnings.warn(mismatch, UserWarning, stacklevel=2)
+    # Every input is found and its header read before any work: a bad file stops the run at once.
+    gt_files = _image_files(gt_dir, "--gt")
+    lr_files = _image_files(lr_dir, "--lr") if lr_dir is not None else []
+    pairs = [(gt_path, _matching_lr(gt_path, lr_files, lr_dir, scale) if lr_dir is not None else None)
+             for gt_path in gt_files]
+    for gt_path, lr_path in pairs:
+        check_image(gt_path)
+        if lr_path is not None:
+            check_image(lr_path)
     scores = []
-    for gt_path in _image_files(gt_dir, "--gt"):
-        gt = modcrop(read_image(gt_path, torch.float64).to(device), scale)
-        if lr_dir is not None:
-            lr = read_image(_matching_lr(gt_path, lr_dir), torch.float64).to(device)
+    for gt_path, lr_path in pairs:
+        try:
+            scores += _score_image(gt_path, lr_path, kernel_tensor, kernel_mode, scale, steps, method, model,
+                                   device, on_image, on_step, adapt_options)
+        except ValueError as error:
+            if str(error).startswith((gt_path, str(lr_path))):  # read_image's errors name the file already
+                raise
+            raise ValueError(f"{gt_path}: {error}") from None
+    return scores
+
+
+def _score_image(gt_path, lr_path, kernel_tensor, kernel_mode, scale, steps, method, model, device, on_image,
+                 on_step, adapt_options) -> list[Score]:
+    """evaluate's Scores of one GT image (and its LR file, or None: degrade the GT).
+    Each row's seconds is what the user waits for it: the first includes
+    reading (and degrading) the image, every one its scoring."""
+    start = time.perf_counter()
+    gt = modcrop(read_image(gt_path, torch.float64).to(device), scale)
+    if lr_path is not None:
+        lr = read_image(lr_path, torch.float64).to(device)
+    else:
+        lr = _quantise(degrade(gt, kernel_tensor.to(device), scale, mode=kernel_mode or "direct"))
+    name = os.path.basename(gt_path)
+    scores = []
+    for n in ([0] if method == "bicubic" else steps):
+        if method == "bicubic":
+            sr = imresize(lr, scale=scale, size=gt.shape[-2:])
+        elif method == "zssr":
+            sr = zssr(lr.float(), kernel_tensor, scale, steps=n)
         else:
-            lr = _quantise(degrade(gt, kernel_tensor.to(device), scale, mode=kernel_mode or "direct"))
-        name = os.path.basename(gt_path)
-        for n in ([0] if method == "bicubic" else steps):
-            start = time.perf_counter()
-            if method == "bicubic":
-                sr = imresize(lr, scale=scale, size=gt.shape[-2:])
-            elif method == "zssr":
-                sr = zssr(lr.float(), kernel_tensor, scale, steps=n)
-            else:
-                sr = adapt(lr.float(), kernel_tensor, scale, steps=n, model=model, **adapt_options)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-            sr = _quantise(sr.double())
-            score = Score(name, method, n, metrics.psnr(sr, gt, scale), metrics.ssim(sr, gt, scale), seconds)
-            scores.append(score)
-            if on_image is not None:
-                on_image(score)
+            step_hook = (lambda done, total, n=n: on_step(name, n, done, total)) if on_step else None
+            sr = adapt(lr.float(), kernel_tensor, scale, steps=n, model=model, on_step=step_hook, **adapt_options)
+        sr = _quantise(sr.double())
+        psnr, ssim = metrics.psnr_ssim(sr, gt, scale)
+        now = time.perf_counter()
+        score = Score(name, method, n, psnr, ssim, now - start)
+        start = now
+        scores.append(score)
+        if on_image is not None:
+            on_image(score)
     return scores
 
 

@@ -1,22 +1,69 @@
-"""Reading and writing images as float RGB tensors in [0, 1] (pillow based)."""
+"""Reading and writing images as float RGB tensors in [0, 1].
+
+Pillow reads every format; 16-bit colour PNGs, which pillow reduces to 8 bits,
+are read (and 16-bit outputs written) with pypng.
+"""
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
 import numpy as np
+import png
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from . import _checks
 
-__all__ = ["read_image", "write_image", "IMAGE_EXTENSIONS"]
+__all__ = ["read_image", "write_image", "bit_depth", "check_image", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_EXIF_ORIENTATION = 0x0112
 
-def _to_rgb_array(image: Image.Image, path) -> np.ndarray:
-    """[H, W, 3] float64 in [0, 1] from any pillow mode."""
+
+def _png_header(path: str) -> tuple[int, int] | None:
+    """(bit depth, colour type) from a PNG's IHDR chunk, or None for another format."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
+def _is_16_bit_colour_png(path: str) -> bool:
+    """True for the 16-bit PNGs pillow would reduce to 8 bits: RGB, RGBA, grey + alpha."""
+    header = _png_header(path)
+    return header is not None and header[0] == 16 and header[1] in (2, 4, 6)
+
+
+def bit_depth(path) -> int:
+    """16 for a 16-bit image (PNG of any colour type, pillow's I;16 modes), else 8."""
+    path = os.fspath(path)
+    header = _png_header(path)
+    if header is not None:
+        return 16 if header[0] == 16 else 8
+    with Image.open(path) as image:
+        return 16 if image.mode.startswith("I;16") else 8
+
+
+def _read_16_bit_png(path: str) -> np.ndarray:
+    """[H, W, planes] float64 in [0, 1] of a 16-bit PNG, through pypng (values / 65535)."""
+    width, height, rows, info = png.Reader(filename=path).read()
+    array = np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, info["planes"])
+    return array / 65535.0
+
+
+def _to_rgb_array(image: Image.Image, path: str) -> np.ndarray:
+    """[H, W, 3] float64 in [0, 1] from any pillow mode (16-bit colour PNGs through pypng)."""
+    if _is_16_bit_colour_png(path):
+        array = _read_16_bit_png(path)
+        if array.shape[2] in (2, 4):
+            warnings.warn(f"{path}: alpha channel dropped", stacklevel=3)
+            array = array[..., :-1]
+        return np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         warnings.warn(f"{path}: alpha channel dropped", stacklevel=3)
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
@@ -30,40 +77,89 @@ def _to_rgb_array(image: Image.Image, path) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
 
 
-def read_image(path, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Read PNG/JPEG/BMP/TIFF (any pillow mode) as [3, H, W] in [0, 1].
+def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """[H, W, C] turned upright as the EXIF orientation tag (1..8) says
+    (the transposes of PIL.ImageOps.exif_transpose)."""
+    turns = {
+        2: lambda a: a[:, ::-1],                      # mirrored left-right
+        3: lambda a: a[::-1, ::-1],                   # rotated 180
+        4: lambda a: a[::-1],                         # mirrored top-bottom
+        5: lambda a: a.transpose(1, 0, 2),            # transposed
+        6: lambda a: np.rot90(a, -1),                 # rotated 90 clockwise
+        7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),  # transverse
+        8: lambda a: np.rot90(a, 1),                  # rotated 90 counter-clockwise
+    }
+    return turns[orientation](array) if orientation in turns else array
 
-    Grayscale and palette images become RGB, alpha is dropped with a warning,
-    16-bit images are scaled by 65535. Raises FileNotFoundError or ValueError
-    naming the path for a missing, non-image or truncated file.
-    """
-    path = os.fspath(path)
+
+@contextlib.contextmanager
+def _opened(path: str):
+    """Image.open(path) as a context; its errors, and those of decoding inside
+    the context, become FileNotFoundError or ValueError naming the path."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
     if os.path.isdir(path):
         raise ValueError(f"{path}: is a directory, expected an image file")
     try:
         with Image.open(path) as image:
-            image.load()
-            array = _to_rgb_array(image, path)
+            yield image
     except UnidentifiedImageError:
         raise ValueError(f"{path}: not an image file pillow can read") from None
-    except (OSError, SyntaxError) as error:
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{path}: refused as a possible decompression bomb ({error})") from None
+    except (OSError, SyntaxError, png.Error) as error:
         raise ValueError(f"{path}: corrupt or truncated image ({error})") from None
+
+
+def check_image(path) -> None:
+    """Open the image's header only (fast): FileNotFoundError or ValueError
+    naming the path for a missing, non-image or decompression-bomb file.
+    Damage past the header shows only when read_image decodes the file."""
+    with _opened(os.fspath(path)):
+        pass
+
+
+def read_image(path, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Read PNG/JPEG/BMP/TIFF (any pillow mode) as [3, H, W] in [0, 1], upright.
+
+    Grayscale and palette images become RGB, alpha is dropped with a warning,
+    16-bit images (grey and colour PNGs) are scaled by 65535, and the EXIF
+    orientation is applied. Raises FileNotFoundError or ValueError naming the
+    path for a missing, non-image, truncated or decompression-bomb file.
+    """
+    path = os.fspath(path)
+    with _opened(path) as image:
+        image.load()
+        array = _to_rgb_array(image, path)
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    array = _orient(array, orientation)
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).to(dtype)
 
 
-def write_image(path, x: torch.Tensor) -> None:
-    """Write x ([3, H, W], [1, H, W] or a batch of one) clipped and rounded to 8 bits.
+def write_image(path, x: torch.Tensor, bits: int = 8) -> None:
+    """Write x ([3, H, W], [1, H, W] or a batch of one) clipped and rounded to
+    `bits` (8, or 16 for a .png file) bits per channel.
 
     The format follows the file extension; the folder must exist.
     """
     x4, _ = _checks.as_batched_image(x, "x")
     if x4.shape[0] != 1 or x4.shape[1] not in (1, 3):
         raise ValueError(f"x: expected one image with 1 or 3 channels, got shape {tuple(x.shape)}")
-    array = torch.round(x4[0].detach().double().clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
-    image = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
     path = os.fspath(path)
+    if bits not in (8, 16):
+        raise ValueError(f"bits: expected 8 or 16, got {bits!r}")
+    if bits == 16 and not path.lower().endswith(".png"):
+        raise ValueError(f"{path}: 16-bit images are written as PNG only, expected a .png file name")
+    peak, dtype = (255, torch.uint8) if bits == 8 else (65535, torch.int32)
+    array = torch.round(x4[0].detach().double().clamp(0, 1) * peak).to(dtype).cpu().numpy()
+    if bits == 16:
+        channels, height, width = array.shape
+        rows = array.transpose(1, 2, 0).reshape(height, width * channels).astype(np.uint16)
+        writer = png.Writer(width, height, greyscale=channels == 1, bitdepth=16)
+        with open(path, "wb") as f:
+            writer.write(f, rows)
+        return
+    image = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
     try:
         image.save(path)
     except (ValueError, KeyError) as error:  # unknown extension

@@ -202,7 +202,8 @@ def save_model(path, net: MZSRNet, info: ModelInfo) -> None:
 def load_model(model=None, device=None) -> tuple[MZSRNet, ModelInfo]:
     """A network and its info from None (the default bundled model), a bundled
     name, a .safetensors path, or an MZSRNet (returned as is, with the info it
-    was loaded with, else a "custom" info that accepts any scale)."""
+    was loaded with, else a "custom" info that accepts any scale). A file whose
+    weights are not floating point or not finite is refused (ValueError naming it)."""
     if isinstance(model, MZSRNet):
         return model, getattr(model, "model_info", ModelInfo("custom", scales=()))
     name = default_model() if model is None else model
@@ -225,6 +226,11 @@ def load_model(model=None, device=None) -> tuple[MZSRNet, ModelInfo]:
         state = load_file(path)
     except Exception as error:  # safetensors raises its own error types
         raise ValueError(f"model: {path}: not a readable safetensors file ({error})") from None
+    for key, tensor in state.items():  # load_state_dict would cast integers silently
+        if not tensor.is_floating_point():
+            raise ValueError(f"model: {path}: {key} is {tensor.dtype}, expected floating-point weights")
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"model: {path}: {key} holds NaN or infinite values")
     net = MZSRNet()
     try:
         net.load_state_dict(state)

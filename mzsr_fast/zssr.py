@@ -63,10 +63,12 @@ def zssr(lr: torch.Tensor, kernel, scale: int = 2, steps: int | None = None, mod
     steps = config.max_steps if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps: expected an integer >= 0, got {steps!r}")
+    _checks.finite_tensor(y, "lr")
+    _checks.unit_range(y, "lr")
     y = y.float()
     kernel_tensor = load_kernel(kernel)[0].to(y.device)
     if min(y.shape[-2:]) < kernel_tensor.shape[-1]:
-        raise ValueError(f"lr: image of {tuple(y.shape[-2:])} is smaller than the kernel")
+        raise ValueError(f"lr: image of {_checks.size_text(y.shape)} is smaller than the kernel")
     generator = generator or torch.Generator().manual_seed(0)
     net = MZSRNet()
     net.reset_parameters(generator)

@@ -194,14 +194,35 @@ def test_saved_model_round_trip(tmp_path):
         mzsr_fast.adapt(torch.rand(3, 24, 24), "g_d_2.0", 2, model=str(tmp_path / "m.safetensors"))
 
 
+def _scaled_net(factor):
+    """A net whose outputs overflow float32 for factor 1e6 (eight layers: weights^8)."""
+    net = _small_net()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(factor)
+    return net
+
+
+def _nan_net():
+    net = _small_net()
+    with torch.no_grad():
+        net.layers[0].bias.fill_(float("nan"))
+    return net
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(steps=-1), "steps: expected an integer >= 0"),
     (dict(scale=1.5), "scale: expected an integer >= 1"),
     (dict(kernel="nope"), "kernel: 'nope' is neither a preset"),
-    (dict(lr=torch.rand(3, 10, 10)), r"lr: image of \(10, 10\) is smaller than the 21x21 kernel"),
+    (dict(lr=torch.rand(3, 10, 10)), r"lr: image of 10x10 \(height x width\) is smaller than the 21x21 kernel"),
     (dict(lr=torch.full((3, 24, 24), float("nan"))), "lr: expected finite values"),
     (dict(precision="fp8"), "precision: expected one of"),
     (dict(schedule=[-1.0]), "schedule: expected per-step learning rates"),
+    (dict(schedule=[float("inf")]), r"schedule: expected per-step learning rates in \[0, 1\)"),
+    (dict(schedule=[0.01, 1e6]), r"schedule: expected per-step learning rates in \[0, 1\)"),
+    (dict(model=_scaled_net(1e6), steps=2), r"the adaptation diverged: L1 loss before each step nan, nan with "
+                                            r"learning rates \[0.02, 0.01\]"),
+    (dict(model=_nan_net()), "model: layers.0.bias: expected finite values"),
     (dict(mode="area"), "mode: expected 'direct' or 'bicubic'"),
     (dict(model=3), "model: expected None, a bundled name"),
     (dict(model="missing.safetensors"), "model: 'missing.safetensors' is neither"),
@@ -265,3 +286,38 @@ def test_model_file_round_trips_a_per_tensor_schedule(tmp_path):
     assert pretrained.parse_schedule(pretrained.format_schedule(table)) == table
     with pytest.raises(ValueError, match="a per-tensor step needs 16 rates"):
         pretrained.parse_schedule("0.1,0.2;0.1,0.2")
+
+
+def test_images_on_the_0_to_255_scale_warn():
+    lr = torch.rand(3, 24, 24)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mzsr_fast.adapt(lr, "g_d_2.0", steps=1, model=_small_net())
+    with pytest.warns(UserWarning, match=r"lr: values from .* expected an image in \[0, 1\] \(8-bit values\? divide"):
+        mzsr_fast.adapt(lr * 255, "g_d_2.0", steps=1, model=_small_net())
+
+
+def test_zssr_warns_for_images_on_the_0_to_255_scale():
+    from mzsr_fast.zssr import zssr
+
+    with pytest.warns(UserWarning, match=r"lr: values from .* expected an image in \[0, 1\]"):
+        zssr(torch.rand(3, 24, 24) * 255, "g_d_2.0", 2, steps=0)
+
+
+def test_final_inference_is_tiled_by_default(monkeypatch):
+    net = _small_net()
+    lr = torch.rand(1, 3, 40, 36)
+    whole = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=1, model=net, tile=10 ** 6)
+    tiles, untouched = [], adapt_module.forward_tiled
+    monkeypatch.setattr(adapt_module, "AUTO_TILE", 32)
+    monkeypatch.setattr(adapt_module, "forward_tiled", lambda fn, x, tile: tiles.append(tile) or untouched(fn, x, tile))
+    auto = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=1, model=net)
+    assert tiles == [32]
+    torch.testing.assert_close(auto, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_an_image_too_large_for_memory_is_refused(monkeypatch):
+    monkeypatch.setattr(adapt_module, "available_memory", lambda device: 2 ** 20)
+    with pytest.raises(ValueError, match=r"lr: 24x24 \(height x width\) x2 needs about 2 MiB for the adaptation"):
+        mzsr_fast.adapt(torch.rand(3, 24, 24), "g_d_2.0", steps=1, model=_small_net())
+    mzsr_fast.adapt(torch.rand(3, 24, 24), "g_d_2.0", steps=0, model=_small_net())  # the output alone fits

@@ -119,7 +119,7 @@ def test_sr_warning_is_one_line(tmp_path, model_file):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--steps", "-1"], "steps: expected an integer >= 0"),
+    (["--steps", "-1"], "--steps: expected integers >= 0"),
     (["--scale", "4"], "scale: the model 'tiny' was trained for scales (2,), got 4"),
     (["--kernel", "1,2"], "kernel: '1,2' is neither a preset"),
     (["--cuda-graph", "--device", "cpu"], "cuda_graph: needs lr on a CUDA device, got cpu"),
@@ -201,3 +201,198 @@ def test_eval_zssr(tmp_path, capsys):
     Image.fromarray(np.random.randint(0, 255, (48, 48, 3), np.uint8)).save(gt / "a.png")
     assert main(["eval", "--gt", str(gt), "--method", "zssr", "--steps", "3"]) == 0
     assert "| zssr | 3 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("nan", "layers.0.weight holds NaN or infinite values"),
+    ("inf", "layers.0.weight holds NaN or infinite values"),
+    ("int", "layers.0.weight is torch.int32, expected floating-point weights"),
+])
+def test_sr_refuses_a_model_with_bad_weights(tmp_path, capsys, damage, message):
+    from safetensors.torch import save_file
+
+    from mzsr_fast import MZSRNet
+
+    state = {k: v.detach().clone() for k, v in MZSRNet().state_dict().items()}
+    weight = state["layers.0.weight"]
+    state["layers.0.weight"] = {"nan": torch.full_like(weight, float("nan")),
+                                "inf": weight.index_fill(0, torch.tensor([1]), float("inf")),
+                                "int": torch.ones_like(weight, dtype=torch.int32)}[damage]
+    save_file(state, str(tmp_path / "bad.safetensors"), metadata={"scales": "2"})
+    assert main(["sr", "example-lr", "-o", str(tmp_path / "out"), "--model", str(tmp_path / "bad.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'bad.safetensors'}: {message}" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_sr_bad_model_metadata_names_the_file(tmp_path, model_file, capsys):
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(model_file), str(tmp_path / "meta.safetensors"), metadata={"scales": "abc"})
+    assert main(["sr", "example-lr", "-o", str(tmp_path / "out"), "--model", str(tmp_path / "meta.safetensors")]) == 2
+    assert f"{tmp_path / 'meta.safetensors'}: metadata scales='abc'" in capsys.readouterr().err
+
+
+def _rgb(path, height, width, seed=0):
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+
+
+@pytest.mark.parametrize("command", [["sr", "example-lr", "--steps", "1"], ["degrade", "example"],
+                                     ["eval", "--gt", "GT", "--method", "bicubic"]])
+def test_output_naming_an_existing_file_exits_2_before_any_work(tmp_path, model_file, capsys, command):
+    (tmp_path / "gt").mkdir()
+    _rgb(tmp_path / "gt" / "a.png", 32, 32)
+    (tmp_path / "taken").write_text("a file")
+    args = [str(tmp_path / "gt") if a == "GT" else a for a in command] + ["-o", str(tmp_path / "taken")]
+    if command[0] == "sr":
+        args += ["--model", model_file]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert f"-o: {tmp_path / 'taken'} is an existing file; expected an output folder" in captured.err
+
+
+def test_eval_report_file_taken_by_a_folder_exits_2_before_any_work(tmp_path, capsys):
+    (tmp_path / "gt").mkdir()
+    _rgb(tmp_path / "gt" / "a.png", 32, 32)
+    (tmp_path / "o" / "results.csv").mkdir(parents=True)
+    assert main(["eval", "--gt", str(tmp_path / "gt"), "--method", "bicubic", "-o", str(tmp_path / "o")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"{tmp_path / 'o' / 'results.csv'}: is a folder" in captured.err
+
+
+def test_two_inputs_for_one_output_file_exit_2(tmp_path, model_file, capsys):
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        _rgb(tmp_path / folder / "a.png", 24, 24)
+    assert main(["degrade", str(tmp_path / "one"), str(tmp_path / "two"), "-o", str(tmp_path / "o")]) == 2
+    assert "would both be written to" in capsys.readouterr().err
+    assert not list((tmp_path / "o").iterdir())
+
+
+def test_degrade_output_is_what_eval_lr_reads(tmp_path, capsys):
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    _rgb(gt / "a_GT.png", 48, 40, 1)
+    _rgb(gt / "b.png", 36, 44, 2)
+    assert main(["degrade", str(gt), "-o", str(tmp_path / "lr")]) == 0
+    assert sorted(p.name for p in (tmp_path / "lr").iterdir()) == ["a_GT_x2.png", "b_x2.png"]
+    capsys.readouterr()
+    assert main(["eval", "--gt", str(gt), "--lr", str(tmp_path / "lr"), "--method", "bicubic"]) == 0
+    with_lr = [line.rsplit("|", 2)[0] for line in capsys.readouterr().out.splitlines() if "| bicubic |" in line]
+    assert main(["eval", "--gt", str(gt), "--method", "bicubic"]) == 0
+    degraded_here = [line.rsplit("|", 2)[0] for line in capsys.readouterr().out.splitlines() if "| bicubic |" in line]
+    assert with_lr == degraded_here and len(with_lr) == 3  # two images and the mean, seconds left out
+    _rgb(tmp_path / "lr" / "b.png", 18, 22)
+    assert main(["eval", "--gt", str(gt), "--lr", str(tmp_path / "lr"), "--method", "bicubic"]) == 2
+    assert "--lr: several LR images for b.png" in capsys.readouterr().err
+
+
+def test_sr_of_a_degraded_file_has_one_scale_suffix_and_one_output_per_n(tmp_path, model_file, capsys):
+    _rgb(tmp_path / "bsd_001_x2.png", 24, 26)
+    assert main(["sr", str(tmp_path / "bsd_001_x2.png"), "-o", str(tmp_path / "o"), "--steps", "0,2",
+                 "--model", model_file]) == 0
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["bsd_001_x2_mzsr0.png", "bsd_001_x2_mzsr2.png"]
+    assert "(48x52 (height x width)" in capsys.readouterr().out
+
+
+def test_sizes_print_as_height_x_width(tmp_path, capsys):
+    _rgb(tmp_path / "wide.png", 10, 16)
+    assert main(["degrade", str(tmp_path / "wide.png"), "-o", str(tmp_path / "o")]) == 0
+    assert "(5x8 (height x width))" in capsys.readouterr().out
+    _rgb(tmp_path / "thin.png", 2, 9)
+    assert main(["degrade", str(tmp_path / "thin.png"), "-o", str(tmp_path / "o"), "--scale", "3"]) == 2
+    assert "image of 2x9 (height x width) is smaller than the scale 3" in capsys.readouterr().err
+
+
+def test_debug_is_accepted_after_the_subcommand(tmp_path):
+    from mzsr_fast.cli import UsageError
+
+    with pytest.raises(UsageError, match="missing.png: no such file"):  # --debug: the traceback
+        main(["degrade", str(tmp_path / "missing.png"), "-o", str(tmp_path), "--debug"])
+    with pytest.raises(UsageError, match="missing.png: no such file"):
+        main(["--debug", "degrade", str(tmp_path / "missing.png"), "-o", str(tmp_path)])
+    assert main(["degrade", str(tmp_path / "missing.png"), "-o", str(tmp_path)]) == 2
+
+
+def test_eval_names_the_image_that_fails(tmp_path, capsys):
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    _rgb(gt / "a.png", 32, 32)
+    _rgb(gt / "b_tiny.png", 4, 4)
+    assert main(["eval", "--gt", str(gt), "--method", "bicubic"]) == 2
+    assert f"{gt / 'b_tiny.png'}: gt: image of 4x4 (height x width) is too small" in capsys.readouterr().err
+    (gt / "b_tiny.png").unlink()
+    (gt / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    assert main(["eval", "--gt", str(gt), "--method", "bicubic"]) == 2
+    captured = capsys.readouterr()
+    assert f"{gt / 'c.png'}: corrupt or truncated image" in captured.err
+    assert "a.png" not in captured.err  # found before a.png was scored
+    _rgb(gt / "c.png", 32, 32)
+    data = (gt / "c.png").read_bytes()
+    (gt / "c.png").write_bytes(data[: len(data) // 2])
+    assert main(["eval", "--gt", str(gt), "--method", "bicubic"]) == 2
+    assert f"{gt / 'c.png'}: corrupt or truncated image" in capsys.readouterr().err
+
+
+def test_progress_within_an_image_only_for_long_work(tmp_path, model_file, capsys, monkeypatch):
+    from mzsr_fast import cli
+
+    args = ["sr", "example-lr", "-o", str(tmp_path), "--steps", "3", "--model", model_file]
+    assert main(args) == 0
+    assert "step" not in capsys.readouterr().err  # a small image: no progress
+    monkeypatch.setattr(cli, "PROGRESS_EVERY", 0.0)
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "butterfly_lr_g_d_2.0.png MZSR(3): step 2/3" in err and "step 3/3" not in err
+
+
+def test_sr_and_degrade_keep_16_bits(tmp_path, model_file):
+    import png
+
+    from mzsr_fast.io import bit_depth
+
+    values = np.random.default_rng(0).integers(0, 65536, (24, 26, 3), dtype=np.uint16)
+    with open(tmp_path / "deep.png", "wb") as f:
+        png.Writer(26, 24, greyscale=False, bitdepth=16).write(f, values.reshape(24, -1))
+    _rgb(tmp_path / "flat.png", 24, 26)
+    assert main(["sr", str(tmp_path / "deep.png"), str(tmp_path / "flat.png"), "-o", str(tmp_path / "o"),
+                 "--steps", "0", "--model", model_file]) == 0
+    assert bit_depth(tmp_path / "o" / "deep_x2_mzsr0.png") == 16
+    assert bit_depth(tmp_path / "o" / "flat_x2_mzsr0.png") == 8
+    assert main(["degrade", str(tmp_path / "deep.png"), "-o", str(tmp_path / "d")]) == 0
+    assert bit_depth(tmp_path / "d" / "deep_x2.png") == 16
+
+
+def test_sr_decompression_bomb_exits_2_naming_it(tmp_path, model_file, capsys, monkeypatch):
+    _rgb(tmp_path / "big.png", 60, 60)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert main(["sr", str(tmp_path / "big.png"), "-o", str(tmp_path / "o"), "--model", model_file]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'big.png'}: refused as a possible decompression bomb" in err and err.count("\n") == 1
+
+
+def test_sr_refuses_an_image_too_large_for_memory(tmp_path, model_file, capsys, monkeypatch):
+    import importlib
+
+    adapt_module = importlib.import_module("mzsr_fast.adapt")
+    monkeypatch.setattr(adapt_module, "available_memory", lambda device: 8 * 2 ** 20)
+    args = ["sr", "example-lr", "-o", str(tmp_path), "--model", model_file]
+    assert main(args + ["--steps", "1"]) == 2  # 128x128 LR: 2.5 KB per pixel to adapt, 40 MiB
+    err = capsys.readouterr().err
+    assert "butterfly_lr_g_d_2.0.png: 128x128 (height x width) x2 needs about 46 MiB" in err
+    assert "more than the 8 MiB available on cpu" in err and err.count("\n") == 1
+    assert main(args + ["--steps", "0"]) == 0  # the output alone, 96 B per output pixel: 6 MiB
+
+
+def test_eval_seconds_are_what_the_user_waits_scoring_included(tmp_path, monkeypatch):
+    import time
+
+    from mzsr_fast import evaluation, metrics
+
+    (tmp_path / "gt").mkdir()
+    _rgb(tmp_path / "gt" / "a.png", 32, 32)
+    scoring = metrics.psnr_ssim
+    monkeypatch.setattr(metrics, "psnr_ssim", lambda *args: time.sleep(0.25) or scoring(*args))
+    [score] = evaluation.evaluate(str(tmp_path / "gt"), "g_d_2.0", 2, [0], method="bicubic")
+    assert score.seconds >= 0.25

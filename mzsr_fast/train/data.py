@@ -113,6 +113,8 @@ def _read_uint8(path: str):
             return torch.round(read_image(path, torch.float32) * 255).to(torch.uint8).contiguous()
     except UnidentifiedImageError:
         return ValueError("not an image file pillow can read")
+    except Image.DecompressionBombError as error:
+        return ValueError(f"refused as a possible decompression bomb ({error})")
     except (OSError, SyntaxError, ValueError) as error:
         return ValueError(f"corrupt or truncated image ({error})")
 

@@ -60,6 +60,15 @@ def test_corrupt_file_among_good_ones_is_skipped_with_a_warning(tmp_path):
     assert len(bank) == 1 and bank.paths[0].endswith("good.png")
 
 
+def test_decompression_bomb_is_skipped_like_a_corrupt_file(tmp_path, monkeypatch):
+    Image.fromarray(textured(20, 20, 0)).save(tmp_path / "good.png")
+    Image.fromarray(textured(40, 40, 1)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # refused from 1,000 pixels: bomb.png has 1,600
+    with pytest.warns(UserWarning, match="bomb.png: refused as a possible decompression bomb"):
+        bank = ImageBank(tmp_path, 16)
+    assert len(bank) == 1 and bank.paths[0].endswith("good.png")
+
+
 def test_only_corrupt_files(tmp_path):
     (tmp_path / "broken.bmp").write_bytes(b"BM nonsense")
     with pytest.warns(UserWarning, match="broken.bmp"):
