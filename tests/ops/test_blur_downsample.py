@@ -203,6 +203,23 @@ def test_anisotropic_numbers_and_scalars(backend):
     assert anisotropic_blur_downsample(x[0], 0.1, 2.0, 2.0, size, 3, backend=backend).shape == (3, 4, 5)
 
 
+@pytest.mark.parametrize("theta", [-0.5 + 2 * math.pi * 16, 0.3 - 2 * math.pi * 150, 1000.25])
+def test_anisotropic_float32_any_theta(backend, theta):
+    """float32 weights are made with accurate sin / cos / exp (no fast-math
+    approximations: csrc/compile_flags.txt), so theta far outside [-pi, pi]
+    gives the weights of its float32 value: against the float64 reference at
+    exactly that value, within float32 rounding of a 15 x 15 blur."""
+    device = device_of(backend)
+    size = 15 if backend != "triton" else 5
+    x = _random((1, 2, 17, 19), torch.float32, device)
+    t32 = torch.tensor([theta], dtype=torch.float32, device=device)
+    out = anisotropic_blur_downsample(x, t32, torch.tensor([4.0], device=device), torch.tensor([1.0], device=device),
+                                      size, 2, backend=backend)
+    kernel = gaussian_kernel(t32.double(), 4.0, 1.0, size=size)
+    ref = reference_blur_downsample(x.double(), kernel[0], 2)
+    torch.testing.assert_close(out.double(), ref, atol=4e-6, rtol=0)
+
+
 def test_anisotropic_gradcheck(backend):
     device = device_of(backend)
     x = _random((2, 1, 6, 7), torch.float64, device).requires_grad_(True)
