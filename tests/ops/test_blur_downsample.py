@@ -342,3 +342,31 @@ def test_low_precision(backend, dtype):
 
 def test_exported_from_package():
     assert mzsr_fast.anisotropic_blur_downsample is anisotropic_blur_downsample
+
+
+def test_value_checks_need_no_device_sync(monkeypatch):
+    """The per-call value checks (finite kernel, finite theta, positive variances)
+    run only on host values: numbers and CPU tensors are checked, tensors on a
+    GPU are not (checking them would stall the host on every call and is not
+    allowed during CUDA-graph capture). Shown with a fake device: every
+    host-side check goes through _checks.finite_tensor, which must see only CPU
+    tensors, and a GPU kernel tensor never reaches it."""
+    from mzsr_fast import _checks
+    from mzsr_fast.ops import blur_downsample as glue
+
+    seen = []
+    monkeypatch.setattr(_checks, "finite_tensor", lambda t, name: seen.append((t.device.type, name)))
+    x = torch.rand(1, 1, 9, 9)
+    glue._check_kernel(torch.rand(3, 3), 1, x)
+    glue._check_gaussian_params(0.3, torch.tensor([2.0]), 1.0, 1, x)
+    assert seen == [("cpu", "kernel"), ("cpu", "theta"), ("cpu", "lambda1"), ("cpu", "lambda2")]
+
+    class FakeGpuTensor:  # what finite_on_host sees for a tensor on a GPU
+        device = torch.device("cuda")
+
+    seen.clear()
+    _checks.finite_on_host(FakeGpuTensor(), "kernel")
+    assert seen == []
+    with pytest.raises(ValueError, match="lambda2: expected variances > 0"):
+        monkeypatch.undo()
+        glue._check_gaussian_params(0.3, 2.0, -1.0, 1, x)

@@ -9,6 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from mzsr_fast._tf32 import fp32_precision
+
 from train_helpers import textured
 
 
@@ -50,8 +52,9 @@ def deterministic_cuda():
     benchmark-mode choice) and no TF32 in convolutions or matmuls; restored after."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
-    cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = True, False, False, False
-    yield
-    cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved
+    cudnn = torch.backends.cudnn
+    saved = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = True, False
+    with fp32_precision("ieee"):
+        yield
+    cudnn.deterministic, cudnn.benchmark = saved
