@@ -19,7 +19,8 @@ int32 except the per-plane base offset, which is int64):
 - ``_gaussian_blur_fwd_kernel``: the same with the anisotropic Gaussian
   weights (SPEC section 2) computed inside the kernel from cos(theta),
   sin(theta) (torch's, with full range reduction for any theta), lambda1,
-  lambda2: the normaliser is one [KP, KP] block reduction per program, each
+  lambda2, with correctly rounded divisions (_div_rn; its float32 exp
+  stays Triton's ex2.approx.f32, about 2 ulp): the normaliser is one [KP, KP] block reduction per program, each
   tap weight a scalar exp (both tap loops at runtime: unrolling the scalar
   weight math doubled the registers). No [B, k, k] tensor is made.
 - ``_blur_bwd_x_kernel``: gradient wrt x as a gather, one input tile per
@@ -80,6 +81,16 @@ def _sym(u, n):
     """
     m = u % (2 * n)
     return tl.minimum(m, 2 * n - 1 - m)
+
+
+@triton.jit
+def _div_rn(a, b):
+    """a / b rounded to nearest: Triton's float32 "/" is the approximate
+    div.full.f32 (float64's is already div.rn.f64)."""
+    if a.dtype == tl.float32:
+        return tl.math.div_rn(a, b)
+    else:
+        return a / b
 
 
 @triton.jit
@@ -165,7 +176,7 @@ def _gaussian_blur_fwd_kernel(x_ptr, cos_ptr, sin_ptr, l1_ptr, l2_ptr, out_ptr, 
     off = (grid - R).to(c.dtype)
     yy = off[:, None]
     xx = off[None, :]
-    e = tl.exp(-0.5 * ((qd * xx * xx - 2 * qb * xx * yy + qa * yy * yy) / det))
+    e = tl.exp(-0.5 * _div_rn(qd * xx * xx - 2 * qb * xx * yy + qa * yy * yy, det))
     e = tl.where((grid < K)[:, None] & (grid < K)[None, :], e, 0.0)
     total = tl.sum(e)
 
@@ -177,7 +188,8 @@ def _gaussian_blur_fwd_kernel(x_ptr, cos_ptr, sin_ptr, l1_ptr, l2_ptr, out_ptr, 
         y = tl.cast(dy - R, c.dtype)   # row offset
         for dx in range(K):
             x = tl.cast(dx - R, c.dtype)   # column offset
-            wv = tl.exp(-0.5 * ((qd * x * x - 2 * qb * x * y + qa * y * y) / det)) / total
+            q = _div_rn(qd * x * x - 2 * qb * x * y + qa * y * y, det)
+            wv = _div_rn(tl.exp(-0.5 * q), total)
             xv = tl.load(x_rows + _sym(v0 + dx, W)[None, :])
             acc += wv.to(ACC) * xv.to(ACC)
     mask = (rows < HO)[:, None] & (cols < WO)[None, :]

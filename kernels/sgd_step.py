@@ -35,8 +35,8 @@ BLOCK = 4096  # elements per program (and per chunk)
 GROUP = 16    # tensors per launch (the MZSR net has 16)
 
 
-@triton.jit(do_not_specialize=["first", "slice_len", "per_slice", "column", "broadcast", "lr_tasks", "lr_tensors"])
-def _sgd_step_kernel(p, g, o, first, slice_len, per_slice, column, broadcast, lr, lr_tasks, lr_tensors,
+@triton.jit(do_not_specialize=["first", "slice_len", "per_slice", "column", "broadcast", "lr_task_stride"])
+def _sgd_step_kernel(p, g, o, first, slice_len, per_slice, column, broadcast, lr, lr_task_stride,
                      N: tl.constexpr, HAS_PARAMS: tl.constexpr, BLOCK: tl.constexpr):
     c = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
@@ -47,11 +47,10 @@ def _sgd_step_kernel(p, g, o, first, slice_len, per_slice, column, broadcast, lr
             start = (local - t * per_slice[e]) * BLOCK
             offset = t * slice_len[e] + start
             mask = offs < slice_len[e] - start
-            task = t if lr_tasks > 1 else 0
-            rate = tl.load(lr + task * lr_tensors + (column[e] if lr_tensors > 1 else 0))  # compute dtype
+            rate = tl.load(lr + t * lr_task_stride + column[e])  # compute dtype
             step = rate * tl.load(g[e] + offset + offs, mask=mask, other=0).to(rate.dtype)
             if HAS_PARAMS:
-                param_offset = start if broadcast[e] != 0 else offset
+                param_offset = offset - broadcast[e] * t * slice_len[e]  # broadcast: the slice-0 offset, start
                 value = tl.load(p[e] + param_offset + offs, mask=mask, other=0).to(rate.dtype) - step
             else:
                 value = -step
@@ -90,6 +89,8 @@ def sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], lr: torch.Te
     rates = torch.full((1, 1), alpha, dtype=compute, device=device) if lr is None else (lr * alpha).to(compute)
     rates = rates.contiguous()
     lr_tasks, lr_tensors = rates.shape
+    # lr_index() of sgd_step_math.h as a stride per task and a column per tensor
+    lr_task_stride = lr_tensors if lr_tasks > 1 else 0
     work = [i for i, g in enumerate(grads) if g.numel() > 0]
     for lo in range(0, len(work), GROUP):
         group = work[lo:lo + GROUP]
@@ -105,8 +106,9 @@ def sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], lr: torch.Te
             flags.append(int(broadcast))
         gs = tuple(grads[i] for i in group)
         ps = tuple(params[i] for i in group) if params else gs  # read only when HAS_PARAMS
+        columns = tuple(i if lr_tensors > 1 else 0 for i in group)
         _sgd_step_kernel[(first[-1],)](ps, gs, tuple(outs[i] for i in group), tuple(first), tuple(slice_lens),
-                                       tuple(per_slices), tuple(group), tuple(flags), rates, lr_tasks, lr_tensors,
+                                       tuple(per_slices), columns, tuple(flags), rates, lr_task_stride,
                                        N=len(group), HAS_PARAMS=bool(params), BLOCK=BLOCK,
                                        enable_fp_fusion=False)
     return outs
