@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import mzsr_fast
 from mzsr_fast.adapt import learning_rates
-from mzsr_fast.pretrained import SCHEDULES
+from mzsr_fast.pretrained import CATALOGUE
 from mzsr_fast.reference.blur_downsample import blur
 from timing import timed
 
@@ -28,7 +28,7 @@ def plain_mzsr(lr, kernel, steps, net):
     son = blur(lr, kernel, SCALE).clamp(0, 1)
     x = F.interpolate(son, size=lr.shape[-2:], mode="bicubic", align_corners=False)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
-    for rate in learning_rates(SCHEDULES["direct_x2"], steps):
+    for rate in learning_rates(CATALOGUE["direct_x2"].schedule, steps):
         optimizer.param_groups[0]["lr"] = rate
         loss = F.l1_loss(net(x), lr)
         optimizer.zero_grad()

@@ -10,6 +10,7 @@ The given model is never changed: adaptation works on copies of its weights.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -18,6 +19,7 @@ import torch
 from . import _checks, _tf32
 from .degradation import degrade, load_kernel
 from .maml import stacked_forward
+from .model import PARAMETER_NAMES
 from .pretrained import ModelInfo, mode_mismatch, resolve_model
 from .resize import imresize
 
@@ -28,8 +30,9 @@ RECEPTIVE_RADIUS = 8
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
-def learning_rates(schedule: Sequence[float], steps: int) -> list[float]:
-    """The first `steps` rates of a schedule whose last entry repeats."""
+def learning_rates(schedule: Sequence, steps: int) -> list:
+    """The first `steps` entries of a schedule whose last entry repeats (an
+    entry: one rate, or one rate per parameter tensor)."""
     return [schedule[min(i, len(schedule) - 1)] for i in range(steps)]
 
 
@@ -88,12 +91,18 @@ def _check_steps(steps) -> int:
     return steps
 
 
-def _schedule(schedule, info: ModelInfo, steps: int) -> list[float]:
+def _is_rate(r) -> bool:
+    return not isinstance(r, bool) and isinstance(r, (int, float)) and math.isfinite(r) and r >= 0
+
+
+def _schedule(schedule, info: ModelInfo, steps: int) -> list:
     if schedule is None:
         return learning_rates(info.schedule, steps)
     rates = [schedule] if isinstance(schedule, (int, float)) else list(schedule)
-    if not rates or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not r >= 0 for r in rates):
-        raise ValueError(f"schedule: expected a list of per-step learning rates >= 0, got {schedule!r}")
+    if not rates or not all(_is_rate(r) or (isinstance(r, (list, tuple)) and len(r) == len(PARAMETER_NAMES)
+                                              and all(_is_rate(v) for v in r)) for r in rates):
+        raise ValueError(f"schedule: expected per-step learning rates >= 0 (each a number, or "
+                         f"{len(PARAMETER_NAMES)} numbers, one per parameter tensor), got {schedule!r}")
     return learning_rates(rates, steps)
 
 
@@ -162,7 +171,8 @@ def _adapt_weights(params: dict[str, torch.Tensor], x: torch.Tensor, target: tor
     names = list(params)
     weights = [p.detach().unsqueeze(0).repeat(tasks, *([1] * p.dim())).requires_grad_(True)
                for p in params.values()]
-    rate = torch.zeros((), device=x.device)
+    rate = torch.zeros(len(names), device=x.device)  # this step's rate of each tensor
+    rate_of_tensor = list(rate.unbind())
 
     def step() -> torch.Tensor:
         with _autocast(x.device, precision, cache=not cuda_graph):
@@ -170,7 +180,7 @@ def _adapt_weights(params: dict[str, torch.Tensor], x: torch.Tensor, target: tor
         per_task = (out.float() - target).abs().flatten(1).mean(1)  # [T]; task t depends on its weights only
         grads = torch.autograd.grad(per_task.sum(), weights)
         with torch.no_grad():
-            torch._foreach_mul_(grads, rate)
+            torch._foreach_mul_(grads, rate_of_tensor)
             torch._foreach_sub_(weights, grads)
         return per_task.detach()
 
@@ -178,12 +188,12 @@ def _adapt_weights(params: dict[str, torch.Tensor], x: torch.Tensor, target: tor
     eager = min(len(rates), WARMUP_STEPS) if cuda_graph else len(rates)
     with _side_stream(x.device) if cuda_graph else contextlib.nullcontext():
         for i in range(eager):
-            rate.fill_(rates[i])
+            rate.copy_(torch.as_tensor(rates[i], dtype=rate.dtype))
             losses[:, i] = step()
     if eager < len(rates):
         replay = _capture(step, x.device)
         for i in range(eager, len(rates)):
-            rate.fill_(rates[i])
+            rate.copy_(torch.as_tensor(rates[i], dtype=rate.dtype))
             losses[:, i] = replay()
     return {n: w.detach() for n, w in zip(names, weights)}, losses
 
@@ -201,11 +211,12 @@ def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None,
     shipped bundled model for the preset's subsampling mode and the scale,
     pretrained.default_model), a bundled name, a .safetensors path or an
     MZSRNet (left unchanged). mode: "direct" or "bicubic" subsampling of the son
-    (default: the model's). schedule: per-step learning rates (default: the
-    model's row of the SPEC table). precision: "fp32" (IEEE float32: no TF32
-    in CUDA convolutions, so a GPU matches the CPU up to summation order),
-    "tf32" (CUDA convolutions in TF32, faster on Ampere and later GPUs, about
-    1e-3 relative from fp32; the same as fp32 on the CPU) or "bf16" (autocast).
+    (default: the model's). schedule: per-step learning rates, each a number or
+    one number per parameter tensor (default: the model's, ModelInfo.schedule).
+    precision: "fp32" (IEEE float32: no TF32 in CUDA convolutions, so a GPU
+    matches the CPU up to summation order), "tf32" (CUDA convolutions in TF32,
+    faster on Ampere and later GPUs, about 1e-3 relative from fp32; the same as
+    fp32 on the CPU) or "bf16" (autocast).
     tile: final inference on tiles of this many output pixels (bounded memory).
     cuda_graph: (CUDA only) after WARMUP_STEPS eager steps, capture one
     adaptation step as a CUDA graph and replay it for the remaining steps:

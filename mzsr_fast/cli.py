@@ -147,7 +147,7 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
 
 
 def cmd_import_tf(args) -> None:
-    from .pretrained import import_tf_checkpoint, parse_schedule
+    from .pretrained import format_schedule, import_tf_checkpoint, parse_schedule
 
     if os.path.exists(args.output) and not args.force:
         raise UsageError(f"-o: {args.output} exists (use --force to overwrite)")
@@ -155,13 +155,23 @@ def cmd_import_tf(args) -> None:
     info = import_tf_checkpoint(args.prefix, args.output, mode=args.mode, scales=_int_list(args.scales, "--scales"),
                                 schedule=schedule)
     print(f"{args.prefix} -> {args.output} ({info.mode}, scales {','.join(map(str, info.scales))}, "
-          f"schedule {','.join(f'{r:g}' for r in info.schedule)})")
+          f"schedule {format_schedule(info.schedule)})")
+
+
+def _model_summary(info) -> str:
+    """One line on a shipped model: mode, scales, training iterations, schedule."""
+    from .pretrained import format_schedule
+
+    schedule = format_schedule(info.schedule) if all(isinstance(r, float) for r in info.schedule) else \
+        f"learned per-tensor table of {len(info.schedule)} steps"
+    return (f"shipped: {info.mode} x{','.join(map(str, info.scales))}, "
+            f"{info.notes.get('step', 'unknown')} meta-training iterations, schedule {schedule}")
 
 
 def cmd_info(args) -> None:
     from . import __version__
     from .dispatch import backends
-    from .pretrained import bundled_models
+    from .pretrained import bundled_models, load_model
 
     report = {
         "mzsr_fast": __version__,
@@ -169,7 +179,8 @@ def cmd_info(args) -> None:
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "threads": torch.get_num_threads(),
         "backends": backends(),
-        "bundled_models": {name: "shipped" if ok else "not trained yet" for name, ok in bundled_models().items()},
+        "bundled_models": {name: _model_summary(load_model(name)[1]) if ok else "not trained yet"
+                           for name, ok in bundled_models().items()},
     }
     print(json.dumps(report, indent=2))
 

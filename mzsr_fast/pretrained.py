@@ -1,5 +1,11 @@
-"""Bundled and saved MZSR models: weights (safetensors) plus what the meta-test
-needs to know about them (subsampling mode, scales, learning-rate schedule)."""
+"""The model catalogue, and bundled and saved MZSR models: weights
+(safetensors) plus what the meta-test needs to know about them (subsampling
+mode, scales, learning-rate schedule).
+
+CATALOGUE is the one table of the paper's four models (method.md sections 7-8):
+each kind's subsampling, the scales it serves, the reference's test-time
+schedule, and what meta-training draws and validates for it. The trainer's
+variants, the bundled models and the command line all read it."""
 from __future__ import annotations
 
 import os
@@ -10,37 +16,78 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
-from .model import MZSRNet
+from .model import PARAMETER_NAMES, MZSRNet
 
-__all__ = ["ModelInfo", "SCHEDULES", "BUNDLED", "load_model", "save_model", "bundled_models",
-           "DEFAULT_MODEL", "default_model", "resolve_model", "mode_mismatch", "load_tf_checkpoint",
-           "import_tf_checkpoint", "kind_for", "parse_schedule"]
-
-# Per-step learning rates of the meta-test (SPEC section 8); the last one repeats.
-SCHEDULES = {
-    "direct_x2": (0.02, 0.01, 0.01, 0.01, 0.005),
-    "multiscale": (0.01, 0.01, 0.01, 0.005, 0.005),
-    "bicubic_x2": (0.01, 0.01, 0.01, 0.001, 0.001),
-    "direct_x4": (0.01, 0.005, 0.005, 0.005, 0.005, 0.001),
-}
-
-DEFAULT_MODEL = "direct_x2"
+__all__ = ["ModelKind", "CATALOGUE", "ModelInfo", "bundled_info", "load_model", "save_model", "bundled_models",
+           "default_model", "resolve_model", "mode_mismatch", "load_tf_checkpoint", "import_tf_checkpoint",
+           "kind_for", "parse_schedule", "format_schedule", "Schedule"]
 
 
-def parse_schedule(text: str, what: str = "schedule") -> tuple[float, ...]:
-    """Learning rates from "r1,r2,..." (each in (0, 1)); ValueError naming what."""
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ValueError(f"{what}: expected numbers separated by commas, got {text!r}") from None
-    if not values or not all(0 < v < 1 for v in values):
-        raise ValueError(f"{what}: expected learning rates in (0, 1), got {text!r}")
-    return values
+@dataclass(frozen=True)
+class ModelKind:
+    """One model of the paper. mode: subsampling of its degradations; scales:
+    the integer scales it serves (the first is the one it is validated at);
+    schedule: the reference's test-time learning rates per step, the last
+    repeating; task_scales: the scales meta-training draws a task's from;
+    val_kernels: the presets its training validates on."""
+
+    name: str
+    mode: str
+    scales: tuple[int, ...]
+    schedule: tuple[float, ...]
+    task_scales: tuple[float, ...]
+    val_kernels: tuple[str, ...]
+
+
+CATALOGUE = {kind.name: kind for kind in (
+    ModelKind("direct_x2", "direct", (2,), (0.02, 0.01, 0.01, 0.01, 0.005), (2.0,), ("g_d_2.0",)),
+    ModelKind("bicubic_x2", "bicubic", (2,), (0.01, 0.01, 0.01, 0.001, 0.001), (2.0,), ("g_b_1.3",)),
+    ModelKind("direct_x4", "direct", (4,), (0.01, 0.005, 0.005, 0.005, 0.005, 0.001), (4.0,), ("g_d_2.0",)),
+    ModelKind("multiscale", "direct", (2, 3, 4), (0.01, 0.01, 0.01, 0.005, 0.005),
+              tuple(round(2.0 + 0.2 * i, 1) for i in range(11)), ("g_d_2.0",)),
+)}
+
+
+# A test-time schedule: one entry per step, the last repeating. An entry is one
+# rate for every parameter tensor, or a tuple of rates, one per tensor in
+# model.PARAMETER_NAMES order (a learned MAML++ table).
+Schedule = tuple
+
+
+def parse_schedule(text: str, what: str = "schedule") -> Schedule:
+    """A schedule from "r1,r2,..." (one rate per step) or "a1,a2,...;b1,b2,...;..."
+    (per step, one rate per parameter tensor); rates in (0, 1) (per-tensor
+    ones in [0, 1)). ValueError naming what."""
+    if ";" not in text:
+        try:
+            values = tuple(float(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise ValueError(f"{what}: expected numbers separated by commas, got {text!r}") from None
+        if not values or not all(0 < v < 1 for v in values):
+            raise ValueError(f"{what}: expected learning rates in (0, 1), got {text!r}")
+        return values
+    rows = []
+    for row in text.split(";"):
+        try:
+            rates = tuple(float(v) for v in row.split(","))
+        except ValueError:
+            raise ValueError(f"{what}: expected numbers separated by commas, got {row!r}") from None
+        if len(rates) != len(PARAMETER_NAMES) or not all(0 <= v < 1 for v in rates):
+            raise ValueError(f"{what}: a per-tensor step needs {len(PARAMETER_NAMES)} rates in [0, 1), got {row!r}")
+        rows.append(rates)
+    return tuple(rows)
+
+
+def format_schedule(schedule: Schedule) -> str:
+    """The text form parse_schedule reads."""
+    if all(isinstance(r, float) for r in schedule):
+        return ",".join(repr(r) for r in schedule)
+    return ";".join(",".join(repr(float(v)) for v in row) for row in schedule)
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a model was trained for: kind (a SCHEDULES key), subsampling mode,
+    """What a model was trained for: kind (a CATALOGUE key), subsampling mode,
     scales (empty: not known, any scale accepted) and its own test-time
     learning-rate schedule (empty: the kind's reference schedule)."""
 
@@ -49,18 +96,18 @@ class ModelInfo:
     mode: str = "direct"
     scales: tuple[int, ...] = (2,)
     notes: dict = field(default_factory=dict, compare=False)
-    own_schedule: tuple[float, ...] = ()
+    own_schedule: Schedule = ()
 
     @property
-    def schedule(self) -> tuple[float, ...]:
-        """Per-step test-time learning rates; the last one repeats."""
-        return self.own_schedule or SCHEDULES[self.kind]
+    def schedule(self) -> Schedule:
+        """Per-step test-time learning rates (see Schedule); the last step repeats."""
+        return self.own_schedule or CATALOGUE[self.kind].schedule
 
     def metadata(self) -> dict[str, str]:
         meta = {"name": self.name, "kind": self.kind, "mode": self.mode,
                 "scales": ",".join(str(s) for s in self.scales), **{k: str(v) for k, v in self.notes.items()}}
         if self.own_schedule:
-            meta["schedule"] = ",".join(repr(r) for r in self.own_schedule)
+            meta["schedule"] = format_schedule(self.own_schedule)
         return meta
 
     @classmethod
@@ -68,7 +115,7 @@ class ModelInfo:
         """The info stored in a model file's metadata; source (the file) is named in errors."""
         meta = dict(meta or {})
         kind = meta.pop("kind", "direct_x2")
-        if kind not in SCHEDULES:
+        if kind not in CATALOGUE:
             kind = "direct_x2"
         mode = meta.pop("mode", "direct")
         if mode not in ("direct", "bicubic"):
@@ -85,12 +132,10 @@ class ModelInfo:
                    own_schedule=schedule)
 
 
-BUNDLED = {
-    "direct_x2": ModelInfo("direct_x2", "direct_x2", "direct", (2,)),
-    "bicubic_x2": ModelInfo("bicubic_x2", "bicubic_x2", "bicubic", (2,)),
-    "direct_x4": ModelInfo("direct_x4", "direct_x4", "direct", (4,)),
-    "multiscale": ModelInfo("multiscale", "multiscale", "direct", (2, 3, 4)),
-}
+def bundled_info(name: str) -> ModelInfo:
+    """What the bundled model `name` (a CATALOGUE key) stands for."""
+    kind = CATALOGUE[name]
+    return ModelInfo(name, name, kind.mode, kind.scales)
 
 
 def _bundled_path(name: str):
@@ -99,20 +144,20 @@ def _bundled_path(name: str):
 
 def bundled_models() -> dict[str, bool]:
     """Bundled model names and whether their weights are shipped in this install."""
-    return {name: _bundled_path(name).is_file() for name in BUNDLED}
+    return {name: _bundled_path(name).is_file() for name in CATALOGUE}
 
 
 def default_model(mode: str | None = None, scale: int | None = None) -> str:
     """The bundled model used when none is named: the first shipped one trained
     for this scale (None: any) and subsampling mode (None: direct), else the
-    first shipped one for the scale, else DEFAULT_MODEL. A g_b_* kernel thus
-    gets bicubic_x2 once it is shipped."""
+    first shipped one for the scale, else direct_x2. A g_b_* kernel thus gets
+    bicubic_x2 once it is shipped."""
     fits_scale = [name for name, shipped in bundled_models().items()
-                  if shipped and (scale is None or scale in BUNDLED[name].scales)]
+                  if shipped and (scale is None or scale in CATALOGUE[name].scales)]
     for name in fits_scale:
-        if BUNDLED[name].mode == (mode or "direct"):
+        if CATALOGUE[name].mode == (mode or "direct"):
             return name
-    return fits_scale[0] if fits_scale else DEFAULT_MODEL
+    return fits_scale[0] if fits_scale else "direct_x2"
 
 
 def resolve_model(model, mode: str | None, scale: int | None, device=None) -> tuple[MZSRNet, "ModelInfo"]:
@@ -125,7 +170,7 @@ def mode_mismatch(kernel_mode: str | None, info: "ModelInfo") -> str | None:
     degrades the son with its own mode), or None when it fits."""
     if kernel_mode in (None, info.mode):
         return None
-    fitting = [name for name, shipped in bundled_models().items() if shipped and BUNDLED[name].mode == kernel_mode]
+    fitting = [name for name, shipped in bundled_models().items() if shipped and CATALOGUE[name].mode == kernel_mode]
     hint = f"the shipped {fitting[0]!r} fits it" if fitting else f"no {kernel_mode} model is shipped yet"
     return (f"kernel: the preset comes with {kernel_mode} subsampling, but the model {info.name!r} adapts with "
             f"{info.mode} subsampling; {hint}")
@@ -143,11 +188,11 @@ def load_model(model=None, device=None) -> tuple[MZSRNet, ModelInfo]:
     was loaded with, else a "custom" info that accepts any scale)."""
     if isinstance(model, MZSRNet):
         return model, getattr(model, "model_info", ModelInfo("custom", scales=()))
-    name = DEFAULT_MODEL if model is None else model
+    name = default_model() if model is None else model
     if not isinstance(name, (str, os.PathLike)):
         raise TypeError(f"model: expected None, a bundled name, a path or an MZSRNet, got {type(model).__name__}")
     name = os.fspath(name)
-    if name in BUNDLED:
+    if name in CATALOGUE:
         path = _bundled_path(name)
         if not path.is_file():
             raise ValueError(f"model: the bundled model {name!r} is not trained yet (no weights shipped); "
@@ -156,7 +201,7 @@ def load_model(model=None, device=None) -> tuple[MZSRNet, ModelInfo]:
     elif os.path.isfile(name):
         path = name
     else:
-        raise ValueError(f"model: {name!r} is neither a bundled model ({', '.join(BUNDLED)}) nor a file")
+        raise ValueError(f"model: {name!r} is neither a bundled model ({', '.join(CATALOGUE)}) nor a file")
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata()
@@ -169,14 +214,14 @@ def load_model(model=None, device=None) -> tuple[MZSRNet, ModelInfo]:
     except RuntimeError as error:
         raise ValueError(f"model: {path}: weights do not fit MZSRNet ({error})") from None
     info = ModelInfo.from_metadata(meta, os.path.splitext(os.path.basename(path))[0], source=path)
-    if name in BUNDLED:  # what the name stands for, with the file's notes and schedule
-        info = replace(BUNDLED[name], notes=info.notes, own_schedule=info.own_schedule)
+    if name in CATALOGUE:  # what the name stands for, with the file's notes and schedule
+        info = replace(bundled_info(name), notes=info.notes, own_schedule=info.own_schedule)
     net.model_info = info  # lets a loaded net be passed around without losing its info
     return (net.to(device) if device is not None else net), info
 
 
 def kind_for(mode: str, scales: tuple[int, ...]) -> str:
-    """The SCHEDULES key of a model trained for mode and scales."""
+    """The CATALOGUE key of a model trained for mode and scales."""
     if mode == "bicubic":
         return "bicubic_x2"
     if len(scales) > 1:
@@ -247,6 +292,6 @@ def import_tf_checkpoint(prefix, out, mode: str = "direct", scales: tuple[int, .
     kind = kind_for(mode, scales)
     info = ModelInfo(name or os.path.splitext(os.path.basename(os.fspath(out)))[0], kind, mode, scales,
                      notes={"source": f"TensorFlow checkpoint {os.path.basename(prefix)}"},
-                     own_schedule=tuple(schedule) if schedule else SCHEDULES[kind])
+                     own_schedule=tuple(schedule) if schedule else CATALOGUE[kind].schedule)
     save_model(out, net, info)
     return info

@@ -15,7 +15,9 @@ Strategies (STRATEGIES), all exact and differentiable to any order:
   input-gradient convolution kernels directly, instead of PyTorch's generic
   double backward (weight gradient as a batch/channel-transposed convolution
   with a 64x64 kernel and transposing copies, and zero-filled gradients of
-  the ReLU mask). Falls back to "loop_cl" under autocast.
+  the ReLU mask). Under autocast it casts x and the weights to the
+  autocast dtype explicitly (autocast off inside), so the explicit double
+  backward runs in that dtype too.
 - "grouped": tasks folded into channels, one grouped convolution per layer
   (groups=T).
 - "vmap": torch.func.vmap of functional_forward.
@@ -146,13 +148,19 @@ def relu(x: torch.Tensor) -> torch.Tensor:
     return _ReLU.apply(x)
 
 
-def _explicit_forward(params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    h = x
+def _explicit_forward(params: Mapping[str, torch.Tensor], x: torch.Tensor,
+                      compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """functional_forward through conv3x3/relu; with compute_dtype (bf16 under
+    autocast) the layers run in that dtype from explicit casts of x and the
+    weights, and the residual sum is taken in x's dtype. The casts are part of
+    the graph, so gradients reach the parameters in their own dtype."""
+    cast = (lambda t: t.to(compute_dtype)) if compute_dtype is not None else (lambda t: t)
+    h = cast(x)
     for i in range(_LAYERS):
-        h = conv3x3(h, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"])
+        h = conv3x3(h, cast(params[f"layers.{i}.weight"]), cast(params[f"layers.{i}.bias"]))
         if i < _LAYERS - 1:
             h = relu(h)
-    return x + h
+    return x + h.to(x.dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -200,9 +208,14 @@ def _forward_loop_cl(params, x):
 
 
 def _forward_explicit(params, x):
-    if torch.is_autocast_enabled(x.device.type):  # the explicit backward does not redo autocast's casts
-        return _forward_loop_cl(params, x)
-    return _per_task(params, x, _explicit_forward, channels_last=True)
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return _per_task(params, x, _explicit_forward, channels_last=True)
+    # Autocast would not redo its casts inside the explicit backward: cast
+    # explicitly instead, with autocast off.
+    dtype = torch.get_autocast_dtype(device)
+    with torch.autocast(device, enabled=False):
+        return _per_task(params, x, lambda p, xt: _explicit_forward(p, xt, dtype), channels_last=True)
 
 
 def _forward_grouped(params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,9 @@
 #   3. the GPU benchmark variants (JSON);
 #   4. for the rest of the lease, continue the meta-training runs
 #      training/metaref_direct_x2 (60%) and training/metaref_bicubic_x2 with
-#      the settings of their config.json (--resume) on the training subset;
+#      the settings of their config.json (both second order) on the training
+#      subset (--resume-or-start: from their newest checkpoint, or from their
+#      init when they have none yet);
 #   5. pack everything into at most 8 files in $OUT: summary.txt, logs.tar.gz,
 #      benchmarks-DEVICE-DATE.json, and one training-RUN.tar.gz per run.
 # Steps past their time get SIGINT (never SIGTERM), so pytest prints its summary,
@@ -87,7 +89,7 @@ result_line() {
   [ -n "${line:-}" ] && note "  $line"
   return 0
 }
-pytest_summary='(passed|failed|error|skipped|no tests ran)' 
+pytest_summary='(passed|failed|error|skipped|no tests ran)'
 
 pack() {
   local stamp device
@@ -133,6 +135,10 @@ if [ "$dry" = 0 ] && [ "$(cat "$stage/device")" = cpu ]; then
   fatal "torch sees no CUDA device (torch.cuda.is_available() is False)"
   pack; exit 1
 fi
+# Nothing can be installed there: say at once which modules a step will miss.
+for module in numpy PIL safetensors triton setuptools pytest pytest_benchmark; do
+  "$py" -c "import $module" 2>/dev/null || fatal "python module $module is missing (steps that need it fail)"
+done
 [ -e mzsr_fast/kernels ] || ln -s ../kernels mzsr_fast/kernels  # what the editable install maps
 if [ "$dry" = 1 ]; then
   note "build: dry run, using the extension already built here"
@@ -238,32 +244,32 @@ for i in "${!run_dirs[@]}"; do
   # The run's own settings, as command-line options (data, init, device and
   # the output folder are this machine's; a changed data or init path is allowed
   # and listed on stderr by the trainer).
-  mapfile -t options < <("$py" - "$run_dir/config.json" <<'EOF'
-import json, sys
+  mapfile -t options < <("$py" - "$run_dir/config.json" 2>> "$logs/train-options.log" <<'EOF'
+import argparse, json, sys
+from mzsr_fast.cli import build_parser
+metatrain = next(a.choices["metatrain"] for a in build_parser()._actions
+                 if isinstance(a, argparse._SubParsersAction))
+known = set(metatrain._option_string_actions)
 config = json.load(open(sys.argv[1]))
-skip = {"kind", "resume", "allow_config_change", "data_dir", "init", "out", "device", "progress", "threads"}
+skip = {"kind", "resume", "resume_or_start", "allow_config_change", "data_dir", "init", "out", "device",
+        "progress", "threads"}
 for key, value in config.items():
-    flag = "--" + key.replace("_", "-")
-    if key in skip or value is None:
+    flag = "--no-msl" if key == "msl" else "--" + key.replace("_", "-")
+    if key in skip or value is None or (isinstance(value, bool) and value == (key == "msl")):
         continue
-    if key == "msl":
-        if not value:
-            print("--no-msl")
-    elif isinstance(value, bool):
-        if value:
-            print(flag)
-    elif isinstance(value, list):
-        print(flag)
-        print(",".join(str(v) for v in value))
-    else:
-        print(flag)
-        print(value)
+    if flag not in known:
+        print(f"{sys.argv[1]}: {key} has no metatrain option ({flag}); left at its default", file=sys.stderr)
+        continue
+    print(flag)
+    if not isinstance(value, bool):
+        print(",".join(str(v) for v in value) if isinstance(value, list) else value)
 EOF
   )
   seconds=$(( $(left) * ${share[$i]:-100} / 100 ))
-  run_limited "training: $name ($device, resume)" "$seconds" "$logs/train-$name.log" \
+  run_limited "training: $name ($device, resumed)" "$seconds" "$logs/train-$name.log" \
     "$py" -m mzsr_fast.cli metatrain "$data" --init training/reference_pretrained_x2.safetensors \
-    --out "$run_dir" "${options[@]}" --resume --allow-config-change --device "$device" --no-progress "${extra[@]}"
+    --out "$run_dir" "${options[@]}" --resume-or-start --allow-config-change --device "$device" --no-progress \
+    "${extra[@]}"
   rc=$?
   # exit 1 with a saved checkpoint is a run stopped at its time limit
   if [ "$rc" -ne 0 ] && ! grep -q "stopped at iteration" "$logs/train-$name.log"; then

@@ -4,9 +4,10 @@ Usage: python scripts/ship_weights.py training/metatrain_direct_x2 direct_x2
 
 Checks that the file is a meta-training result (not a pretraining one) for the
 kind the bundled name stands for (same kind, subsampling mode and scales as
-mzsr_fast.pretrained.BUNDLED), then writes
+mzsr_fast.pretrained.CATALOGUE), then writes
 mzsr_fast/weights/NAME.safetensors (safetensors, no pickle) with the run's
-iteration count in its metadata.
+iteration count and the weights' own test-time schedule (learned, or written
+by scripts/calibrate_schedule.py) in its metadata.
 """
 import argparse
 import os
@@ -14,13 +15,13 @@ import sys
 
 from safetensors import safe_open
 
-from mzsr_fast.pretrained import BUNDLED, ModelInfo, load_model, save_model
+from mzsr_fast.pretrained import CATALOGUE, ModelInfo, bundled_info, load_model, save_model
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", help="a metatrain run folder (its latest.safetensors is shipped)")
-    parser.add_argument("name", choices=sorted(BUNDLED), help="bundled model name")
+    parser.add_argument("name", choices=sorted(CATALOGUE), help="bundled model name")
     args = parser.parse_args(argv)
     path = os.path.join(args.run_dir, "latest.safetensors")
     with safe_open(path, framework="pt") as f:
@@ -29,14 +30,15 @@ def main(argv=None) -> int:
         print(f"run_dir: {path} is not a meta-training result (metadata {meta})", file=sys.stderr)
         return 2
     net, info = load_model(path)
-    want = BUNDLED[args.name]
+    want = bundled_info(args.name)
     got = (info.kind, info.mode, info.scales)
     if got != (want.kind, want.mode, want.scales):
         print(f"run_dir: {args.run_dir} trained {got}, but {args.name} is {(want.kind, want.mode, want.scales)}",
               file=sys.stderr)
         return 2
     target = os.path.join(os.path.dirname(__file__), "..", "mzsr_fast", "weights", f"{args.name}.safetensors")
-    save_model(target, net, ModelInfo(args.name, want.kind, want.mode, want.scales, notes=info.notes))
+    save_model(target, net, ModelInfo(args.name, want.kind, want.mode, want.scales, notes=info.notes,
+                                      own_schedule=info.own_schedule))
     print(f"{args.name}: iteration {info.notes.get('step', '?')} of {args.run_dir} -> {os.path.normpath(target)}")
     return 0
 

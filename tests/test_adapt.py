@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import mzsr_fast
 from mzsr_fast import pretrained
 from mzsr_fast.adapt import forward_tiled, learning_rates
-from mzsr_fast.pretrained import ModelInfo, SCHEDULES, load_model, save_model
+from mzsr_fast.pretrained import CATALOGUE, ModelInfo, load_model, save_model
 
 adapt_module = importlib.import_module("mzsr_fast.adapt")  # the package's `adapt` is the function
 
@@ -43,9 +43,9 @@ def _straightforward(lr, kernel, scale, rates, net, mode="direct"):
 
 
 def test_learning_rate_table():
-    assert learning_rates(SCHEDULES["direct_x2"], 7) == [0.02, 0.01, 0.01, 0.01, 0.005, 0.005, 0.005]
-    assert learning_rates(SCHEDULES["direct_x4"], 2) == [0.01, 0.005]
-    assert learning_rates(SCHEDULES["bicubic_x2"], 0) == []
+    assert learning_rates(CATALOGUE["direct_x2"].schedule, 7) == [0.02, 0.01, 0.01, 0.01, 0.005, 0.005, 0.005]
+    assert learning_rates(CATALOGUE["direct_x4"].schedule, 2) == [0.01, 0.005]
+    assert learning_rates(CATALOGUE["bicubic_x2"].schedule, 0) == []
 
 
 @pytest.mark.parametrize("mode", ["direct", "bicubic"])
@@ -55,7 +55,7 @@ def test_adapt_equals_straightforward_implementation(mode):
     lr = torch.rand(3, 30, 26)
     kernel = mzsr_fast.preset("g_d_2.0").kernel
     sr, losses = mzsr_fast.adapt(lr, kernel, 2, steps=6, model=net, mode=mode, return_losses=True)
-    expected_sr, expected_losses = _straightforward(lr, kernel, 2, learning_rates(SCHEDULES["direct_x2"], 6),
+    expected_sr, expected_losses = _straightforward(lr, kernel, 2, learning_rates(CATALOGUE["direct_x2"].schedule, 6),
                                                     net, mode)
     torch.testing.assert_close(losses[0], torch.tensor(expected_losses), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(sr, expected_sr, rtol=1e-4, atol=1e-5)
@@ -100,7 +100,7 @@ def test_graph_step_logic_without_a_gpu(monkeypatch):
     net = _small_net()
     params = {n: p.detach() for n, p in net.named_parameters()}
     x, target = torch.rand(2, 3, 20, 18), torch.rand(2, 3, 20, 18)
-    rates = learning_rates(SCHEDULES["direct_x2"], adapt_module.WARMUP_STEPS + 3)
+    rates = learning_rates(CATALOGUE["direct_x2"].schedule, adapt_module.WARMUP_STEPS + 3)
     captured = []
 
     def static_capture(step, device):
@@ -229,7 +229,7 @@ def test_saved_model_round_trip(tmp_path):
     (dict(lr=torch.rand(3, 10, 10)), r"lr: image of \(10, 10\) is smaller than the 21x21 kernel"),
     (dict(lr=torch.full((3, 24, 24), float("nan"))), "lr: expected finite values"),
     (dict(precision="fp8"), "precision: expected one of"),
-    (dict(schedule=[-1.0]), "schedule: expected a list"),
+    (dict(schedule=[-1.0]), "schedule: expected per-step learning rates"),
     (dict(mode="area"), "mode: expected 'direct' or 'bicubic'"),
     (dict(model=3), "model: expected None, a bundled name"),
     (dict(model="missing.safetensors"), "model: 'missing.safetensors' is neither"),
@@ -255,3 +255,41 @@ def test_zssr_baseline_learns_from_the_image_alone():
     assert sum(losses[-5:]) < sum(losses[:5])
     with pytest.raises(ValueError, match="steps: expected an integer >= 0"):
         zssr(lr, "g_d_2.0", 2, steps=-3)
+
+
+def test_per_tensor_schedule_equals_scalar_one_when_uniform_and_updates_only_rated_tensors():
+    net = _small_net()
+    lr = torch.rand(3, 25, 23)
+    kernel = mzsr_fast.preset("g_d_2.0").kernel
+    n = len(mzsr_fast.model.PARAMETER_NAMES)
+    scalar = mzsr_fast.adapt(lr, kernel, 2, steps=3, model=net, schedule=[0.02, 0.01])
+    table = mzsr_fast.adapt(lr, kernel, 2, steps=3, model=net, schedule=[(0.02,) * n, (0.01,) * n])
+    torch.testing.assert_close(table, scalar, rtol=0, atol=0)
+    # rate 0 on every tensor but the last bias: the output moves by one constant per channel
+    only_last_bias = tuple(0.0 for _ in range(n - 1)) + (0.05,)
+    adapted = mzsr_fast.adapt(lr, kernel, 2, steps=2, model=net, schedule=[only_last_bias])
+    with torch.no_grad():
+        plain = net(mzsr_fast.imresize(lr[None], scale=2))[0]
+    shift = adapted - plain
+    inside = (adapted > 0) & (adapted < 1) & (plain > 0) & (plain < 1)
+    for c in range(3):
+        moved = shift[c][inside[c]]
+        assert moved.abs().max() > 1e-4
+        torch.testing.assert_close(moved, moved.mean().expand_as(moved), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("schedule", [[float("inf")], [(0.01,) * 3], [-0.1], ["x"]])
+def test_bad_schedule_names_the_argument(schedule):
+    with pytest.raises(ValueError, match="schedule: expected per-step learning rates"):
+        mzsr_fast.adapt(torch.rand(3, 25, 23), "g_d_2.0", 2, steps=1, model=_small_net(), schedule=schedule)
+
+
+def test_model_file_round_trips_a_per_tensor_schedule(tmp_path):
+    n = len(mzsr_fast.model.PARAMETER_NAMES)
+    table = (tuple(0.001 * (i + 1) for i in range(n)), tuple(0.0 for _ in range(n)))
+    save_model(tmp_path / "m.safetensors", _small_net(), ModelInfo("m", own_schedule=table))
+    _, info = load_model(str(tmp_path / "m.safetensors"))
+    assert info.schedule == table
+    assert pretrained.parse_schedule(pretrained.format_schedule(table)) == table
+    with pytest.raises(ValueError, match="a per-tensor step needs 16 rates"):
+        pretrained.parse_schedule("0.1,0.2;0.1,0.2")

@@ -39,6 +39,13 @@ def test_info(capsys):
     assert main(["info"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["backends"]["blur_downsample"]["torch"] == "available"
+    from mzsr_fast.pretrained import bundled_models, load_model
+    for name, shipped in bundled_models().items():
+        line = report["bundled_models"][name]
+        if shipped:
+            assert f"{load_model(name)[1].notes['step']} meta-training iterations" in line, line
+        else:
+            assert line == "not trained yet"
 
 
 @pytest.mark.parametrize("args,message", [

@@ -1,5 +1,5 @@
 """The bundled models: every shipped weight file loads without pickle, says what it
-was trained for (kind, subsampling mode, scales as in BUNDLED) and has a model card
+was trained for (kind, subsampling mode, scales as in the CATALOGUE) and has a model card
 that the README links."""
 from importlib import resources
 from pathlib import Path
@@ -8,25 +8,26 @@ import pytest
 from safetensors import safe_open
 
 from mzsr_fast import pretrained
-from mzsr_fast.pretrained import BUNDLED, DEFAULT_MODEL, ModelInfo, bundled_models, load_model
+from mzsr_fast.pretrained import CATALOGUE, ModelInfo, bundled_info, bundled_models, default_model, load_model
 
 SHIPPED = [name for name, shipped in bundled_models().items() if shipped]
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_the_default_model_is_shipped():
-    assert DEFAULT_MODEL in SHIPPED
+    assert default_model() in SHIPPED
+    assert load_model(None)[1].name == default_model()
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_matches_its_bundled_entry(name):
-    """The file's own metadata (not BUNDLED, which load_model puts in front) says
+    """The file's own metadata (not bundled_info, which load_model puts in front) says
     what the name stands for, and the training iteration."""
     path = resources.files("mzsr_fast") / "weights" / f"{name}.safetensors"
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
     info = ModelInfo.from_metadata(meta, "?")
-    want = BUNDLED[name]
+    want = bundled_info(name)
     assert {"name", "kind", "mode", "scales"} <= set(meta) and "stage" not in meta
     assert (info.name, info.kind, info.mode, info.scales) == (name, want.kind, want.mode, want.scales)
     assert int(meta["step"]) > 0
@@ -51,5 +52,15 @@ def test_shipped_model_has_a_card_linked_from_the_readme(name):
     ({"direct_x2", "direct_x4"}, "bicubic", 4, "direct_x4"),  # the scale first: no bicubic x4 model exists
 ])
 def test_default_model_follows_the_kernels_mode_and_scale(monkeypatch, shipped, mode, scale, expected):
-    monkeypatch.setattr(pretrained, "bundled_models", lambda: {name: name in shipped for name in BUNDLED})
+    monkeypatch.setattr(pretrained, "bundled_models", lambda: {name: name in shipped for name in CATALOGUE})
     assert pretrained.default_model(mode, scale) == expected
+
+
+def test_the_catalogue_states_each_model_once():
+    """Trainer variants, bundled models and schedules all come from CATALOGUE."""
+    from mzsr_fast.train.metatrain import MetaLearner  # noqa: F401  (the trainer reads CATALOGUE)
+    for name, kind in CATALOGUE.items():
+        info = bundled_info(name)
+        assert (info.kind, info.mode, info.scales, info.schedule) == (name, kind.mode, kind.scales, kind.schedule)
+        assert all(s in kind.scales or kind.name == "multiscale" for s in kind.task_scales)
+    assert CATALOGUE["direct_x4"].schedule == (0.01, 0.005, 0.005, 0.005, 0.005, 0.001)

@@ -5,17 +5,18 @@
     metatrain(MetatrainConfig("data/train", out="runs/meta", init="runs/pre"))
 
 Modules: data (images, patches, tasks, prefetching), checkpoints (atomic
-files, exact resume), run (the loop, stop signals, settings on resume),
+files, exact resume), lock (one process per run folder), run (the loop, stop signals, settings on resume),
 trainer (the setup both trainers share), pretrain, metatrain, distributed
 (torchrun), progress (bar, CSV, TensorBoard), validation (PSNR on held-out
 images), cli (the subcommands).
 """
-from .checkpoints import CheckpointManager
+from .checkpoints import CheckpointManager, NonFiniteError
 from .data import DataError, ImageBank, PatchSampler, Prefetcher
-from .metatrain import VARIANTS, MetaLearner, MetatrainConfig, metatrain
+from .metatrain import MetaLearner, MetatrainConfig, metatrain
 from .pretrain import Pretrainer, PretrainConfig, pretrain
+from .lock import RunLockedError
 from .run import ConfigMismatchError, TrainResult
 
-__all__ = ["PretrainConfig", "pretrain", "Pretrainer", "MetatrainConfig", "metatrain", "MetaLearner", "VARIANTS",
+__all__ = ["PretrainConfig", "pretrain", "Pretrainer", "MetatrainConfig", "metatrain", "MetaLearner",
            "TrainResult", "ConfigMismatchError", "DataError", "ImageBank", "PatchSampler", "Prefetcher",
-           "CheckpointManager"]
+           "CheckpointManager", "NonFiniteError", "RunLockedError"]

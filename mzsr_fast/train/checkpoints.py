@@ -13,6 +13,8 @@ third. Each file is written to a temporary file in the same folder, flushed,
 fsync'ed, renamed over the target with os.replace and the folder fsync'ed, so a
 process killed at any moment leaves the previous checkpoint intact; leftovers
 (temporary files, weights without a state) are ignored and removed later.
+Checkpoints that do not load or verify are skipped, and do not count toward
+the N kept; a checkpoint with NaN or infinite values is never written.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 __all__ = ["atomic_write", "fsync_dir", "Checkpoint", "CheckpointManager", "rng_state", "set_rng_state",
-           "weights_bytes", "load_weights", "resolve_weights", "load_into", "TEMP_PREFIX"]
+           "weights_bytes", "load_weights", "resolve_weights", "load_into", "TEMP_PREFIX", "NonFiniteError",
+           "first_non_finite"]
 
 TEMP_PREFIX = ".tmp-"
 
@@ -82,6 +85,29 @@ def atomic_write(path, data: bytes) -> None:
     fsync_dir(folder)
 
 
+class NonFiniteError(ValueError):
+    """NaN or infinite values where training needs finite ones."""
+
+
+def first_non_finite(values, name: str = "") -> str | None:
+    """The name (dotted path) of the first floating-point tensor holding a NaN
+    or an infinity in values (a tensor, or dicts / lists / tuples of them), else None."""
+    if isinstance(values, torch.Tensor):
+        finite = not values.is_floating_point() or bool(torch.isfinite(values).all())
+        return None if finite else name
+    if isinstance(values, dict):
+        items = values.items()
+    elif isinstance(values, (list, tuple)):
+        items = enumerate(values)
+    else:
+        return None
+    for key, value in items:
+        found = first_non_finite(value, f"{name}.{key}" if name else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def weights_bytes(state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
     """A state dict as safetensors bytes (CPU, contiguous)."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
@@ -107,11 +133,18 @@ def resolve_weights(path, name: str = "init") -> str:
 
 
 def load_into(model: torch.nn.Module, path) -> None:
-    """Load a safetensors state dict into model; ValueError naming the file when it does not fit."""
+    """Load a safetensors state dict into model; ValueError naming the file
+    when it does not fit or holds other than finite floating-point values."""
     try:
         weights = load_weights(path)
     except Exception as error:  # noqa: BLE001  (safetensors raises its own types)
         raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+    for name, tensor in weights.items():
+        if not tensor.is_floating_point():
+            raise ValueError(f"{path}: {name} holds {tensor.dtype} values; expected floating-point weights")
+    bad = first_non_finite(weights)
+    if bad is not None:
+        raise NonFiniteError(f"{path}: {bad} holds NaN or infinite values; expected finite weights")
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
@@ -165,7 +198,7 @@ class Checkpoint:
         try:
             state = torch.load(self.state_path, map_location=map_location, weights_only=True)
         except Exception as error:  # noqa: BLE001  (any unreadable state file)
-            raise ValueError(f"{self.state_path}: unreadable checkpoint state ({error})") from None
+            raise ValueError(f"{self.state_path}: unreadable checkpoint state ({_load_error(error)})") from None
         try:
             with open(self.weights_path, "rb") as f:
                 data = f.read()
@@ -178,6 +211,14 @@ class Checkpoint:
         return load_safetensors(data), state
 
 
+def _load_error(error: Exception) -> str:
+    """One line saying why torch.load failed (not torch's advice to retry without weights_only)."""
+    text = str(error).strip()
+    if text.startswith("Weights only load failed"):
+        return "not a file of plain tensors, numbers and dicts"
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class CheckpointManager:
     """Writes, lists, verifies and prunes the checkpoints of one run folder."""
 
@@ -185,6 +226,7 @@ class CheckpointManager:
         self.run_dir = os.fspath(run_dir)
         self.folder = os.path.join(self.run_dir, "checkpoints")
         self.keep = int(keep)
+        self._good: set[int] = set()  # steps written or verified by this manager
 
     @property
     def latest_weights(self) -> str:
@@ -208,15 +250,32 @@ class CheckpointManager:
 
     def latest(self) -> tuple[Checkpoint, dict[str, torch.Tensor], dict] | None:
         """The newest checkpoint that loads and verifies, with its (weights, state);
-        broken newer ones are reported with a warning and skipped."""
+        broken newer ones are reported with a warning and skipped. None when
+        there is no checkpoint; ValueError when there are some but none loads."""
+        errors = []
         for checkpoint in reversed(self.list()):
             try:
                 weights, state = checkpoint.load()
             except ValueError as error:
                 warnings.warn(f"skipping a broken checkpoint: {error}", stacklevel=2)
+                errors.append(str(error))
                 continue
+            self._good.add(checkpoint.step)
             return checkpoint, weights, state
+        if errors:
+            raise ValueError(f"{self.folder}: none of its {len(errors)} checkpoint(s) can be read ("
+                             + "; ".join(errors) + "). Move them away to start a new run in this folder")
         return None
+
+    def verified(self, checkpoint: Checkpoint) -> bool:
+        """Whether checkpoint loads and verifies (read once per manager)."""
+        if checkpoint.step not in self._good:
+            try:
+                checkpoint.load()
+            except ValueError:
+                return False
+            self._good.add(checkpoint.step)
+        return True
 
     def clean(self) -> None:
         """Remove leftovers of interrupted writes: temporary files and weights without a state."""
@@ -237,7 +296,13 @@ class CheckpointManager:
     def save(self, step: int, state_dict: dict[str, torch.Tensor], state: dict,
              metadata: dict[str, str] | None = None, extra_files: dict[str, bytes] | None = None) -> Checkpoint:
         """Write weights, then state (with the weights' SHA-256), then latest.safetensors
-        and extra_files (name in RUN_DIR -> bytes); then prune to the last keep."""
+        and extra_files (name in RUN_DIR -> bytes); then prune to the last keep.
+        NonFiniteError, before anything is written, when a floating-point
+        tensor of state_dict or state holds a NaN or an infinity."""
+        bad = first_non_finite({"weights": state_dict, "state": state})
+        if bad is not None:
+            raise NonFiniteError(f"checkpoint of iteration {step} not written: {bad} holds NaN or infinite values "
+                                 f"(training diverged)")
         os.makedirs(self.folder, exist_ok=True)
         weights_path, state_path = self._paths(step)
         data = weights_bytes(state_dict, metadata)
@@ -250,6 +315,7 @@ class CheckpointManager:
         except Exception as error:  # noqa: BLE001
             raise TypeError(f"checkpoint state is not loadable with weights_only=True: {error}") from None
         atomic_write(state_path, buffer.getvalue())
+        self._good.add(step)
         atomic_write(self.latest_weights, data)
         for name, blob in (extra_files or {}).items():
             atomic_write(os.path.join(self.run_dir, name), blob)
@@ -257,9 +323,18 @@ class CheckpointManager:
         return Checkpoint(step, weights_path, state_path)
 
     def prune(self) -> None:
+        """Remove the checkpoints older than the newest `keep` that verify.
+        Broken ones do not count, so they never push out a good one."""
         if self.keep <= 0:
             return
-        for checkpoint in self.list()[:-self.keep]:
+        checkpoints, good = self.list(), 0
+        for index in range(len(checkpoints) - 1, -1, -1):
+            good += self.verified(checkpoints[index])
+            if good == self.keep:
+                break
+        else:
+            return
+        for checkpoint in checkpoints[:index]:
             # the state first: without it the weights are an ignored leftover
             for path in (checkpoint.state_path, checkpoint.weights_path):
                 try:

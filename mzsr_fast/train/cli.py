@@ -5,7 +5,10 @@
     torchrun --nproc_per_node=N -m mzsr_fast.cli metatrain ...   (data parallel)
 
 A stopped run (Ctrl-C, SIGTERM) saves a checkpoint and exits with code 1;
-the same command with --resume continues it exactly.
+the same command with --resume continues it exactly (--resume-or-start: the
+same command also makes the first start). Exit code 2: bad settings or data,
+a run folder in use by another process, --resume without a readable
+checkpoint, a loss that stopped being finite.
 """
 from __future__ import annotations
 
@@ -51,8 +54,15 @@ def _common(parser: argparse.ArgumentParser, checkpoint_every: int, log_every: i
     parser.add_argument("--checkpoint-every", type=_count, default=checkpoint_every, metavar="M",
                         help=f"save a checkpoint every M iterations (and at the end, and on a stop signal; "
                              f"default {checkpoint_every}; 0: only then)")
-    parser.add_argument("--keep", type=_count, default=3, metavar="N", help="keep the last N checkpoints (0: all)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its newest checkpoint")
+    parser.add_argument("--keep", type=_count, default=3, metavar="N",
+                        help="keep the last N readable checkpoints (0: all)")
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true",
+                        help="continue the run in RUN_DIR from its newest readable checkpoint (an error when "
+                             "there is none)")
+    resume.add_argument("--resume-or-start", action="store_true",
+                        help="as --resume, but start a new run when RUN_DIR has no checkpoint (one command for "
+                             "the first start and every restart)")
     parser.add_argument("--allow-config-change", action="store_true",
                         help="resume even though a setting differs from the checkpoint's (listed on stderr)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
@@ -124,7 +134,7 @@ def register_train_commands(commands) -> None:
     pre.add_argument("--init", help="start from these weights (.safetensors or a run folder)")
     pre.set_defaults(run=cmd_pretrain)
 
-    from .metatrain import VARIANTS
+    from ..pretrained import CATALOGUE
     meta = commands.add_parser(
         "metatrain", help="meta-transfer learning with MAML (SPEC 7)",
         description="Meta-transfer learning: tasks of one random blur kernel each, inner SGD steps on a "
@@ -132,7 +142,7 @@ def register_train_commands(commands) -> None:
     _common(meta, checkpoint_every=1000, log_every=10)
     meta.add_argument("--init", required=True, metavar="PRETRAINED",
                       help="pretrained weights (.safetensors or a pretraining run folder)")
-    meta.add_argument("--variant", choices=sorted(VARIANTS), help="direct_x2 (default), bicubic_x2, direct_x4 or "
+    meta.add_argument("--variant", choices=sorted(CATALOGUE), help="direct_x2 (default), bicubic_x2, direct_x4 or "
                       "multiscale (scale per task from 2.0, 2.2, ..., 4.0)")
     meta.add_argument("--meta-batch", type=_positive_int, help="tasks per meta-iteration, all processes (default 5)")
     meta.add_argument("--task-batch", type=_positive_int,

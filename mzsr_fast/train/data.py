@@ -302,8 +302,10 @@ class Prefetcher:
         return item
 
     def close(self) -> None:
+        """Stop the thread and wait for it (at most the item it is making): no
+        thread of ours runs torch code while the process shuts down."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        self._thread.join()
 
     def __enter__(self):
         return self

@@ -81,11 +81,30 @@ class Distributed:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out
 
-    def any(self, flag: bool) -> bool:
-        """True on every rank when flag is True on any rank (stop requests)."""
+    def any(self, *flags: bool) -> list[bool]:
+        """For each flag, True on every rank when it is True on any rank (one all-reduce)."""
         if not self.active:
-            return flag
-        return bool(self.sum(torch.tensor([1.0 if flag else 0.0], device=self.device)).item() > 0)
+            return [bool(flag) for flag in flags]
+        counts = self.sum(torch.tensor([1.0 if flag else 0.0 for flag in flags], device=self.device))
+        return [bool(count > 0) for count in counts.tolist()]
+
+    def on_main(self, fn):
+        """fn() on rank 0, then every rank learns whether it failed, so that no
+        rank waits forever for a rank 0 that stopped: rank 0 re-raises its
+        error, the others raise RuntimeError. A barrier for all ranks; returns
+        fn's result on rank 0, None elsewhere."""
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = fn()
+            except Exception as caught:  # noqa: BLE001  (re-raised below, after the other ranks know)
+                error = caught
+        (failed,) = self.any(error is not None)
+        if error is not None:
+            raise error
+        if failed:
+            raise RuntimeError(f"rank {self.rank}: stopping because rank 0 failed (its error is on its stderr)")
+        return result
 
     def broadcast_parameters(self, parameters) -> None:
         """Rank 0's values in every rank (same start even if a rank initialised differently)."""
@@ -98,8 +117,14 @@ class Distributed:
         if self.active:
             dist.barrier()
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
+        """Leave the process group that setup() joined (none when the caller
+        had joined one). After a finished run every rank first meets at a
+        barrier, so that no rank destroys the group while another is still
+        in a collective with it."""
         if self.owns_group and dist.is_initialized():
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
             self.owns_group = False
 

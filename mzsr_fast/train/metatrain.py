@@ -21,35 +21,14 @@ import dataclasses
 import torch
 
 from ..degradation import PRESETS
-from ..pretrained import SCHEDULES, ModelInfo
+from ..pretrained import CATALOGUE, ModelInfo
 from . import distributed, validation
 from .checkpoints import weights_bytes
 from .data import ImageBank, TaskBatch, task_pairs
 from .run import RunSettings, TrainResult, autocast, non_negative_int, positive_float, positive_int, train
 from .trainer import Trainer
 
-__all__ = ["Variant", "VARIANTS", "MetatrainConfig", "MetaLearner", "metatrain"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    """A model of the paper: task scales, subsampling, what it is validated on."""
-
-    name: str
-    scales: tuple[float, ...]
-    mode: str
-    val_scale: int
-    val_kernels: tuple[str, ...]
-    model_scales: tuple[int, ...]
-
-
-VARIANTS = {v.name: v for v in (
-    Variant("direct_x2", (2.0,), "direct", 2, ("g_d_2.0",), (2,)),
-    Variant("bicubic_x2", (2.0,), "bicubic", 2, ("g_b_1.3",), (2,)),
-    Variant("direct_x4", (4.0,), "direct", 4, ("g_d_2.0",), (4,)),
-    Variant("multiscale", tuple(round(2.0 + 0.2 * i, 1) for i in range(11)), "direct", 2, ("g_d_2.0",),
-            (2, 3, 4)),
-)}
+__all__ = ["MetatrainConfig", "MetaLearner", "metatrain"]
 
 
 @dataclasses.dataclass
@@ -93,15 +72,15 @@ class MetatrainConfig(RunSettings):
         self.check_run_settings()
         non_negative_int(self, "first_order_until")
         positive_float(self, "inner_lr", "meta_lr")
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant: expected one of {sorted(VARIANTS)}, got {self.variant!r}")
+        if self.variant not in CATALOGUE:
+            raise ValueError(f"variant: expected one of {sorted(CATALOGUE)}, got {self.variant!r}")
         if self.order not in (1, 2):
             raise ValueError(f"order: expected 1 (first order) or 2 (second order), got {self.order!r}")
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size: expected an odd size, got {self.kernel_size}")
         if self.msl_decay is not None:
             positive_float(self, "msl_decay")
-        if self.patch_size < 2 * max(VARIANTS[self.variant].scales):
+        if self.patch_size < 2 * max(CATALOGUE[self.variant].task_scales):
             raise ValueError(f"patch_size: {self.patch_size} is too small for the scales of {self.variant}")
         for name in self.val_kernels or ():
             if name not in PRESETS:
@@ -118,7 +97,7 @@ class MetaLearner(Trainer):
     def __init__(self, config: MetatrainConfig, dist: distributed.Distributed | None = None,
                  bank: ImageBank | None = None):
         super().__init__(config, dist, bank, batch_field="meta_batch", batch_unit="tasks")
-        self.variant = VARIANTS[config.variant]
+        self.variant = CATALOGUE[config.variant]
         self.model.to(self.device)
         self.names = [name for name, _ in self.model.named_parameters()]
         groups = [{"params": list(self.model.parameters())}]
@@ -137,13 +116,13 @@ class MetaLearner(Trainer):
         self._val_images = None
         if config.validate_every and self.dist.is_main:  # fail before training, not at the first validation
             size = max(PRESETS[name].size for name in self.val_kernels)
-            self._val_images = validation.load_images(config.val_dir or self.holdout, self.variant.val_scale,
+            self._val_images = validation.load_images(config.val_dir or self.holdout, self.variant.scales[0],
                                                       min_lr_size=size, crop=config.val_crop)
 
     # -- data -------------------------------------------------------------
     def batch(self, step: int) -> TaskBatch:
         """This rank's tasks of iteration step, cut on the CPU (a pure function of seed and step)."""
-        return self.sampler.task_batch(step, *self.shard, 2 * self.config.task_batch, self.variant.scales)
+        return self.sampler.task_batch(step, *self.shard, 2 * self.config.task_batch, self.variant.task_scales)
 
     def task_sets(self, batch: TaskBatch):
         """(support, query) on the device: pairs (inputs, targets) of [T, task_batch, 3, P, P]."""
@@ -208,14 +187,20 @@ class MetaLearner(Trainer):
     # -- validation and checkpoints ---------------------------------------
     def validate(self) -> dict[str, float]:
         c = self.config
-        scale = self.variant.val_scale
+        scale = self.variant.scales[0]
         return validation.mzsr_psnr(self.model, self._val_images, list(self.val_kernels), scale,
-                                    steps=tuple(c.val_steps), schedule=SCHEDULES[self.variant.name],
+                                    steps=tuple(c.val_steps), schedule=self.model_info().schedule,
                                     mode=self.variant.mode, device=self.device)
 
     def model_info(self) -> ModelInfo:
+        """The variant's info; with learned inner rates, their table (steps x
+        parameter tensors, negative rates as 0) is the model's test-time schedule."""
         v = self.variant
-        return ModelInfo(name=f"metatrain-{v.name}", kind=v.name, mode=v.mode, scales=v.model_scales)
+        schedule = ()
+        if self.inner_lr is not None:
+            schedule = tuple(tuple(float(r) for r in row) for row in self.inner_lr.detach().clamp_min(0).cpu())
+        return ModelInfo(name=f"metatrain-{v.name}", kind=v.name, mode=v.mode, scales=v.scales,
+                         own_schedule=schedule)
 
     def restore(self, weights: dict, state: dict) -> None:
         self.model.load_state_dict(weights)

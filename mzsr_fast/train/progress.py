@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 __all__ = ["ProgressBar", "MetricsLog", "format_duration"]
 
@@ -111,13 +112,21 @@ def _terminal_width() -> int:
         return 120
 
 
+def _step(row: dict) -> int | None:
+    """The step of a log row, None when it has none (a damaged row)."""
+    text = row.get("step") or ""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 class MetricsLog:
     """RUN_DIR/log.csv with a fixed header (columns given up front; blank where
     a row has no value) and TensorBoard scalars when tensorboard is installed.
 
-    On resume at step s, rows after s (logged after the last checkpoint of the
-    interrupted run) are dropped, so the log matches the resumed run. A log
-    with other columns (settings changed) is kept as log.until-<s>.csv.
+    The file is UTF-8 whatever the locale. On resume at step s, rows after s
+    (logged after the last checkpoint of the interrupted run) are dropped, so
+    the log matches the resumed run. A log with other columns (settings
+    changed) is kept as log.until-<s>.csv, one that is not a readable UTF-8
+    CSV file as log.unreadable-<s>.csv (with a warning); a new log starts.
     """
 
     def __init__(self, run_dir, columns: list[str], resume_step: int | None = None, enabled: bool = True,
@@ -132,15 +141,23 @@ class MetricsLog:
             return
         kept: list[dict] = []
         if resume_step is not None and os.path.isfile(self.path):
-            with open(self.path, newline="") as f:
-                reader = csv.DictReader(f)
-                header = reader.fieldnames or []
-                rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) <= resume_step]
-            if header == self.columns:
-                kept = rows
+            folder = os.path.dirname(self.path)
+            try:
+                with open(self.path, newline="", encoding="utf-8") as f:
+                    reader = csv.DictReader(f)
+                    header = reader.fieldnames or []
+                    rows = [r for r in reader if _step(r) is not None and _step(r) <= resume_step]
+            except (UnicodeDecodeError, csv.Error) as error:
+                aside = os.path.join(folder, f"log.unreadable-{resume_step}.csv")
+                os.replace(self.path, aside)
+                warnings.warn(f"{self.path}: not a readable UTF-8 CSV log ({error}); kept as {aside}, "
+                              f"a new log starts", stacklevel=2)
             else:
-                os.replace(self.path, os.path.join(os.path.dirname(self.path), f"log.until-{resume_step}.csv"))
-        self._file = open(self.path, "w", newline="")
+                if header == self.columns:
+                    kept = rows
+                else:
+                    os.replace(self.path, os.path.join(folder, f"log.until-{resume_step}.csv"))
+        self._file = open(self.path, "w", newline="", encoding="utf-8")
         self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore")
         self._writer.writeheader()
         self._writer.writerows(kept)

@@ -37,9 +37,10 @@ import warnings
 import torch
 
 from . import distributed
-from .checkpoints import CheckpointManager, atomic_write, rng_state, set_rng_state
+from .checkpoints import CheckpointManager, NonFiniteError, atomic_write, rng_state, set_rng_state
 from .data import FLAT_THRESHOLD, Prefetcher
 from .distributed import Distributed
+from .lock import RunLock
 from .progress import MetricsLog, ProgressBar
 
 __all__ = ["autocast", "ConfigMismatchError", "Run", "StopSignals", "config_dict", "config_differences",
@@ -48,8 +49,8 @@ __all__ = ["autocast", "ConfigMismatchError", "Run", "StopSignals", "config_dict
 # Settings that may change between a run and its resumption without notice:
 # how long, where, how often to save/log/validate, and on what hardware.
 RUNTIME_FIELDS = frozenset({
-    "iterations", "out", "resume", "allow_config_change", "checkpoint_every", "keep", "device", "threads",
-    "validate_every", "val_dir", "val_crop", "val_kernels", "val_steps", "log_every", "prefetch", "progress",
+    "iterations", "out", "resume", "resume_or_start", "allow_config_change", "checkpoint_every", "keep", "device",
+    "threads", "validate_every", "val_dir", "val_crop", "val_kernels", "val_steps", "log_every", "prefetch", "progress",
 })
 
 
@@ -133,7 +134,8 @@ class StopSignals:
 
 
 class Run:
-    """A training run folder seen from one process (only rank 0 writes)."""
+    """A training run folder seen from one process (only rank 0 writes, and
+    holds the folder's lock from open() to the end of the with block)."""
 
     def __init__(self, kind: str, config, dist: Distributed, handle_signals: bool = True):
         self.kind = kind
@@ -142,9 +144,11 @@ class Run:
         self.dist = dist
         self.run_dir = os.path.abspath(os.fspath(config.out))
         self.checkpoints = CheckpointManager(self.run_dir, keep=config.keep)
+        self.lock = RunLock(self.run_dir)
         self.signals = StopSignals(handle_signals)
         self.changes: list[str] = []
         self.elapsed_before = 0.0  # training seconds of earlier sessions of a resumed run
+        self.saved_step: int | None = None  # iteration of the newest good checkpoint
         self.t0 = time.perf_counter()
 
     def __enter__(self):
@@ -153,6 +157,7 @@ class Run:
 
     def __exit__(self, *exc):
         self.signals.__exit__(*exc)
+        self.lock.release()
 
     @property
     def stop_requested(self) -> bool:
@@ -163,24 +168,24 @@ class Run:
         self.signals.requested = True
 
     def open(self):
-        """Prepare RUN_DIR. Returns None for a new run, else (step, weights, state)
-        of the checkpoint to resume from. Raises ValueError when RUN_DIR already
-        holds a run and resume is off, and ConfigMismatchError when a setting
+        """Lock and prepare RUN_DIR. Returns None for a new run, else (step,
+        weights, state) of the checkpoint to resume from. Raises
+        RunLockedError when another process trains in RUN_DIR, ValueError when
+        RUN_DIR holds a run and resume is off, when resume is on and there is
+        no checkpoint (resume_or_start: start a new run then) and when every
+        checkpoint is unreadable, and ConfigMismatchError when a setting
         changed and allow_config_change is off."""
-        if self.dist.is_main:
-            if os.path.exists(self.run_dir) and not os.path.isdir(self.run_dir):
-                raise ValueError(f"--out: {self.run_dir} exists and is not a folder")
-            os.makedirs(self.run_dir, exist_ok=True)
-            self.checkpoints.clean()
-        self.dist.barrier()
+        self.dist.on_main(self._prepare_folder)
         found = self.checkpoints.latest()
+        resume = self.config.resume or self.config.resume_or_start
         if found is None:
-            if self.config.resume and self.dist.is_main:
-                warnings.warn(f"--resume: no checkpoint in {self.run_dir}; starting a new run", stacklevel=2)
+            if self.config.resume:
+                raise ValueError(f"--resume: {self.run_dir} has no checkpoint to resume from; pass "
+                                 f"--resume-or-start to start a new run when there is none")
             self._write_settings()
             return None
         checkpoint, weights, state = found
-        if not self.config.resume:
+        if not resume:
             raise ValueError(f"--out: {self.run_dir} already holds a {state.get('kind', '?')} run at iteration "
                              f"{checkpoint.step}; pass --resume to continue it, or choose another folder")
         if state.get("kind") != self.kind:
@@ -202,12 +207,19 @@ class Run:
                           f"{self.dist.world_size}: the same global batch, but sums are taken in another "
                           f"order, so results are not bitwise those of an uninterrupted run", stacklevel=2)
         self._write_settings()
+        self.saved_step = checkpoint.step
         return checkpoint.step, weights, state
 
+    def _prepare_folder(self) -> None:
+        if os.path.exists(self.run_dir) and not os.path.isdir(self.run_dir):
+            raise ValueError(f"--out: {self.run_dir} exists and is not a folder")
+        os.makedirs(self.run_dir, exist_ok=True)
+        self.lock.acquire()
+        self.checkpoints.clean()  # only now: another process's temporary files are not leftovers
+
     def _write_settings(self) -> None:
-        if self.dist.is_main:
-            text = json.dumps({"kind": self.kind, **self.settings}, indent=2, sort_keys=True)
-            atomic_write(os.path.join(self.run_dir, "config.json"), text.encode())
+        text = json.dumps({"kind": self.kind, **self.settings}, indent=2, sort_keys=True)
+        self.dist.on_main(lambda: atomic_write(os.path.join(self.run_dir, "config.json"), text.encode()))
 
     def due(self, step: int) -> bool:
         """Whether a checkpoint is due after step (every checkpoint_every, and the last)."""
@@ -216,8 +228,9 @@ class Run:
 
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict,
              metadata: dict[str, str] | None = None, extra_files: dict[str, bytes] | None = None) -> None:
-        """Write a checkpoint (rank 0 only); every rank waits for it."""
-        if self.dist.is_main:
+        """Write a checkpoint (rank 0 only); every rank waits for it, and stops
+        when it failed (NonFiniteError for NaN or infinite values)."""
+        def write():
             state = {
                 "kind": self.kind,
                 "config": self.settings,
@@ -229,7 +242,16 @@ class Run:
                 **extra,
             }
             self.checkpoints.save(step, model.state_dict(), state, metadata=metadata, extra_files=extra_files)
-        self.dist.barrier()
+        self.dist.on_main(write)
+        self.saved_step = step
+
+    def _diverged(self, done: int, loss: torch.Tensor) -> str:
+        value = float(loss.float().sum())
+        shown = f"{value}" if not math.isfinite(value) else "not finite on another process"
+        kept = (f"the checkpoint of iteration {self.saved_step} in {self.run_dir} is intact"
+                if self.saved_step is not None else f"{self.run_dir} has no checkpoint yet")
+        return (f"{self.kind}: the loss at iteration {done} is {shown}: training diverged and was stopped "
+                f"without saving it; {kept}. Lower the learning rate, or check --init and the training images")
 
     def loop(self, trainer, start: int, resumed: bool, on_step=None) -> TrainResult:
         """Iterations start..config.iterations of trainer (see the module docstring)."""
@@ -247,13 +269,17 @@ class Run:
                 if got != step:
                     raise RuntimeError(f"data loader out of step: got batch {got} for iteration {step}")
                 stats = trainer.train_step(batch, step)
+                # a sync per iteration on CUDA, so that a diverged iteration is never logged or saved
+                finite = bool(torch.isfinite(stats["loss"]).all())
                 for key, value in stats.items():
                     sums[key] = sums[key] + value if key in sums else value.clone()
                 count += 1
                 done = step + 1
                 if on_step is not None:
                     on_step(done, self)
-                stop = dist.any(self.stop_requested)
+                stop, diverged = dist.any(self.stop_requested, not finite)
+                if diverged:
+                    raise NonFiniteError(self._diverged(done, stats["loss"]))
                 row = {}
                 if done % config.log_every == 0 or done == config.iterations or stop:
                     keys = sorted(sums)
@@ -301,6 +327,7 @@ def train(kind: str, config, make_trainer, on_step=None) -> TrainResult:
     if config.threads:
         torch.set_num_threads(config.threads)
     dist = distributed.setup(config.device)
+    finished = False
     try:
         with Run(kind, config, dist) as run:
             resumed = run.open()
@@ -312,9 +339,11 @@ def train(kind: str, config, make_trainer, on_step=None) -> TrainResult:
                 set_rng_state(state["rng"])
             else:
                 dist.broadcast_parameters(p for group in trainer.optimizer.param_groups for p in group["params"])
-            return run.loop(trainer, start, resumed is not None, on_step)
+            result = run.loop(trainer, start, resumed is not None, on_step)
+        finished = True
+        return result
     finally:
-        dist.close()
+        dist.close(finished)
         torch.set_num_threads(threads)
 
 
@@ -325,10 +354,12 @@ class RunSettings:
     seed: of the initialisation and the data stream. flat_threshold: patches
     flatter than this are redrawn. amp: bf16 autocast (CPU or CUDA).
     checkpoint_every / keep: save every M iterations (0: only at the end and
-    on a stop signal), keeping the last N (0: all). resume: continue from the
-    newest checkpoint of `out`; allow_config_change: even when a setting
-    differs. device / threads: where to train. validate_every / val_dir:
-    PSNR on held-out images every V iterations (0: never). holdout: that many
+    on a stop signal), keeping the last N that load (0: all). resume:
+    continue from the newest checkpoint of `out` (an error when there is
+    none); resume_or_start: the same, but start a new run when `out` has no
+    checkpoint; allow_config_change: resume even when a setting differs.
+    device / threads: where to train. validate_every / val_dir: PSNR on
+    held-out images every V iterations (0: never). holdout: that many
     images of the training folder (data.holdout_paths) are kept out of
     training and validated on when val_dir is not set. val_crop: validate on
     the central val_crop x val_crop pixels of each image (0: whole images).
@@ -340,6 +371,7 @@ class RunSettings:
     checkpoint_every: int = 1000
     keep: int = 3
     resume: bool = False
+    resume_or_start: bool = False
     allow_config_change: bool = False
     device: str | None = None
     threads: int | None = None
@@ -357,6 +389,9 @@ class RunSettings:
                              "holdout / --holdout)")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads: expected a positive integer, got {self.threads}")
+        if isinstance(self.flat_threshold, bool) or not isinstance(self.flat_threshold, (int, float)) \
+                or not math.isfinite(self.flat_threshold):
+            raise ValueError(f"flat_threshold: expected a finite number, got {self.flat_threshold!r}")
 
 
 # Setting checks shared by the config dataclasses: ValueError naming the field.

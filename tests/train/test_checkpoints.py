@@ -123,3 +123,29 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_and_resumes(i
     straight = pretrain(tiny_pretrain(image_dir, tmp_path / "straight", iterations=6))
     a, b = load_weights(resumed.latest), load_weights(straight.latest)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unreadable_checkpoints_do_not_count_toward_keep(tmp_path):
+    # a run resumed at 2 past newer checkpoints 4 and 6 that cannot be read
+    net = MZSRNet()
+    writer = CheckpointManager(tmp_path, keep=0)
+    for step in (2, 4, 6):
+        writer.save(step, net.state_dict(), {})
+    for step in (4, 6):
+        (tmp_path / "checkpoints" / f"step-{step:08d}.state.pt").write_bytes(b"truncated")
+    manager = CheckpointManager(tmp_path, keep=2)
+    manager.save(3, net.state_dict(), {})
+    assert [c.step for c in manager.list()] == [2, 3, 4, 6]  # two good ones kept, the broken ones left
+    manager.save(5, net.state_dict(), {})
+    assert [c.step for c in manager.list()] == [3, 4, 5, 6]
+    manager.save(6, net.state_dict(), {})  # rewrites the broken 6; the broken 4 is older than the kept two
+    assert [c.step for c in manager.list()] == [5, 6]
+
+
+def test_latest_refuses_when_no_checkpoint_can_be_read(tmp_path):
+    manager = CheckpointManager(tmp_path)
+    assert manager.latest() is None  # no checkpoint at all
+    manager.save(1, MZSRNet().state_dict(), {})
+    (tmp_path / "checkpoints" / "step-00000001.safetensors").unlink()
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="none of its 1 checkpoint"):
+        manager.latest()

@@ -1,5 +1,6 @@
 """Data parallel: 2 CPU processes (gloo) sharing a meta-batch give the
-meta-gradient of one process with the whole meta-batch."""
+meta-gradient of one process with the whole meta-batch; an error of rank 0
+stops rank 1 too."""
 import os
 
 import pytest
@@ -9,15 +10,16 @@ import torch.multiprocessing as mp
 
 from mzsr_fast.train import MetaLearner, Pretrainer, metatrain
 from mzsr_fast.train.checkpoints import load_weights
-from train_helpers import distributed_worker, tiny_meta, tiny_pretrain
+from mzsr_fast.train.lock import RunLock
+from train_helpers import distributed_work, in_process_group, locked_folder_work, tiny_meta, tiny_pretrain
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
 
 
 def test_two_processes_match_one(image_dir, tmp_path):
-    mp.spawn(distributed_worker, args=(2, str(tmp_path / "init"), str(image_dir), str(tmp_path)), nprocs=2,
-             join=True)
+    mp.spawn(in_process_group, args=(2, str(tmp_path / "init"), distributed_work, str(image_dir), str(tmp_path)),
+             nprocs=2, join=True)
     parallel = torch.load(tmp_path / "rank0.pt", weights_only=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -41,3 +43,15 @@ def test_two_processes_match_one(image_dir, tmp_path):
         assert not any(name.startswith(".tmp-") for name in os.listdir(tmp_path / "run" / "checkpoints"))
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_folder_in_use_stops_every_rank(image_dir, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with RunLock(run):  # rank 0 is refused; rank 1 must not wait for it forever
+        mp.spawn(in_process_group, args=(2, str(tmp_path / "init"), locked_folder_work, str(image_dir), str(run)),
+                 nprocs=2, join=True)
+    assert (run / "rank0.txt").read_text().startswith(f"RunLockedError: --out: {run} is in use by another "
+                                                      f"training process (pid {os.getpid()} on ")
+    assert (run / "rank1.txt").read_text() == "RuntimeError: rank 1: stopping because rank 0 failed (its error " \
+                                              "is on its stderr)"

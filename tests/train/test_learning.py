@@ -82,3 +82,43 @@ def test_learnable_inner_rates_are_trained(image_dir, tmp_path):
     learner.train_step(learner.batch(0), 0)
     assert learner.inner_lr.shape == (2, 16)
     assert not torch.equal(before, learner.inner_lr.detach())
+
+
+def test_learned_inner_rates_are_the_models_test_time_schedule(image_dir, tmp_path):
+    """With --learn-inner-lr the saved model carries the learned table, and
+    load_model / adapt / validation read it back (steps x parameter tensors)."""
+    from mzsr_fast.pretrained import load_model
+    from mzsr_fast.train import metatrain
+
+    config = tiny_meta(image_dir, tmp_path, learn_inner_lr=True, iterations=2)
+    result = metatrain(config)
+    _, info = load_model(result.latest)
+    assert len(info.schedule) == 2 and all(len(row) == 16 for row in info.schedule)
+    learner = MetaLearner(tiny_meta(image_dir, tmp_path / "again", learn_inner_lr=True))
+    learner.inner_lr.data.uniform_(0.001, 0.02)
+    learner.inner_lr.data[0, 3] = -0.5  # a negative learned rate is used as 0
+    schedule = learner.model_info().schedule
+    assert schedule[0][3] == 0.0
+    assert schedule[1][5] == pytest.approx(float(learner.inner_lr[1, 5].detach()))
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_cpu_bf16_meta_gradient_is_close_to_fp32(image_dir, tmp_path, order):
+    """--amp on the CPU: the same iteration's meta-gradient in bf16 autocast and
+    in fp32. bf16 keeps 8 mantissa bits (relative rounding 2^-9 per value), and
+    the convolutions accumulate in fp32, so the gradient agrees to a few
+    percent of its norm, never to fp32 precision."""
+    grads = {}
+    for amp in (False, True):
+        learner = MetaLearner(tiny_meta(image_dir, tmp_path / str(amp), amp=amp, order=order, inner_steps=2))
+        learner.compute_gradients(learner.batch(0), 0)
+        grads[amp] = torch.cat([p.grad.flatten() for p in learner.model.parameters()])
+    assert torch.isfinite(grads[True]).all()
+    relative = (grads[True] - grads[False]).norm() / grads[False].norm()
+    assert 0 < relative < 0.05
+
+
+def test_cpu_bf16_pretraining_step(smooth_dir, tmp_path):
+    learner = Pretrainer(tiny_pretrain(smooth_dir, tmp_path, amp=True))
+    stats = learner.train_step(learner.batch(0), 0)
+    assert torch.isfinite(stats["loss"])

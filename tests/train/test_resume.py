@@ -91,3 +91,60 @@ def test_resume_of_another_kind_of_run_is_refused(image_dir, tmp_path):
     pretrain(tiny_pretrain(image_dir, tmp_path, iterations=1))
     with pytest.raises(ConfigMismatchError, match="holds a 'pretrain' run"):
         metatrain(tiny_meta(image_dir, tmp_path, iterations=2, resume=True))
+
+
+PRETRAIN_CLI = ["--patch-size", "16", "--batch-size", "2", "--threads", "1", "--no-progress", "--checkpoint-every",
+                "1"]
+
+
+def test_resume_without_a_checkpoint_is_refused_unless_resume_or_start(image_dir, tmp_path, capsys):
+    base = ["pretrain", str(image_dir), "--out", str(tmp_path), *PRETRAIN_CLI]
+    assert main(base + ["--iterations", "1", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume: {tmp_path} has no checkpoint to resume from; pass --resume-or-start" in err
+    assert not (tmp_path / "checkpoints").exists()
+    assert main(base + ["--iterations", "1", "--resume-or-start"]) == 0  # a new run
+    assert main(base + ["--iterations", "2", "--resume-or-start"]) == 0  # continued
+    assert [c.step for c in CheckpointManager(tmp_path).list()] == [1, 2]
+    assert main(base + ["--iterations", "3", "--resume", "--resume-or-start"]) == 2  # one or the other
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_run_whose_checkpoints_are_all_unreadable_is_neither_resumed_nor_restarted(image_dir, tmp_path, capsys):
+    base = ["pretrain", str(image_dir), "--out", str(tmp_path), *PRETRAIN_CLI]
+    assert main(base + ["--iterations", "2"]) == 0
+    checkpoints = CheckpointManager(tmp_path).list()
+    for checkpoint in checkpoints:
+        with open(checkpoint.state_path, "wb") as f:
+            f.write(b"not a state file")
+    capsys.readouterr()
+    for flags in (["--resume"], ["--resume-or-start"], []):
+        with pytest.warns(UserWarning, match="skipping a broken checkpoint"):
+            assert main(base + ["--iterations", "3", *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'checkpoints'}: none of its 2 checkpoint(s) can be read" in err
+        assert all(c.state_path in err for c in checkpoints) and "Move them away" in err
+    assert [c.step for c in CheckpointManager(tmp_path).list()] == [1, 2]  # nothing deleted or written
+
+
+def test_a_log_that_is_not_utf8_is_kept_aside_on_resume(image_dir, tmp_path):
+    pretrain(tiny_pretrain(image_dir, tmp_path, iterations=2))
+    garbage = b"step,loss\n1,\xff\xfe\x00\n"
+    (tmp_path / "log.csv").write_bytes(garbage)
+    with pytest.warns(UserWarning, match=f"{tmp_path / 'log.csv'}: not a readable UTF-8 CSV log") as record:
+        assert pretrain(tiny_pretrain(image_dir, tmp_path, iterations=3, resume=True)).step == 3
+    assert str(tmp_path / "log.unreadable-2.csv") in str(record[0].message)
+    assert (tmp_path / "log.unreadable-2.csv").read_bytes() == garbage
+    with open(tmp_path / "log.csv", encoding="utf-8") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [3]
+
+
+def test_damaged_rows_of_the_log_are_dropped_on_resume(image_dir, tmp_path):
+    pretrain(tiny_pretrain(image_dir, tmp_path, iterations=2))
+    with open(tmp_path / "log.csv", encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    lines[1:1] = ["\u00b2" + lines[1][1:], "x" + lines[1][1:], ""]  # step "²" (isdigit, not an int), "x1"
+    (tmp_path / "log.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert pretrain(tiny_pretrain(image_dir, tmp_path, iterations=3, resume=True)).step == 3
+    with open(tmp_path / "log.csv", encoding="utf-8") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3]
