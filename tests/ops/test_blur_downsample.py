@@ -107,6 +107,20 @@ def test_image_smaller_than_kernel(backend):
     _check_against_reference(backend, 1, 1, 1, 1, 3, 1, "direct", True)
 
 
+@pytest.mark.parametrize("b, c, h, w, k, scale", [
+    (1, 2, 57, 80, 21, 100),  # a 1 x 1 output at stride 100: a 1 x 1 CUDA tile of 7 KB (was refused)
+    (1, 1, 37, 45, 41, 4),    # float64 k 41: 8 x 16 tiles of 70 KB (forward), 57 KB (kernel grad): opt-in
+    (2, 1, 40, 44, 31, 8),    # float64 k 31, stride 8, per-image kernels: 8 x 8 tiles of 69 KB: opt-in
+], ids=["1x1_output_stride100", "smem_opt_in_k41", "smem_opt_in_k31_s8"])
+def test_large_kernels_and_strides(backend, b, c, h, w, k, scale):
+    """Shapes the CUDA tile planner (blur_math::plan_tile, csrc/tests/test_math.cpp)
+    treats specially, forward and both gradients against the reference; on a
+    GPU they reach the clamped tiles and the opt-in path of the real kernels."""
+    if backend == "triton" and device_of(backend) == "cpu" and k > 21:
+        pytest.skip("triton on the CPU interpreter: the k 41 and k 31 cases take minutes")
+    _check_against_reference(backend, b, c, h, w, k, scale, "direct", b == 1, atol=1e-10)
+
+
 @pytest.mark.parametrize("k, scale", [(15, 2), (21, 4), (3, 1)])
 def test_float32_tolerance(backend, k, scale):
     # Each output sums k * k products of terms below max|x| * max|kernel|; the
