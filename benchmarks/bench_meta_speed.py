@@ -11,10 +11,16 @@ after a warm-up of each):
   trainer's autocast, the multi-step loss, its backward to the initial weights;
 - bare: the 2 x K x T passes, channels-last, under the same autocast;
 
-for the shipped config (4 tasks, 8 + 8 patches of 48x48) and the SPEC config
+for the shipped config (4 tasks, 8 + 8 patches of 48x48) and the paper's config
 (5 tasks, 8 + 8 of 64x64), first and second order, fp32 and bf16, and reports
-ours / bare. The bf16 rows also give bf16 / fp32 of ours (the training speed-up
-of --amp). Name the CPU (lscpu) with the numbers: bf16 gains depend on it (AMX).
+ours / bare. The bare passes are the floor of a first-order iteration; the
+exact second-order one also differentiates through every support backward
+(its double backward, then the support forward's backward), which by a count
+of the convolutions costs as much again: 12 convolution passes per layer and
+task step against the bare 6, so 2.0 is its floor on this scale. The bf16
+rows also give bf16 / fp32 of ours (the training speed-up of --amp) when the
+fp32 row ran first in the same session. Name the CPU (lscpu) with the numbers:
+bf16 gains depend on it (AMX).
 
 Run: [MZSR_BENCH_THREADS=n] pytest benchmarks/bench_meta_speed.py --benchmark-only -s
 """

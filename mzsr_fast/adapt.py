@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from . import _checks, _tf32
@@ -92,17 +94,27 @@ def _check_steps(steps) -> int:
 
 
 def _is_rate(r) -> bool:
-    return not isinstance(r, bool) and isinstance(r, (int, float)) and math.isfinite(r) and r >= 0
+    return not isinstance(r, bool) and isinstance(r, numbers.Real) and math.isfinite(r) and r >= 0
 
 
 def _schedule(schedule, info: ModelInfo, steps: int) -> list:
+    """The rates of each of the steps: a number, or a tuple of one per parameter tensor."""
     if schedule is None:
         return learning_rates(info.schedule, steps)
-    rates = [schedule] if isinstance(schedule, (int, float)) else list(schedule)
-    if not rates or not all(_is_rate(r) or (isinstance(r, (list, tuple)) and len(r) == len(PARAMETER_NAMES)
-                                              and all(_is_rate(v) for v in r)) for r in rates):
-        raise ValueError(f"schedule: expected per-step learning rates >= 0 (each a number, or "
-                         f"{len(PARAMETER_NAMES)} numbers, one per parameter tensor), got {schedule!r}")
+    entries = [schedule] if isinstance(schedule, numbers.Real) else list(schedule)
+    rates = []
+    for entry in entries:
+        if isinstance(entry, (torch.Tensor, np.ndarray)):
+            entry = entry.tolist()
+        if _is_rate(entry):
+            rates.append(float(entry))
+        elif isinstance(entry, (list, tuple)) and len(entry) == len(PARAMETER_NAMES) and all(map(_is_rate, entry)):
+            rates.append(tuple(float(v) for v in entry))
+        else:
+            raise ValueError(f"schedule: expected per-step learning rates >= 0 (each a number, or "
+                             f"{len(PARAMETER_NAMES)} numbers, one per parameter tensor), got {schedule!r}")
+    if not rates:
+        raise ValueError("schedule: expected at least one learning rate, got an empty schedule")
     return learning_rates(rates, steps)
 
 
@@ -171,7 +183,10 @@ def _adapt_weights(params: dict[str, torch.Tensor], x: torch.Tensor, target: tor
     names = list(params)
     weights = [p.detach().unsqueeze(0).repeat(tasks, *([1] * p.dim())).requires_grad_(True)
                for p in params.values()]
-    rate = torch.zeros(len(names), device=x.device)  # this step's rate of each tensor
+    # the rate of every tensor at every step, on the device once; `rate` holds the current step's row
+    table = torch.tensor([[r] * len(names) if isinstance(r, float) else list(r) for r in rates] or [[0.0] * len(names)],
+                         device=x.device)
+    rate = table[0].clone()
     rate_of_tensor = list(rate.unbind())
 
     def step() -> torch.Tensor:
@@ -188,12 +203,12 @@ def _adapt_weights(params: dict[str, torch.Tensor], x: torch.Tensor, target: tor
     eager = min(len(rates), WARMUP_STEPS) if cuda_graph else len(rates)
     with _side_stream(x.device) if cuda_graph else contextlib.nullcontext():
         for i in range(eager):
-            rate.copy_(torch.as_tensor(rates[i], dtype=rate.dtype))
+            rate.copy_(table[i])
             losses[:, i] = step()
     if eager < len(rates):
         replay = _capture(step, x.device)
         for i in range(eager, len(rates)):
-            rate.copy_(torch.as_tensor(rates[i], dtype=rate.dtype))
+            rate.copy_(table[i])
             losses[:, i] = replay()
     return {n: w.detach() for n, w in zip(names, weights)}, losses
 

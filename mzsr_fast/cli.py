@@ -160,10 +160,10 @@ def cmd_import_tf(args) -> None:
 
 def _model_summary(info) -> str:
     """One line on a shipped model: mode, scales, training iterations, schedule."""
-    from .pretrained import format_schedule
+    from .pretrained import format_schedule, is_per_tensor
 
-    schedule = format_schedule(info.schedule) if all(isinstance(r, float) for r in info.schedule) else \
-        f"learned per-tensor table of {len(info.schedule)} steps"
+    schedule = f"per-tensor table of {len(info.schedule)} steps" if is_per_tensor(info.schedule) else \
+        format_schedule(info.schedule)
     return (f"shipped: {info.mode} x{','.join(map(str, info.scales))}, "
             f"{info.notes.get('step', 'unknown')} meta-training iterations, schedule {schedule}")
 

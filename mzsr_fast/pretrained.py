@@ -20,7 +20,7 @@ from .model import PARAMETER_NAMES, MZSRNet
 
 __all__ = ["ModelKind", "CATALOGUE", "ModelInfo", "bundled_info", "load_model", "save_model", "bundled_models",
            "default_model", "resolve_model", "mode_mismatch", "load_tf_checkpoint", "import_tf_checkpoint",
-           "kind_for", "parse_schedule", "format_schedule", "Schedule"]
+           "kind_for", "parse_schedule", "format_schedule", "is_per_tensor", "Schedule"]
 
 
 @dataclass(frozen=True)
@@ -48,16 +48,25 @@ CATALOGUE = {kind.name: kind for kind in (
 )}
 
 
-# A test-time schedule: one entry per step, the last repeating. An entry is one
-# rate for every parameter tensor, or a tuple of rates, one per tensor in
-# model.PARAMETER_NAMES order (a learned MAML++ table).
+# A test-time schedule: one entry per step, the last repeating. Either every
+# entry is one rate (for every parameter tensor), or every entry is a tuple of
+# rates, one per tensor in model.PARAMETER_NAMES order (a learned MAML++ table).
+# A flat tuple of 16 numbers is 16 steps; one per-tensor step is ((16 numbers),).
 Schedule = tuple
 
 
+def is_per_tensor(schedule: Schedule) -> bool:
+    """Whether a schedule's entries are per-tensor rows; TypeError for a mix."""
+    rows = [isinstance(r, (tuple, list)) for r in schedule]
+    if any(rows) and not all(rows):
+        raise TypeError(f"schedule: mixes single rates and per-tensor rows: {schedule!r}")
+    return bool(schedule) and all(rows)
+
+
 def parse_schedule(text: str, what: str = "schedule") -> Schedule:
-    """A schedule from "r1,r2,..." (one rate per step) or "a1,a2,...;b1,b2,...;..."
-    (per step, one rate per parameter tensor); rates in (0, 1) (per-tensor
-    ones in [0, 1)). ValueError naming what."""
+    """A schedule from "r1,r2,..." (one rate per step) or "a1,...,a16;b1,...;"
+    (per step, one rate per parameter tensor; every row ends with ";");
+    rates in (0, 1) (per-tensor ones in [0, 1)). ValueError naming what."""
     if ";" not in text:
         try:
             values = tuple(float(v) for v in text.split(",") if v.strip())
@@ -67,7 +76,7 @@ def parse_schedule(text: str, what: str = "schedule") -> Schedule:
             raise ValueError(f"{what}: expected learning rates in (0, 1), got {text!r}")
         return values
     rows = []
-    for row in text.split(";"):
+    for row in text.rstrip(";").split(";"):
         try:
             rates = tuple(float(v) for v in row.split(","))
         except ValueError:
@@ -80,9 +89,9 @@ def parse_schedule(text: str, what: str = "schedule") -> Schedule:
 
 def format_schedule(schedule: Schedule) -> str:
     """The text form parse_schedule reads."""
-    if all(isinstance(r, float) for r in schedule):
-        return ",".join(repr(r) for r in schedule)
-    return ";".join(",".join(repr(float(v)) for v in row) for row in schedule)
+    if not is_per_tensor(schedule):
+        return ",".join(repr(float(r)) for r in schedule)
+    return "".join(",".join(repr(float(v)) for v in row) + ";" for row in schedule)
 
 
 @dataclass(frozen=True)
@@ -104,8 +113,8 @@ class ModelInfo:
         return self.own_schedule or CATALOGUE[self.kind].schedule
 
     def metadata(self) -> dict[str, str]:
-        meta = {"name": self.name, "kind": self.kind, "mode": self.mode,
-                "scales": ",".join(str(s) for s in self.scales), **{k: str(v) for k, v in self.notes.items()}}
+        meta = {**{k: str(v) for k, v in self.notes.items()}, "name": self.name, "kind": self.kind,
+                "mode": self.mode, "scales": ",".join(str(s) for s in self.scales)}
         if self.own_schedule:
             meta["schedule"] = format_schedule(self.own_schedule)
         return meta
@@ -114,9 +123,7 @@ class ModelInfo:
     def from_metadata(cls, meta: dict[str, str] | None, fallback_name: str, source: str = "metadata") -> "ModelInfo":
         """The info stored in a model file's metadata; source (the file) is named in errors."""
         meta = dict(meta or {})
-        kind = meta.pop("kind", "direct_x2")
-        if kind not in CATALOGUE:
-            kind = "direct_x2"
+        kind = meta.pop("kind", None)
         mode = meta.pop("mode", "direct")
         if mode not in ("direct", "bicubic"):
             raise ValueError(f"{source}: metadata mode={mode!r}: expected 'direct' or 'bicubic'")
@@ -125,9 +132,11 @@ class ModelInfo:
             scales = tuple(int(s) for s in text.split(",") if s.strip())
         except ValueError:
             raise ValueError(f"{source}: metadata scales={text!r}: expected integers separated by commas") from None
-        if any(s < 1 for s in scales):
-            raise ValueError(f"{source}: metadata scales={text!r}: expected integers >= 1")
+        if any(s < 2 for s in scales):
+            raise ValueError(f"{source}: metadata scales={text!r}: expected integers >= 2")
         schedule = parse_schedule(meta.pop("schedule"), f"{source}: metadata schedule") if "schedule" in meta else ()
+        if kind not in CATALOGUE:  # a file without (or with an unknown) kind: the one its mode and scales make
+            kind = kind_for(mode, scales)
         return cls(name=meta.pop("name", fallback_name), kind=kind, mode=mode, scales=scales, notes=meta,
                    own_schedule=schedule)
 
@@ -177,9 +186,17 @@ def mode_mismatch(kernel_mode: str | None, info: "ModelInfo") -> str | None:
 
 
 def save_model(path, net: MZSRNet, info: ModelInfo) -> None:
-    """Write the weights and info to a safetensors file (no pickle)."""
+    """Write the weights and info to a safetensors file (no pickle), atomically:
+    a crash leaves the old file or the new one, never a torn one."""
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    save_file(state, os.fspath(path), metadata=info.metadata())
+    path = os.fspath(path)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        save_file(state, temporary, metadata=info.metadata())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def load_model(model=None, device=None) -> tuple[MZSRNet, ModelInfo]:
@@ -286,12 +303,14 @@ def import_tf_checkpoint(prefix, out, mode: str = "direct", scales: tuple[int, .
     scales = tuple(int(s) for s in scales)
     if not scales or any(s < 2 for s in scales):
         raise ValueError(f"scales: expected integers >= 2, got {scales!r}")
+    if schedule:
+        schedule = parse_schedule(format_schedule(tuple(schedule)))
     prefix = resolve_prefix(prefix)
     net = MZSRNet()
     net.load_state_dict(load_tf_checkpoint(prefix))
     kind = kind_for(mode, scales)
     info = ModelInfo(name or os.path.splitext(os.path.basename(os.fspath(out)))[0], kind, mode, scales,
                      notes={"source": f"TensorFlow checkpoint {os.path.basename(prefix)}"},
-                     own_schedule=tuple(schedule) if schedule else CATALOGUE[kind].schedule)
+                     own_schedule=schedule or CATALOGUE[kind].schedule)
     save_model(out, net, info)
     return info

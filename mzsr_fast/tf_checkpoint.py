@@ -10,8 +10,8 @@ The table is a list of blocks (entries with prefix-compressed keys, then an
 array of restart offsets), each followed by a 5-byte trailer (compression
 type, masked CRC-32C of the block). Its last 48 bytes are the footer: the
 handles (varint offset, varint size) of the meta-index and index blocks, and
-a magic number. The index block maps the last key of each data block to that
-block's handle. The entry with the empty key is the bundle header
+a magic number. The index block maps a separator key (at or after the last key
+of a data block, before the next block's first) to that block's handle. The entry with the empty key is the bundle header
 (number of shards); every other entry describes one tensor: dtype, shape,
 shard, offset, size and the masked CRC-32C of its bytes.
 
@@ -31,8 +31,9 @@ _FOOTER_SIZE = 48
 _BLOCK_TRAILER_SIZE = 5
 
 # TensorFlow DataType enum values -> numpy dtypes (little-endian).
-_DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 9: np.int64,
-           10: np.bool_, 17: np.uint16, 19: np.float16, 22: np.uint32, 23: np.uint64}
+_DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 8: np.complex64,
+           9: np.int64, 10: np.bool_, 17: np.uint16, 18: np.complex128, 19: np.float16, 22: np.uint32,
+           23: np.uint64}
 
 
 class TFCheckpointError(ValueError):
@@ -145,16 +146,33 @@ def _block_entries(block: bytes, path: str):
         pos += length
 
 
+def _latest_in_folder(folder: str) -> str | None:
+    """The prefix a TensorFlow `checkpoint` file names (model_checkpoint_path), if any."""
+    path = os.path.join(folder, "checkpoint")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key.strip() == "model_checkpoint_path":
+                return os.path.join(folder, value.strip().strip('"'))
+    return None
+
+
 def resolve_prefix(prefix) -> str:
-    """The checkpoint prefix from a prefix, its .index file, or a folder that
-    holds exactly one .index file."""
+    """The checkpoint prefix from a prefix, its .index file, or a folder: the
+    checkpoint its `checkpoint` file names, else its only .index file."""
     prefix = os.fspath(prefix)
     if os.path.isdir(prefix):
+        latest = _latest_in_folder(prefix)
         found = sorted(f for f in os.listdir(prefix) if f.endswith(".index"))
-        if len(found) != 1:
-            raise TFCheckpointError(f"{prefix}: expected one TensorFlow checkpoint (.index file) in this folder, "
-                                    f"found {len(found)}")
-        prefix = os.path.join(prefix, found[0])
+        if latest is not None:
+            prefix = latest
+        elif len(found) == 1:
+            prefix = os.path.join(prefix, found[0])
+        else:
+            raise TFCheckpointError(f"{prefix}: expected one TensorFlow checkpoint (.index file) or a 'checkpoint' "
+                                    f"file naming one in this folder, found {len(found)} .index files")
     if prefix.endswith(".index"):
         prefix = prefix[:-len(".index")]
     if not os.path.isfile(prefix + ".index"):
@@ -212,6 +230,8 @@ def _read_index(prefix: str) -> tuple[dict[str, dict], int]:
                     elif number == 2 and field != 0:
                         raise TFCheckpointError(f"{index_path}: big-endian checkpoints are not supported")
                 continue
+            if key.startswith(b"\x00"):  # the slices of a partitioned variable, under binary keys
+                continue
             name = key.decode("utf-8", errors="replace")
             entries[name] = _entry(value, f"{index_path}: {name}")
     return entries, num_shards
@@ -225,7 +245,8 @@ def list_tf_checkpoint(prefix) -> dict[str, tuple[int, ...]]:
 
 def read_tf_checkpoint(prefix, names=None, verify: bool = True) -> dict[str, np.ndarray]:
     """The tensors of a TensorFlow checkpoint as {variable name: numpy array}:
-    all of them, or those of names (an iterable; absent names are left out).
+    all of them (without those of dtypes read here: strings, resources), or
+    those of names (an iterable; absent names are left out).
 
     prefix: the checkpoint prefix (PREFIX.index and PREFIX.data-* next to
     it), the .index path, or a folder with one checkpoint. verify checks the
@@ -238,7 +259,10 @@ def read_tf_checkpoint(prefix, names=None, verify: bool = True) -> dict[str, np.
     entries, num_shards = _read_index(prefix)
     shards: dict[int, bytes] = {}
     tensors = {}
-    wanted = entries if names is None else {n: entries[n] for n in names if n in entries}
+    if names is None:
+        wanted = {n: e for n, e in entries.items() if e["dtype"] in _DTYPES}
+    else:
+        wanted = {n: entries[n] for n in names if n in entries}
     for name, entry in wanted.items():
         where = f"{index_path}: {name}"
         if entry["sliced"]:
@@ -247,14 +271,15 @@ def read_tf_checkpoint(prefix, names=None, verify: bool = True) -> dict[str, np.
         if dtype is None:
             raise TFCheckpointError(f"{where}: unsupported TensorFlow dtype {entry['dtype']}")
         shard = entry["shard"]
+        if shard >= num_shards:
+            raise TFCheckpointError(f"{where}: data shard {shard}, but the header says {num_shards} shard(s)")
+        data_path = f"{prefix}.data-{shard:05d}-of-{num_shards:05d}"
         if shard not in shards:
-            data_path = f"{prefix}.data-{shard:05d}-of-{num_shards:05d}"
             if not os.path.isfile(data_path):
                 raise TFCheckpointError(f"{data_path}: no such file (data shard {shard} of {index_path})")
             with open(data_path, "rb") as f:
                 shards[shard] = f.read()
         data = shards[shard]
-        data_path = f"{prefix}.data-{shard:05d}-of-{num_shards:05d}"
         start, size = entry["offset"], entry["size"]
         if start + size > len(data):
             raise TFCheckpointError(f"{data_path}: truncated ({name} ends at byte {start + size}, the file has "

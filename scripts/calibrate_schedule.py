@@ -2,34 +2,45 @@
 images (never on the test sets), and optionally store the best in the file.
 
 Usage:
-  python scripts/calibrate_schedule.py MODEL DATA_DIR [--holdout 20] [--val-crop 192]
+  python scripts/calibrate_schedule.py MODEL.safetensors DATA_DIR [--holdout N] [--val-crop 192]
       [--kernels g_d_2.0] [--steps 10] [--multipliers 0.25,0.5,1,2,4] [--write]
 
-The candidates are the model's current schedule scaled by each multiplier.
-Each is scored by the mean MZSR(steps) PSNR over the held-out images
-(mzsr_fast.train.data.holdout_paths: the same split a run with --holdout N
-keeps out of training) degraded with each kernel preset, exactly as the
-trainer's validation does. MZSR(1) is reported alongside. With --write the
-best schedule (by MZSR(steps)) goes into MODEL's metadata, weights unchanged.
+The candidates are the model's current schedule scaled by each multiplier
+(candidates with a rate of 1 or more are left out). Each is scored by the mean
+MZSR(steps) PSNR over the held-out images (mzsr_fast.train.data.holdout_paths:
+the split a run with --holdout N keeps out of training; N defaults to the
+one the model's training run recorded) degraded with each kernel preset,
+exactly as the trainer's validation does. MZSR(1) is reported alongside.
+With --write the best schedule (by MZSR(steps)) goes into MODEL's metadata,
+weights unchanged.
 """
 import argparse
+import dataclasses
+import os
 import sys
 
-from mzsr_fast.pretrained import format_schedule, load_model, save_model
+from mzsr_fast.degradation import PRESETS
+from mzsr_fast.pretrained import format_schedule, is_per_tensor, load_model, save_model
 from mzsr_fast.train.data import holdout_paths
 from mzsr_fast.train.validation import load_images, mzsr_psnr
 
 
 def scaled(schedule, factor: float):
     """Every rate of a schedule (scalar or per-tensor entries) times factor."""
-    return tuple(r * factor if isinstance(r, float) else tuple(v * factor for v in r) for r in schedule)
+    if is_per_tensor(schedule):
+        return tuple(tuple(v * factor for v in row) for row in schedule)
+    return tuple(r * factor for r in schedule)
+
+
+def largest_rate(schedule) -> float:
+    return max(max(row) for row in schedule) if is_per_tensor(schedule) else max(schedule)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", help="a .safetensors model file")
     parser.add_argument("data_dir", help="the training folder whose held-out split is scored")
-    parser.add_argument("--holdout", type=int, default=20)
+    parser.add_argument("--holdout", type=int, help="size of the held-out split (default: the model's run's)")
     parser.add_argument("--val-crop", type=int, default=192)
     parser.add_argument("--kernels", default=None, help="kernel presets (default: g_b_1.3 for bicubic models, "
                                                         "else g_d_2.0)")
@@ -38,13 +49,22 @@ def main(argv=None) -> int:
     parser.add_argument("--write", action="store_true", help="store the best schedule in MODEL")
     args = parser.parse_args(argv)
 
+    if not os.path.isfile(args.model):
+        parser.error(f"model: {args.model} is not a file (calibrate a copy of a bundled model)")
     net, info = load_model(args.model)
+    holdout = args.holdout if args.holdout is not None else int(info.notes.get("holdout", 0))
+    if holdout < 1:
+        parser.error("--holdout: the model's run recorded no held-out split; give the split's size")
     scale = info.scales[0] if info.scales else 2
     kernels = args.kernels.split(",") if args.kernels else ["g_b_1.3" if info.mode == "bicubic" else "g_d_2.0"]
-    images = load_images(holdout_paths(args.data_dir, args.holdout), scale, min_lr_size=21, crop=args.val_crop)
+    images = load_images(holdout_paths(args.data_dir, holdout), scale,
+                         min_lr_size=max(PRESETS[k].size for k in kernels), crop=args.val_crop)
     results = []
     for factor in (float(m) for m in args.multipliers.split(",")):
         schedule = scaled(info.schedule, factor)
+        if largest_rate(schedule) >= 1:
+            print(f"x{factor:<5g} left out: a rate of 1 or more")
+            continue
         scores = mzsr_psnr(net, images, kernels, scale, steps=(1, args.steps), schedule=schedule, mode=info.mode)
         one = sum(v for k, v in scores.items() if k.endswith("_mzsr1")) / len(kernels)
         many = sum(v for k, v in scores.items() if k.endswith(f"_mzsr{args.steps}")) / len(kernels)
@@ -55,7 +75,7 @@ def main(argv=None) -> int:
           f"{len(images)} held-out images, kernels {','.join(kernels)}")
     if args.write:
         notes = dict(info.notes, calibration=f"x{best[2]:g} on {len(images)} held-out images of {args.data_dir}")
-        save_model(args.model, net, type(info)(info.name, info.kind, info.mode, info.scales, notes, best[3]))
+        save_model(args.model, net, dataclasses.replace(info, notes=notes, own_schedule=best[3]))
         print(f"wrote the schedule into {args.model}")
     return 0
 

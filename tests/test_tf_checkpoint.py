@@ -56,6 +56,33 @@ def test_reader_returns_every_variable(bundle):
     assert read_tf_checkpoint(bundle, names=["MODEL/conv1/bias", "absent"]).keys() == {"MODEL/conv1/bias"}
 
 
+@pytest.mark.parametrize("layout", [dict(entries_per_block=5, restart_interval=3), dict(shards=3),
+                                    dict(entries_per_block=1, restart_interval=1)])
+def test_real_table_layouts(tmp_path, random_state, layout):
+    """Several data blocks (an index of separator keys), prefix-compressed keys
+    between restart points, several data shards: the same tensors back."""
+    variables = mzsr_variables(random_state)
+    variables["complex"] = np.array([1 + 2j, -3j], dtype=np.complex64)
+    write_bundle(tmp_path / "m", variables, **layout)
+    tensors = read_tf_checkpoint(tmp_path / "m")
+    assert tensors.keys() == variables.keys()
+    for name, value in variables.items():
+        assert np.array_equal(tensors[name], value), name
+    for name, value in random_state.items():
+        assert torch.equal(load_tf_checkpoint(tmp_path / "m")[name], value)
+
+
+def test_folder_with_a_checkpoint_file_and_several_checkpoints(tmp_path, random_state):
+    write_bundle(tmp_path / "model-100", mzsr_variables(random_state))
+    newer = {k: v + 1 for k, v in random_state.items()}
+    write_bundle(tmp_path / "model-200", mzsr_variables(newer))
+    with pytest.raises(TFCheckpointError, match="found 2 .index files"):
+        load_tf_checkpoint(tmp_path)
+    (tmp_path / "checkpoint").write_text('model_checkpoint_path: "model-200"\n'
+                                         'all_model_checkpoint_paths: "model-100"\n')
+    assert torch.equal(load_tf_checkpoint(tmp_path)["layers.0.bias"], newer["layers.0.bias"])
+
+
 def test_prefix_index_file_or_folder(bundle):
     first = load_tf_checkpoint(bundle)["layers.3.weight"]
     assert torch.equal(load_tf_checkpoint(f"{bundle}.index")["layers.3.weight"], first)

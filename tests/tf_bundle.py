@@ -1,13 +1,15 @@
-"""A minimal TensorBundle (TensorFlow checkpoint) writer for the reader's tests:
-one data shard, one uncompressed data block, every tensor with its CRC-32C.
-Written from the format description in mzsr_fast/tf_checkpoint.py."""
+"""A TensorBundle (TensorFlow checkpoint) writer for the reader's tests:
+uncompressed blocks with prefix-compressed keys and restart points, an index
+of one or several data blocks, one or several data shards, every tensor with
+its CRC-32C. Written from the format description in mzsr_fast/tf_checkpoint.py."""
 import struct
 
 import numpy as np
 
 from mzsr_fast.tf_checkpoint import masked_crc32c
 
-_DTYPE_CODES = {np.dtype(np.float32): 1, np.dtype(np.float64): 2, np.dtype(np.int32): 3, np.dtype(np.int64): 9}
+_DTYPE_CODES = {np.dtype(np.float32): 1, np.dtype(np.float64): 2, np.dtype(np.int32): 3, np.dtype(np.int64): 9,
+                np.dtype(np.complex64): 8}
 
 
 def _varint(value: int) -> bytes:
@@ -29,44 +31,64 @@ def _field(number: int, wire: int, payload) -> bytes:
     return key + _varint(len(payload)) + payload
 
 
-def _block(entries) -> bytes:
-    """A table block of (key, value) pairs (no prefix sharing), one restart point."""
-    body = b"".join(_varint(0) + _varint(len(k)) + _varint(len(v)) + k + v for k, v in entries)
-    return body + struct.pack("<II", 0, 1)
+def _block(entries, restart_interval: int = 16) -> bytes:
+    """A table block of sorted (key, value) pairs: each key shares its prefix
+    with the previous one except at a restart point (every restart_interval)."""
+    body, restarts, previous = bytearray(), [], b""
+    for i, (key, value) in enumerate(entries):
+        shared = 0
+        if i % restart_interval:
+            while shared < min(len(key), len(previous)) and key[shared] == previous[shared]:
+                shared += 1
+        else:
+            restarts.append(len(body))
+        body += _varint(shared) + _varint(len(key) - shared) + _varint(len(value)) + key[shared:] + value
+        previous = key
+    restarts = restarts or [0]
+    return bytes(body) + struct.pack(f"<{len(restarts)}I", *restarts) + struct.pack("<I", len(restarts))
 
 
 def _with_trailer(contents: bytes) -> bytes:
     return contents + b"\x00" + struct.pack("<I", masked_crc32c(contents + b"\x00"))
 
 
-def write_bundle(prefix, tensors: dict, crc: bool = True) -> None:
-    """Write {name: numpy array} as PREFIX.index + PREFIX.data-00000-of-00001."""
-    data = bytearray()
-    entries = [(b"", _field(1, 0, 1) + _field(3, 2, _field(1, 0, 1)))]  # header: 1 shard, version 1
-    for name in sorted(tensors):
+def write_bundle(prefix, tensors: dict, crc: bool = True, shards: int = 1, entries_per_block: int = 1000,
+                 restart_interval: int = 16) -> None:
+    """Write {name: numpy array} as PREFIX.index + PREFIX.data-0000K-of-0000N
+    (tensors dealt to the shards in turn; entries_per_block entries per data
+    block of the index table)."""
+    data = [bytearray() for _ in range(shards)]
+    entries = [(b"", _field(1, 0, shards) + _field(3, 2, _field(1, 0, 1)))]  # header: shards, version 1
+    for i, name in enumerate(sorted(tensors)):
         array = np.array(tensors[name], order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
         raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
+        shard = i % shards
         shape = b"".join(_field(2, 2, _field(1, 0, d)) for d in array.shape)
         entry = (_field(1, 0, _DTYPE_CODES[array.dtype]) + _field(2, 2, shape)
-                 + (_field(4, 0, len(data)) if data else b"") + _field(5, 0, len(raw)))
+                 + (_field(3, 0, shard) if shard else b"")
+                 + (_field(4, 0, len(data[shard])) if data[shard] else b"") + _field(5, 0, len(raw)))
         if crc:
             entry += _field(6, 5, masked_crc32c(raw))
         entries.append((name.encode(), entry))
-        data += raw
+        data[shard] += raw
     table = bytearray()
-    data_block = _block(entries)
-    data_handle = _varint(0) + _varint(len(data_block))
-    table += _with_trailer(data_block)
+    index = []
+    for start in range(0, len(entries), entries_per_block):
+        chunk = entries[start:start + entries_per_block]
+        block = _block(chunk, restart_interval)
+        index.append((chunk[-1][0] + b"\xff", _varint(len(table)) + _varint(len(block))))  # a separator key
+        table += _with_trailer(block)
     meta_handle = _varint(len(table)) + _varint(len(_block([])))
     table += _with_trailer(_block([]))
-    index_block = _block([(entries[-1][0], data_handle)])
+    index_block = _block(index, restart_interval)
     index_handle = _varint(len(table)) + _varint(len(index_block))
     table += _with_trailer(index_block)
     footer = (meta_handle + index_handle).ljust(40, b"\x00") + struct.pack("<Q", 0xDB4775248B80FB57)
     with open(f"{prefix}.index", "wb") as f:
         f.write(bytes(table) + footer)
-    with open(f"{prefix}.data-00000-of-00001", "wb") as f:
-        f.write(bytes(data))
+    for shard in range(shards):
+        with open(f"{prefix}.data-{shard:05d}-of-{shards:05d}", "wb") as f:
+            f.write(bytes(data[shard]))
 
 
 def mzsr_variables(state: dict, adam_slots: bool = True) -> dict:

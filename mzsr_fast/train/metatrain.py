@@ -194,12 +194,15 @@ class MetaLearner(Trainer):
 
     def model_info(self) -> ModelInfo:
         """The variant's info; with learned inner rates, their table (steps x
-        parameter tensors, negative rates as 0) is the model's test-time schedule."""
+        parameter tensors, clamped to the [0, 0.99] a model file accepts) is the
+        model's test-time schedule. The notes name the held-out split."""
         v = self.variant
         schedule = ()
         if self.inner_lr is not None:
-            schedule = tuple(tuple(float(r) for r in row) for row in self.inner_lr.detach().clamp_min(0).cpu())
-        return ModelInfo(name=f"metatrain-{v.name}", kind=v.name, mode=v.mode, scales=v.scales,
+            table = self.inner_lr.detach().clamp(0, 0.99).cpu()
+            schedule = tuple(tuple(float(r) for r in row) for row in table)
+        notes = {"holdout": self.config.holdout} if self.config.holdout else {}
+        return ModelInfo(name=f"metatrain-{v.name}", kind=v.name, mode=v.mode, scales=v.scales, notes=notes,
                          own_schedule=schedule)
 
     def restore(self, weights: dict, state: dict) -> None:

@@ -62,6 +62,17 @@ def autocast(device: torch.device, enabled: bool):
                           enabled=enabled and device.type in ("cpu", "cuda"))
 
 
+def cpu_has_native_bf16() -> bool | None:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX flags in
+    /proc/cpuinfo); None where that cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return None
+    return None if flags is None else bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
 class ConfigMismatchError(ValueError):
     """Resuming with settings that differ from the checkpoint's."""
 
@@ -92,13 +103,22 @@ def config_dict(config) -> dict:
     return out
 
 
-def config_differences(saved: dict, current: dict, ignore=RUNTIME_FIELDS) -> list[str]:
-    """'name: saved -> current' for every setting that differs (runtime fields ignored)."""
+def field_defaults(config) -> dict:
+    """{name: default} of a config dataclass's fields that have one, as config_dict gives values."""
+    return {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+            for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
+
+
+def config_differences(saved: dict, current: dict, ignore=RUNTIME_FIELDS, defaults: dict | None = None) -> list[str]:
+    """'name: saved -> current' for every setting that differs (runtime fields
+    ignored). A setting the saved run predates counts as its default (defaults:
+    name -> the value a run without that setting had)."""
     lines = []
+    defaults = defaults or {}
     for key in sorted(set(saved) | set(current)):
         if key in ignore:
             continue
-        old, new = saved.get(key, "<not set>"), current.get(key, "<not set>")
+        old, new = saved.get(key, defaults.get(key, "<not set>")), current.get(key, "<not set>")
         if old != new:
             lines.append(f"{key}: {old!r} -> {new!r}")
     return lines
@@ -191,7 +211,8 @@ class Run:
         if state.get("kind") != self.kind:
             raise ConfigMismatchError(f"--resume: {self.run_dir} holds a {state.get('kind')!r} run, "
                                       f"not a {self.kind} run")
-        differences = config_differences(state.get("config", {}), self.settings)
+        differences = config_differences(state.get("config", {}), self.settings,
+                                         defaults=field_defaults(self.config))
         if differences and not self.config.allow_config_change:
             raise ConfigMismatchError(
                 f"--resume: the settings differ from the run in {self.run_dir} (iteration {checkpoint.step}): "
@@ -384,6 +405,9 @@ class RunSettings:
     def check_run_settings(self) -> None:
         """Raise ValueError naming the first bad shared setting."""
         non_negative_int(self, "seed", "checkpoint_every", "keep", "validate_every", "holdout", "val_crop")
+        if self.val_dir and self.holdout:
+            raise ValueError("holdout: held-out images are validated on only without val_dir (--val-dir); "
+                             "give one of the two")
         if self.validate_every and not (self.val_dir or self.holdout):
             raise ValueError("validate_every: validation needs held-out images (val_dir / --val-dir, or "
                              "holdout / --holdout)")

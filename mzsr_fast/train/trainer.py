@@ -7,12 +7,15 @@ in run's docstring.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from ..model import MZSRNet
 from . import distributed
 from .checkpoints import load_into, resolve_weights
 from .data import ImageBank, PatchSampler, holdout_paths
+from .run import cpu_has_native_bf16
 
 __all__ = ["Trainer"]
 
@@ -33,6 +36,9 @@ class Trainer:
         self.dist = dist or distributed.Distributed()
         self.device = self.dist.device
         self.pin = self.device.type == "cuda"  # batches pinned for CUDA copies
+        if config.amp and self.device.type == "cpu" and cpu_has_native_bf16() is False:
+            warnings.warn("amp: this CPU has no native bf16 (no AVX512-BF16 or AMX): bf16 convolutions may "
+                          "run slower than fp32 here", UserWarning, stacklevel=2)
         batch = getattr(config, batch_field)
         if batch < self.dist.world_size:
             raise ValueError(f"{batch_field}: {batch} {batch_unit} cannot be shared by "

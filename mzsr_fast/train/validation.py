@@ -34,7 +34,12 @@ def load_images(source, scale: int, min_lr_size: int = 3, crop: int = 0) -> list
     training) for an image whose LR would be smaller than min_lr_size (the
     adapter needs at least the kernel's size)."""
     images = []
-    paths = source if isinstance(source, (list, tuple)) else find_images(source)
+    paths = list(source) if isinstance(source, (list, tuple)) else find_images(source)
+    if not paths:
+        raise DataError("no validation images (an empty list)")
+    # names relative to the folder, or to the images' common folder (T91/x.png and BSD/x.png differ)
+    root = source if not isinstance(source, (list, tuple)) else \
+        os.path.dirname(paths[0]) if len(paths) == 1 else os.path.commonpath(paths)
     for path in paths:
         image = read_image(path, torch.float32)
         if crop:
@@ -45,7 +50,7 @@ def load_images(source, scale: int, min_lr_size: int = 3, crop: int = 0) -> list
             raise DataError(f"{path}: validation image of {image.shape[-2]}x{image.shape[-1]} is too small: its "
                             f"x{scale} LR must be at least {min_lr_size}x{min_lr_size} (at least "
                             f"{min_lr_size * scale} pixels a side)")
-        name = os.path.basename(path) if isinstance(source, (list, tuple)) else os.path.relpath(path, source)
+        name = os.path.relpath(path, root)
         images.append((name, image[:, :h, :w].contiguous()))
     if not images:
         raise DataError(f"{source}: no validation images")

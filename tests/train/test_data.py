@@ -1,5 +1,6 @@
 """Training data: bad folders, patch sampling, task degradation, prefetching."""
 import math
+import os
 import time
 
 import numpy as np
@@ -189,3 +190,36 @@ def test_prefetcher_works_ahead():
         start = time.perf_counter()
         items = [next(p)[0] for _ in range(4)]
         assert items == [0, 1, 2, 3] and time.perf_counter() - start < 0.1
+
+
+def test_holdout_split_is_fixed_spread_and_kept_out_of_the_bank(image_dir):
+    from mzsr_fast.train.data import find_images, holdout_paths
+
+    paths = find_images(image_dir)
+    held = holdout_paths(image_dir, 2)
+    assert held == [paths[0], paths[2]] and holdout_paths(image_dir, 2) == held
+    assert holdout_paths(image_dir, 0) == []
+    bank = ImageBank(image_dir, 16, exclude=held)
+    assert sorted(bank.paths) == sorted(set(paths) - set(held))
+    with pytest.raises(DataError, match="cannot hold out 5 of its 5 images"):
+        holdout_paths(image_dir, 5)
+
+
+def test_validation_images_from_a_list_with_a_central_crop(image_dir):
+    from mzsr_fast.train.data import find_images
+    from mzsr_fast.train.validation import load_images
+
+    paths = find_images(image_dir)
+    images = load_images(paths, 2, min_lr_size=3, crop=30)
+    assert [name for name, _ in images] == [os.path.relpath(p, image_dir) for p in paths]
+    assert all(image.shape[-2:] == (30, 30) for _, image in images)  # every test image is >= 32 a side
+    full = dict(load_images(paths, 2))
+    name, cropped = images[0]  # a.png, 40 x 48: the crop starts at (5, 9)
+    assert torch.equal(cropped, full[name][:, 5:35, 9:39])
+
+
+def test_validation_settings_need_one_source(image_dir, tmp_path):
+    from mzsr_fast.train import MetatrainConfig
+
+    with pytest.raises(ValueError, match="holdout: held-out images are validated on only without val_dir"):
+        MetatrainConfig(str(image_dir), out=str(tmp_path), holdout=2, val_dir=str(image_dir)).check()

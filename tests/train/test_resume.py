@@ -148,3 +148,16 @@ def test_damaged_rows_of_the_log_are_dropped_on_resume(image_dir, tmp_path):
     assert pretrain(tiny_pretrain(image_dir, tmp_path, iterations=3, resume=True)).step == 3
     with open(tmp_path / "log.csv", encoding="utf-8") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3]
+
+
+def test_a_setting_newer_than_the_saved_run_counts_as_its_default():
+    """Runs saved before a setting existed (holdout, val_crop) resume without
+    --allow-config-change when the setting keeps its default."""
+    from mzsr_fast.train import MetatrainConfig
+    from mzsr_fast.train.run import config_dict, config_differences, field_defaults
+
+    config = MetatrainConfig("data", out="run")
+    saved = {k: v for k, v in config_dict(config).items() if k != "holdout"}
+    assert config_differences(saved, config_dict(config), defaults=field_defaults(config)) == []
+    config.holdout = 5
+    assert config_differences(saved, config_dict(config), defaults=field_defaults(config)) == ["holdout: 0 -> 5"]
