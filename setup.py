@@ -19,6 +19,17 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def compile_flags() -> dict[str, list[str]]:
+    """{"cxx": [...], "nvcc": [...]} from csrc/compile_flags.txt (shared with CMakeLists.txt)."""
+    flags = {}
+    with open(os.path.join(HERE, "csrc", "compile_flags.txt")) as f:
+        for line in f:
+            if line.strip() and not line.startswith("#"):
+                language, _, values = line.partition(":")
+                flags[language.strip()] = values.split()
+    return flags
+
+
 def want_cuda() -> bool:
     switch = os.environ.get("MZSR_FAST_CUDA")
     if switch is not None:
@@ -28,13 +39,14 @@ def want_cuda() -> bool:
 
 def extension():
     cpp = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/ops/cpu/*.cpp"))
-    cxx_flags = ["-O3", "-fopenmp", "-std=c++17"]
+    flags = compile_flags()
+    cxx_flags = flags["cxx"] + ["-fopenmp", "-std=c++17"]
     common = dict(name="mzsr_fast._C", include_dirs=[os.path.join(HERE, "csrc")],
                   extra_link_args=["-fopenmp"])
     if want_cuda():
         cuda = sorted(glob.glob("csrc/ops/cuda/*.cu"))
         return CUDAExtension(sources=cpp + cuda, define_macros=[("MZSR_FAST_WITH_CUDA", "1")],
-                             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math"]},
+                             extra_compile_args={"cxx": cxx_flags, "nvcc": flags["nvcc"]},
                              **common)
     return CppExtension(sources=cpp, extra_compile_args={"cxx": cxx_flags}, **common)
 

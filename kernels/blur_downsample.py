@@ -17,8 +17,10 @@ int32 except the per-plane base offset, which is int64):
   scalar weight. sym() maps every integer into the image, so the gathers
   need no mask (only the store does).
 - ``_gaussian_blur_fwd_kernel``: the same with the anisotropic Gaussian
-  weights (SPEC section 2) computed inside the kernel from theta, lambda1,
-  lambda2: the normaliser is one [KP, KP] block reduction per program, each
+  weights (SPEC section 2) computed inside the kernel from cos(theta),
+  sin(theta) (torch's, with full range reduction for any theta), lambda1,
+  lambda2, with correctly rounded divisions (_div_rn; its float32 exp
+  stays Triton's ex2.approx.f32, about 2 ulp): the normaliser is one [KP, KP] block reduction per program, each
   tap weight a scalar exp (both tap loops at runtime: unrolling the scalar
   weight math doubled the registers). No [B, k, k] tensor is made.
 - ``_blur_bwd_x_kernel``: gradient wrt x as a gather, one input tile per
@@ -59,6 +61,12 @@ from mzsr_fast.ops.blur_downsample_autograd import (gaussian_input_grads, gaussi
 
 __all__ = ["blur", "gaussian_blur", "block_sizes"]
 
+# Integer arguments that Triton must not specialise on (by default it compiles a
+# variant for a value of 1 and for multiples of 16): new image sizes reuse the
+# compiled kernels; only the constexpr kernel size, stride, dtypes and block
+# shape select a compilation.
+_SIZES = ["C", "H", "W", "HO", "WO"]
+
 
 # ---------------------------------------------------------------------------
 # Device helpers
@@ -73,6 +81,16 @@ def _sym(u, n):
     """
     m = u % (2 * n)
     return tl.minimum(m, 2 * n - 1 - m)
+
+
+@triton.jit
+def _div_rn(a, b):
+    """a / b rounded to nearest: Triton's float32 "/" is the approximate
+    div.full.f32 (float64's is already div.rn.f64)."""
+    if a.dtype == tl.float32:
+        return tl.math.div_rn(a, b)
+    else:
+        return a / b
 
 
 @triton.jit
@@ -106,7 +124,7 @@ def _first_tap(u, off, R: tl.constexpr, S: tl.constexpr):
 # Forward
 # ---------------------------------------------------------------------------
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES + ["W_BATCH_STRIDE", "OFF_H", "OFF_W"])
 def _blur_fwd_kernel(x_ptr, w_ptr, out_ptr, C, H, W, HO, WO, W_BATCH_STRIDE, OFF_H, OFF_W,
                      K: tl.constexpr, S: tl.constexpr, ACC: tl.constexpr,
                      BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
@@ -131,8 +149,8 @@ def _blur_fwd_kernel(x_ptr, w_ptr, out_ptr, C, H, W, HO, WO, W_BATCH_STRIDE, OFF
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _gaussian_blur_fwd_kernel(x_ptr, theta_ptr, l1_ptr, l2_ptr, out_ptr, C, H, W, HO, WO, P_STRIDE,
+@triton.jit(do_not_specialize=_SIZES + ["P_STRIDE", "OFF_H", "OFF_W"])
+def _gaussian_blur_fwd_kernel(x_ptr, cos_ptr, sin_ptr, l1_ptr, l2_ptr, out_ptr, C, H, W, HO, WO, P_STRIDE,
                               OFF_H, OFF_W,
                               K: tl.constexpr, KP: tl.constexpr, S: tl.constexpr, ACC: tl.constexpr,
                               BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
@@ -144,11 +162,10 @@ def _gaussian_blur_fwd_kernel(x_ptr, theta_ptr, l1_ptr, l2_ptr, out_ptr, C, H, W
 
     # Kernel parameters, computed in the parameters' dtype (float32 / float64).
     p = (bc // C) * P_STRIDE
-    theta = tl.load(theta_ptr + p)
+    c = tl.load(cos_ptr + p)   # cos(theta), sin(theta): computed by torch, accurate for any theta
+    s = tl.load(sin_ptr + p)
     l1 = tl.load(l1_ptr + p)
     l2 = tl.load(l2_ptr + p)
-    c = tl.cos(theta)
-    s = tl.sin(theta)
     qa = c * c * l1 + s * s * l2       # S = [[qa, qb], [qb, qd]]
     qb = c * s * (l1 - l2)
     qd = s * s * l1 + c * c * l2
@@ -156,10 +173,10 @@ def _gaussian_blur_fwd_kernel(x_ptr, theta_ptr, l1_ptr, l2_ptr, out_ptr, C, H, W
     # Normaliser: sum of the unnormalised weights over the k x k grid.
     # Offsets j - (k / 2 - 0.5) = j - r for odd k; x = column, y = row offset.
     grid = tl.arange(0, KP)
-    off = (grid - R).to(theta.dtype)
+    off = (grid - R).to(c.dtype)
     yy = off[:, None]
     xx = off[None, :]
-    e = tl.exp(-0.5 * ((qd * xx * xx - 2 * qb * xx * yy + qa * yy * yy) / det))
+    e = tl.exp(-0.5 * _div_rn(qd * xx * xx - 2 * qb * xx * yy + qa * yy * yy, det))
     e = tl.where((grid < K)[:, None] & (grid < K)[None, :], e, 0.0)
     total = tl.sum(e)
 
@@ -168,10 +185,11 @@ def _gaussian_blur_fwd_kernel(x_ptr, theta_ptr, l1_ptr, l2_ptr, out_ptr, C, H, W
     acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=ACC)
     for dy in range(K):
         x_rows = x_base + (_sym(u0 + dy, H) * W)[:, None]
-        y = tl.cast(dy - R, theta.dtype)   # row offset
+        y = tl.cast(dy - R, c.dtype)   # row offset
         for dx in range(K):
-            x = tl.cast(dx - R, theta.dtype)   # column offset
-            wv = tl.exp(-0.5 * ((qd * x * x - 2 * qb * x * y + qa * y * y) / det)) / total
+            x = tl.cast(dx - R, c.dtype)   # column offset
+            q = _div_rn(qd * x * x - 2 * qb * x * y + qa * y * y, det)
+            wv = _div_rn(tl.exp(-0.5 * q), total)
             xv = tl.load(x_rows + _sym(v0 + dx, W)[None, :])
             acc += wv.to(ACC) * xv.to(ACC)
     mask = (rows < HO)[:, None] & (cols < WO)[None, :]
@@ -183,7 +201,8 @@ def _gaussian_blur_fwd_kernel(x_ptr, theta_ptr, l1_ptr, l2_ptr, out_ptr, C, H, W
 # Backward
 # ---------------------------------------------------------------------------
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES + ["W_BATCH_STRIDE", "NR_LO", "NR_HI", "NC_LO", "NC_HI", "OFF_H",
+                                       "OFF_W"])
 def _blur_bwd_x_kernel(g_ptr, w_ptr, gx_ptr, C, H, W, HO, WO, W_BATCH_STRIDE,
                        NR_LO, NR_HI, NC_LO, NC_HI, OFF_H, OFF_W,
                        K: tl.constexpr, S: tl.constexpr, T: tl.constexpr, ACC: tl.constexpr,
@@ -230,7 +249,7 @@ def _blur_bwd_x_kernel(g_ptr, w_ptr, gx_ptr, C, H, W, HO, WO, W_BATCH_STRIDE,
     tl.store(gx_ptr + gx_off, acc.to(gx_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "W", "HO", "WO", "OFF_H", "OFF_W"])
 def _blur_bwd_w_kernel(g_ptr, x_ptr, part_ptr, H, W, HO, WO, OFF_H, OFF_W,
                        K: tl.constexpr, S: tl.constexpr, ACC: tl.constexpr,
                        BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
@@ -360,7 +379,7 @@ def _launch_gaussian_forward(x, theta, lambda1, lambda2, size: int, stride: int)
     out = torch.empty(b, c, ho, wo, dtype=cdt, device=x.device)
     bh, bw, warps = block_sizes(ho, wo, x.device)
     grid = (b * c, triton.cdiv(ho, bh), triton.cdiv(wo, bw))
-    _gaussian_blur_fwd_kernel[grid](x, theta, lambda1, lambda2, out, c, h, w, ho, wo,
+    _gaussian_blur_fwd_kernel[grid](x, torch.cos(theta), torch.sin(theta), lambda1, lambda2, out, c, h, w, ho, wo,
                                     1 if theta.shape[0] > 1 else 0, _sym_offset(h, size),
                                     _sym_offset(w, size), K=size, KP=triton.next_power_of_2(size),
                                     S=stride, ACC=_acc_dtype(cdt), BLOCK_H=bh, BLOCK_W=bw, num_warps=warps)

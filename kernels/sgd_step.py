@@ -2,13 +2,21 @@
 
     out[i] = params[i] - alpha * lr[task, i] * grads[i]      (no params: 0 - ...)
 
-One launch over every chunk of every tensor. The chunk plan is the one of
-csrc/ops/sgd_step_math.h (same fields, same order): each row
-(tensor, offset, param_offset, length, lr_index) is a run of at most BLOCK
-elements of one tensor that share one rate; program c updates row c. The
-tensors are reached through three int64 pointer tables (params, grads, out),
-so the lists need no concatenation. The plan depends only on the shapes and
-is cached per device; each call ships the pointer tables.
+One launch per group of up to GROUP tensors. The chunk plan is the one of
+csrc/ops/sgd_step_math.h (tensor_plan / chunk_at, the same formulas here):
+each tensor is cut into task slices when the rate or the param layout varies
+per task, each slice into chunks of BLOCK elements; program c finds its tensor
+in the group's prefix sums of chunks and updates one chunk. The tensors
+themselves and the plan's integers are kernel arguments (tuples), so a launch
+copies nothing from the host and can be captured in a CUDA graph.
+
+Rounding: p - r * g with two roundings (product, then difference) in the
+compute dtype, like the reference and the C++/CUDA kernels: the launch passes
+enable_fp_fusion=False so Triton does not contract them into one FMA.
+
+The integer arguments (sizes, offsets) are not specialised on their values
+(do_not_specialize), so new shapes reuse the compiled kernel; only the group
+size, dtype and whether params are given select a compilation.
 
 On CPU tensors this runs only under TRITON_INTERPRET=1 set before import.
 Half inputs on CPU are computed in float32 and cast back (the interpreter's
@@ -17,66 +25,47 @@ in float32.
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["sgd_step", "plan", "BLOCK"]
+__all__ = ["sgd_step", "tensor_plan", "BLOCK", "GROUP"]
 
 BLOCK = 4096  # elements per program (and per chunk)
-CHUNK_FIELDS = 5
-
-_TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
-              torch.float64: tl.float64}
+GROUP = 16    # tensors per launch (the MZSR net has 16)
 
 
-@triton.jit
-def _sgd_step_kernel(chunks, p_table, g_table, out_table, lr,
-                     HAS_PARAMS: tl.constexpr, DTYPE: tl.constexpr, BLOCK: tl.constexpr):
-    row = chunks + tl.program_id(0).to(tl.int64) * 5
-    tensor = tl.load(row)
-    offset = tl.load(row + 1)
-    param_offset = tl.load(row + 2)
-    length = tl.load(row + 3)
-    rate = tl.load(lr + tl.load(row + 4))  # compute dtype (float32 or float64)
+@triton.jit(do_not_specialize=["first", "slice_len", "per_slice", "column", "broadcast", "lr_task_stride"])
+def _sgd_step_kernel(p, g, o, first, slice_len, per_slice, column, broadcast, lr, lr_task_stride,
+                     N: tl.constexpr, HAS_PARAMS: tl.constexpr, BLOCK: tl.constexpr):
+    c = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
-    mask = offs < length
-    g_ptr = tl.load(g_table + tensor).to(tl.pointer_type(DTYPE), bitcast=True)
-    step = rate * tl.load(g_ptr + offset + offs, mask=mask, other=0).to(rate.dtype)
-    if HAS_PARAMS:
-        p_ptr = tl.load(p_table + tensor).to(tl.pointer_type(DTYPE), bitcast=True)
-        value = tl.load(p_ptr + param_offset + offs, mask=mask, other=0).to(rate.dtype) - step
-    else:
-        value = -step
-    out_ptr = tl.load(out_table + tensor).to(tl.pointer_type(DTYPE), bitcast=True)
-    tl.store(out_ptr + offset + offs, value.to(DTYPE), mask=mask)
+    for e in tl.static_range(N):
+        if (c >= first[e]) & (c < first[e + 1]):
+            local = c - first[e]
+            t = local // per_slice[e]
+            start = (local - t * per_slice[e]) * BLOCK
+            offset = t * slice_len[e] + start
+            mask = offs < slice_len[e] - start
+            rate = tl.load(lr + t * lr_task_stride + column[e])  # compute dtype
+            step = rate * tl.load(g[e] + offset + offs, mask=mask, other=0).to(rate.dtype)
+            if HAS_PARAMS:
+                param_offset = offset - broadcast[e] * t * slice_len[e]  # broadcast: the slice-0 offset, start
+                value = tl.load(p[e] + param_offset + offs, mask=mask, other=0).to(rate.dtype) - step
+            else:
+                value = -step
+            tl.store(o[e] + offset + offs, value.to(o[e].dtype.element_ty), mask=mask)
 
 
-def plan(shapes: tuple[tuple[int, int, bool], ...], lr_tasks: int, lr_tensors: int,
-         chunk: int) -> list[tuple[int, int, int, int, int]]:
-    """The chunk rows for tensors described by (numel, tasks, param_broadcast),
-    as csrc/ops/sgd_step_math.h plan(): a tensor is cut into task slices when
-    the rate or the param layout varies per task, each slice into chunks."""
-    rows = []
-    for i, (numel, tasks, broadcast) in enumerate(shapes):
-        if numel == 0:
-            continue
-        slices = tasks if (lr_tasks > 1 or broadcast) else 1
-        slice_len = numel // slices
-        for t in range(slices):
-            lr_index = (t if lr_tasks > 1 else 0) * lr_tensors + (i if lr_tensors > 1 else 0)
-            for start in range(0, slice_len, chunk):
-                offset = t * slice_len + start
-                rows.append((i, offset, start if broadcast else offset, min(chunk, slice_len - start), lr_index))
-    return rows
-
-
-@lru_cache(maxsize=64)
-def _device_plan(shapes, lr_tasks: int, lr_tensors: int, chunk: int, device: torch.device) -> torch.Tensor:
-    rows = plan(shapes, lr_tasks, lr_tensors, chunk)
-    return torch.tensor(rows, dtype=torch.int64).reshape(-1, CHUNK_FIELDS).to(device)
+def tensor_plan(numel: int, tasks: int, broadcast: bool, lr_tasks: int, chunk: int) -> tuple[int, int, int]:
+    """(slice_len, chunks_per_slice, chunks) of one tensor, as tensor_plan() in
+    csrc/ops/sgd_step_math.h."""
+    if numel == 0:
+        return 0, 0, 0
+    slices = tasks if (lr_tasks > 1 or broadcast) else 1
+    slice_len = numel // slices
+    per_slice = -(-slice_len // chunk)
+    return slice_len, per_slice, slices * per_slice
 
 
 def _is_broadcast(p: torch.Tensor) -> bool:
@@ -99,13 +88,27 @@ def sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], lr: torch.Te
     compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     rates = torch.full((1, 1), alpha, dtype=compute, device=device) if lr is None else (lr * alpha).to(compute)
     rates = rates.contiguous()
-    shapes = tuple((g.numel(), g.shape[0] if g.dim() else 1, bool(params) and _is_broadcast(params[i]))
-                   for i, g in enumerate(grads))
     lr_tasks, lr_tensors = rates.shape
-    chunks = _device_plan(shapes, lr_tasks, lr_tensors, BLOCK, device)
-    pointers = [[p.data_ptr() for p in params] if params else [0] * len(grads),
-                [g.data_ptr() for g in grads], [o.data_ptr() for o in outs]]
-    tables = torch.tensor(pointers, dtype=torch.int64).to(device)
-    _sgd_step_kernel[(chunks.shape[0],)](chunks, tables[0], tables[1], tables[2], rates,
-                                         HAS_PARAMS=bool(params), DTYPE=_TL_DTYPES[dtype], BLOCK=BLOCK)
+    # lr_index() of sgd_step_math.h as a stride per task and a column per tensor
+    lr_task_stride = lr_tensors if lr_tasks > 1 else 0
+    work = [i for i, g in enumerate(grads) if g.numel() > 0]
+    for lo in range(0, len(work), GROUP):
+        group = work[lo:lo + GROUP]
+        first, slice_lens, per_slices, flags = [0], [], [], []
+        for i in group:
+            g = grads[i]
+            broadcast = bool(params) and _is_broadcast(params[i])
+            slice_len, per_slice, chunks = tensor_plan(g.numel(), g.shape[0] if g.dim() else 1, broadcast,
+                                                       lr_tasks, BLOCK)
+            first.append(first[-1] + chunks)
+            slice_lens.append(slice_len)
+            per_slices.append(per_slice)
+            flags.append(int(broadcast))
+        gs = tuple(grads[i] for i in group)
+        ps = tuple(params[i] for i in group) if params else gs  # read only when HAS_PARAMS
+        columns = tuple(i if lr_tensors > 1 else 0 for i in group)
+        _sgd_step_kernel[(first[-1],)](ps, gs, tuple(outs[i] for i in group), tuple(first), tuple(slice_lens),
+                                       tuple(per_slices), columns, tuple(flags), rates, lr_task_stride,
+                                       N=len(group), HAS_PARAMS=bool(params), BLOCK=BLOCK,
+                                       enable_fp_fusion=False)
     return outs

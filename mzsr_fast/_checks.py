@@ -67,6 +67,16 @@ def size_text(shape) -> str:
     return f"{shape[-2]}x{shape[-1]} (height x width)"
 
 
+def finite_on_host(t: torch.Tensor, name: str) -> None:
+    """finite_tensor where it needs no device synchronisation: CPU tensors only.
+    The fused ops check their per-call parameters (kernels, Gaussian
+    parameters) this way: on a GPU the check would stall the host on every call
+    and is not allowed inside CUDA-graph capture, so there NaN or infinity
+    propagates to the output instead of raising."""
+    if t.device.type == "cpu":
+        finite_tensor(t, name)
+
+
 def same_device(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
     if a.device != b.device:
         raise ValueError(f"{name_b}: expected a tensor on {a.device} like {name_a}, got {b.device}")

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from . import _checks
+from . import _checks, _tf32
 from .degradation import degrade, load_kernel
 from .maml import stacked_forward
 from .model import PARAMETER_NAMES
@@ -30,7 +30,7 @@ __all__ = ["adapt", "learning_rates", "forward_tiled", "back_projection", "avail
 
 # Eight 3x3 convolutions: an output pixel sees 8 pixels on each side.
 RECEPTIVE_RADIUS = 8
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16")
 # The final inference runs on tiles of this many output pixels when tile is
 # None: its peak (three 64-channel float32 maps of a tile with its margins) is
 # about 0.8 GB, and the margins add 3% of work.
@@ -190,13 +190,31 @@ def _side_stream(device: torch.device):
         torch.cuda.current_stream().wait_stream(stream)
 
 
+# Memory pool shared by every capture of this process: graphs of successive
+# adapt calls reuse its blocks instead of each reserving its own.
+_GRAPH_POOL = None
+
+
 def _capture(step: Callable[[], torch.Tensor], device: torch.device) -> Callable[[], torch.Tensor]:
     """step recorded (not run) as a CUDA graph; returns replay() -> step's
-    output, a static tensor that every replay overwrites."""
+    output, a static tensor that every replay overwrites.
+
+    Captures with CUDAGraph.capture_begin/capture_end on a side stream rather
+    than the torch.cuda.graph context manager, which synchronises the device
+    and empties the caching allocator (and the pinned host cache) on every
+    entry: a cost paid by every adapt(cuda_graph=True) call for nothing here,
+    and a stall of every other stream."""
+    global _GRAPH_POOL
     with torch.cuda.device(device):
+        if _GRAPH_POOL is None:
+            _GRAPH_POOL = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = step()
+        with _side_stream(device):
+            graph.capture_begin(pool=_GRAPH_POOL)
+            try:
+                out = step()
+            finally:
+                graph.capture_end()
 
     def replay() -> torch.Tensor:
         graph.replay()
@@ -272,8 +290,11 @@ def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None,
     MZSRNet (left unchanged). mode: "direct" or "bicubic" subsampling of the son
     (default: the model's). schedule: per-step learning rates in [0, 1), each
     a number or one number per parameter tensor (default: the model's,
-    ModelInfo.schedule); a diverging adaptation
-    (non-finite loss or output) raises ValueError. precision: "fp32" or "bf16" (autocast).
+    ModelInfo.schedule); a diverging adaptation (non-finite loss or output)
+    raises ValueError. precision: "fp32" (IEEE float32: no TF32 in CUDA
+    convolutions, so a GPU matches the CPU up to summation order), "tf32" (CUDA
+    convolutions in TF32, faster on Ampere and later GPUs, about 1e-3 relative
+    from fp32; the same as fp32 on the CPU) or "bf16" (autocast).
     tile: final inference on tiles of this many output pixels (bounded
     memory; None: AUTO_TILE); the result equals the untiled one. An image
     whose adaptation (about ADAPT_BYTES_PER_PIXEL per LR pixel) and output
@@ -329,13 +350,16 @@ def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None,
     else:  # no step: the son is never used
         son_up = y
     lr_up = imresize(y, scale=scale).contiguous(memory_format=torch.channels_last)
-    adapted, losses = _adapt_weights(params, son_up, y, rates, precision, cuda_graph, on_step)
+    tf32 = _tf32.fp32_precision("tf32") if precision == "tf32" else \
+        _tf32.fp32_precision("ieee") if precision == "fp32" else contextlib.nullcontext()
+    with tf32:
+        adapted, losses = _adapt_weights(params, son_up, y, rates, precision, cuda_graph, on_step)
 
-    def run(x):
-        with torch.no_grad(), _autocast(x.device, precision):
-            return stacked_forward(adapted, x[:, None])[:, 0].float()
+        def run(x):
+            with torch.no_grad(), _autocast(x.device, precision):
+                return stacked_forward(adapted, x[:, None])[:, 0].float()
 
-    sr = forward_tiled(run, lr_up, tile or AUTO_TILE)
+        sr = forward_tiled(run, lr_up, tile or AUTO_TILE)
     if steps and not torch.compiler.is_compiling():
         _check_converged(losses, sr, rates)
     sr = sr.clamp(0, 1)

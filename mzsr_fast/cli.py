@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="adaptation steps n of MZSR(n); comma-separated for one output per n, e.g. 0,1,10")
     sr.add_argument("--model", help="bundled model name or .safetensors path (default: the shipped model for "
                                     "the kernel's subsampling mode and the scale; direct_x2 when none fits)")
-    sr.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    sr.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
     sr.add_argument("--tile", type=int, help="final inference on tiles of this many output pixels (default: "
                                              "1024; bounds its memory, same result)")
     sr.add_argument("--backprojection", action="store_true", help="4 iterations of back-projection")
@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="comma-separated n of MZSR(n); for zssr its maximum steps (ZSSR: 3000)")
     evaluate.add_argument("--method", choices=("mzsr", "bicubic", "zssr"), default="mzsr")
     evaluate.add_argument("--model", help="bundled model name or .safetensors path")
-    evaluate.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    evaluate.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
     evaluate.add_argument("-o", "--output", metavar="OUTDIR", help="write results.md/.csv/.json here")
     evaluate.add_argument("--device")
     evaluate.set_defaults(run=cmd_eval)

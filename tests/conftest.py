@@ -2,8 +2,15 @@
 
 TRITON_INTERPRET must be set before any @triton.jit function is defined, so it
 is set here, before the test modules import mzsr_fast, when no GPU is present.
+
+MZSR_FAST_TEST_TIMEOUT=S (seconds; unset or 0: no limit) fails any test whose
+setup or call runs longer than S with a TimeoutError, via SIGALRM in the main
+thread, so one hung test cannot eat a time-limited session
+(scripts/gpu_session.sh sets it). The exception is raised when control is back
+in Python: a test stuck inside one C call is failed when that call returns.
 """
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -24,6 +31,37 @@ def shared_dir() -> Path:
     if not (SHARED / "golden").is_dir():
         pytest.skip(f"test data not found at {SHARED} (unset MZSR_FAST_SHARED to use tests/data)")
     return SHARED
+
+
+TEST_TIMEOUT = float(os.environ.get("MZSR_FAST_TEST_TIMEOUT") or 0)
+
+
+def _time_limited(item, phase: str):
+    if TEST_TIMEOUT <= 0 or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeoutError(f"{item.nodeid}: {phase} ran over the per-test limit of {TEST_TIMEOUT:g} s "
+                           f"(MZSR_FAST_TEST_TIMEOUT)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, TEST_TIMEOUT)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    yield from _time_limited(item, "setup")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    yield from _time_limited(item, "the test")
 
 
 @pytest.fixture(autouse=True)

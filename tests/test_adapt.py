@@ -141,6 +141,34 @@ def test_cuda_graph_equals_eager_on_cuda(precision):
     torch.testing.assert_close(graphed, eager, **tolerance)
 
 
+def _conv_tf32_setting():
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    return conv.fp32_precision if conv is not None and hasattr(conv, "fp32_precision") \
+        else ("tf32" if torch.backends.cudnn.allow_tf32 else "ieee")
+
+
+@pytest.mark.parametrize("precision, expected", [("fp32", "ieee"), ("tf32", "tf32")])
+def test_fp32_is_ieee_and_tf32_is_asked_for(monkeypatch, precision, expected):
+    """precision="fp32" runs the network with TF32 off in CUDA convolutions (so
+    a GPU matches the CPU up to summation order), "tf32" with it on; torch's
+    own setting is restored after. On the CPU both give the same numbers."""
+    seen = []
+    forward = adapt_module.stacked_forward
+
+    def recording(*args, **kwargs):
+        seen.append(_conv_tf32_setting())
+        return forward(*args, **kwargs)
+
+    before = _conv_tf32_setting()
+    monkeypatch.setattr(adapt_module, "stacked_forward", recording)
+    net = _small_net()
+    lr = torch.rand(1, 3, 24, 24)
+    out = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=2, model=net, precision=precision)
+    assert seen and set(seen) == {expected}
+    assert _conv_tf32_setting() == before
+    assert torch.equal(out, mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=2, model=net, precision="fp32"))
+
+
 def test_bf16_close_to_fp32():
     net = _small_net()
     lr = torch.rand(1, 3, 24, 24)

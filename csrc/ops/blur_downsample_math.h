@@ -255,5 +255,71 @@ MZSR_HD Acc input_grad(const G* grad_plane, const Acc* w, const TileGeometry& t,
   return acc;
 }
 
+// ---------------------------------------------------------------------------
+// Tile planning (host side of the CUDA kernels; plain integers, tested by
+// csrc/tests/test_math.cpp). A tile of th x tw outputs (powers of two, th <= 8,
+// tw <= 32, th tw threads) needs the padded input tile s (th - 1) + k by
+// s (tw - 1) + k in shared memory plus `fixed + per_thread * th * tw` other
+// elements (the forward: k * k weights and a th tw reduction buffer; the
+// kernel gradient: the th tw grad_out tile). The tile is first clamped to the
+// output (a 1 x 1 output at stride 100 gets a 1 x 1 tile, not 32 wide), then
+// the candidate with the most threads resident per SM wins (blocks per SM are
+// limited by the SM's shared memory sm_smem, 32 blocks and 64 warps); ties go
+// to at least two blocks per SM (one block alone idles the SM at every
+// barrier), then to fewer shared bytes per output (less halo reloaded). A
+// tile over default_limit (48 KiB) needs the per-kernel opt-in, up to
+// optin_limit.
+
+struct TilePlan {
+  int th = 0, tw = 0;     // 0 x 0: nothing fits
+  int64_t smem = 0;       // bytes of dynamic shared memory
+  bool opt_in = false;    // smem > the default limit
+};
+
+inline int64_t tile_smem_bytes(int64_t k, int64_t s, int th, int tw, int64_t fixed, int64_t per_thread,
+                               int64_t elem_bytes) {
+  const int64_t rows = s * (th - 1) + k, cols = s * (tw - 1) + k;
+  return (rows * cols + fixed + per_thread * th * tw) * elem_bytes;
+}
+
+inline int pow2_cap(int64_t n, int cap) {
+  int p = 1;
+  while (p < cap && p < n) p *= 2;
+  return p;
+}
+
+inline TilePlan plan_tile(int64_t k, int64_t s, int64_t Ho, int64_t Wo, int64_t elem_bytes, int64_t fixed,
+                          int64_t per_thread, int64_t default_limit, int64_t optin_limit, int64_t sm_smem) {
+  const int max_h = pow2_cap(Ho, 8), max_w = pow2_cap(Wo, 32);
+  TilePlan best;
+  int64_t best_resident = 0, best_blocks = 0;
+  for (int th = max_h; th >= 1; th /= 2) {
+    for (int tw = max_w; tw >= 1; tw /= 2) {
+      const int64_t bytes = tile_smem_bytes(k, s, th, tw, fixed, per_thread, elem_bytes);
+      if (bytes > optin_limit) continue;
+      const int threads = th * tw, warps = (threads + 31) / 32;
+      int64_t blocks = sm_smem / bytes;
+      if (blocks > 32) blocks = 32;
+      if (blocks > 64 / warps) blocks = 64 / warps;
+      if (blocks < 1) blocks = 1;
+      const int64_t resident = blocks * threads, two = blocks < 2 ? blocks : 2;
+      const int64_t best_threads = best.th * best.tw, best_two = best_blocks < 2 ? best_blocks : 2;
+      const bool better =
+          resident > best_resident ||
+          (resident == best_resident &&
+           (two > best_two || (two == best_two && bytes * best_threads < best.smem * threads)));
+      if (better) {
+        best.th = th;
+        best.tw = tw;
+        best.smem = bytes;
+        best.opt_in = bytes > default_limit;
+        best_resident = resident;
+        best_blocks = blocks;
+      }
+    }
+  }
+  return best;
+}
+
 }  // namespace blur_math
 }  // namespace mzsr_fast

@@ -7,11 +7,32 @@
 // lr_tensors is 1 (one rate for all tensors) or n (one per tensor). A param may be
 // broadcast over its leading task axis (stride 0, as made by p.expand(T, ...)).
 //
-// Multi-tensor design: the whole list is described by one flat table of chunks
-// (tensor index, offset into grads/out, offset into params, length, lr index),
-// each chunk lying inside one task slice of one tensor, so a single kernel
-// launch (CPU: one parallel loop) updates every tensor. The plan is pure
-// integer arithmetic: the CPU tests exercise exactly the indices the GPU uses.
+// Rounding (decided once, for every backend): the update is computed in opmath
+// (float32 for half types, else the tensor's own type) with TWO roundings, the
+// product r * g and then the difference p - r * g, and the result is rounded to
+// the storage type. This is what the plain-PyTorch reference does
+// (mzsr_fast.reference.sgd_step: torch._foreach_mul then torch._foreach_sub), so
+// every backend equals the reference bit for bit and the tests use tolerance 0
+// (fp64, fp32, and fp16/bf16, whose single rounding to storage follows the same
+// fp32 value). A fused multiply-add would round once and differ from the
+// reference by 1 ulp of opmath on a few percent of the elements (and by one
+// storage ulp on rare half-precision elements), with no reference to check it
+// against exactly. How each backend keeps the two roundings:
+// - C++ (CPU): every translation unit is compiled with -ffp-contract=off
+//   (csrc/compile_flags.txt, read by setup.py and CMakeLists.txt), so the
+//   compiler never contracts the product and the difference into an FMA.
+// - CUDA: mul_rn / sub_rn below are __fmul_rn / __fsub_rn (__dmul_rn /
+//   __dsub_rn), which nvcc never contracts, whatever --fmad says.
+// - Triton: the kernel is launched with enable_fp_fusion=False.
+//
+// Multi-tensor design: every tensor is cut into chunks (tensor index, offset
+// into grads/out, offset into params, length, lr index), each lying inside one
+// task slice of one tensor. A chunk is found from its tensor's TensorPlan and
+// its index within the tensor by chunk_at(), pure integer arithmetic that the
+// CPU loop (through plan()), the CUDA kernel (per block, on the device) and the
+// Triton kernel (the same formulas in kernels/sgd_step.py) share. The CUDA and
+// Triton launches take every pointer and size as kernel arguments, so a launch
+// copies nothing from the host and can be captured in a CUDA graph.
 #pragma once
 
 #include <cstdint>
@@ -34,7 +55,6 @@ struct Chunk {
   int64_t length;        // number of elements
   int64_t lr_index;      // index into the flat lr table (ignored without lr)
 };
-constexpr int kChunkFields = 5;  // a Chunk is 5 int64 values (the Triton plan has the same layout)
 
 // The rate of one chunk: alpha times its entry of the lr table (or alpha alone).
 template <typename opmath_t>
@@ -42,18 +62,29 @@ MZSR_HOST_DEVICE opmath_t rate(const opmath_t* lr, int64_t lr_index, opmath_t al
   return lr == nullptr ? alpha : alpha * lr[lr_index];
 }
 
-// One element: p - rate * g in opmath precision, rounded once to the storage type.
-// Two roundings in opmath (product, then difference), like torch's p - lr * g.
+// a * b and a - b, each rounded once to nearest and never fused (see the top).
+#if defined(__CUDA_ARCH__)
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
+#else
+template <typename T>
+inline T mul_rn(T a, T b) { return a * b; }
+template <typename T>
+inline T sub_rn(T a, T b) { return a - b; }
+#endif
+
+// One element: p - rate * g in opmath (two roundings), rounded to the storage type.
 template <typename scalar_t, typename opmath_t>
 MZSR_HOST_DEVICE scalar_t update(scalar_t p, scalar_t g, opmath_t r) {
-  const opmath_t step = r * static_cast<opmath_t>(g);
-  return static_cast<scalar_t>(static_cast<opmath_t>(p) - step);
+  return static_cast<scalar_t>(sub_rn(static_cast<opmath_t>(p), mul_rn(r, static_cast<opmath_t>(g))));
 }
 
 // Without params (p = 0): -rate * g, the gradient of sgd_step wrt its grads.
 template <typename scalar_t, typename opmath_t>
 MZSR_HOST_DEVICE scalar_t scaled(scalar_t g, opmath_t r) {
-  return static_cast<scalar_t>(-(r * static_cast<opmath_t>(g)));
+  return static_cast<scalar_t>(-mul_rn(r, static_cast<opmath_t>(g)));
 }
 
 // Index of the lr entry used by tensor i, task t.
@@ -68,24 +99,42 @@ struct TensorShape {
   bool param_broadcast;     // params[i] has stride 0 on its leading axis
 };
 
-// Split every tensor into task slices (when the rate or the param layout varies
-// per task) and each slice into chunks of at most chunk_size elements.
+// How one tensor is cut: into task slices when the rate or the param layout
+// varies per task (else one slice), each slice into chunks of chunk_size.
+struct TensorPlan {
+  int64_t slice_len;         // elements per slice
+  int64_t chunks_per_slice;  // ceil(slice_len / chunk_size)
+  int64_t chunks;            // chunks of the whole tensor (0 when it is empty)
+  bool broadcast;            // params[i] is read from one slice for every task
+};
+
+inline TensorPlan tensor_plan(const TensorShape& s, int64_t lr_tasks, int64_t chunk_size) {
+  if (s.numel == 0) return TensorPlan{0, 0, 0, s.param_broadcast};
+  const int64_t slices = (lr_tasks > 1 || s.param_broadcast) ? s.tasks : 1;
+  const int64_t slice_len = s.numel / slices;
+  const int64_t per_slice = (slice_len + chunk_size - 1) / chunk_size;
+  return TensorPlan{slice_len, per_slice, slices * per_slice, s.param_broadcast};
+}
+
+// Chunk c (0 <= c < chunks) of tensor `tensor`, from its plan's fields.
+MZSR_HOST_DEVICE Chunk chunk_at(int64_t tensor, int64_t c, int64_t slice_len, int64_t chunks_per_slice,
+                                bool broadcast, int64_t lr_tasks, int64_t lr_tensors, int64_t chunk_size) {
+  const int64_t t = c / chunks_per_slice;
+  const int64_t start = (c - t * chunks_per_slice) * chunk_size;
+  const int64_t len = slice_len - start < chunk_size ? slice_len - start : chunk_size;
+  const int64_t offset = t * slice_len + start;
+  return Chunk{tensor, offset, broadcast ? start : offset, len, lr_index(t, tensor, lr_tasks, lr_tensors)};
+}
+
+// Every chunk of every tensor, in order (the CPU kernel's work list).
 inline std::vector<Chunk> plan(const std::vector<TensorShape>& shapes, int64_t lr_tasks, int64_t lr_tensors,
                                int64_t chunk_size) {
   std::vector<Chunk> chunks;
   for (int64_t i = 0; i < static_cast<int64_t>(shapes.size()); ++i) {
-    const TensorShape& s = shapes[i];
-    if (s.numel == 0) continue;
-    const bool per_task = lr_tasks > 1 || s.param_broadcast;
-    const int64_t slices = per_task ? s.tasks : 1;
-    const int64_t slice_len = s.numel / slices;
-    for (int64_t t = 0; t < slices; ++t) {
-      const int64_t li = lr_index(t, i, lr_tasks, lr_tensors);
-      for (int64_t start = 0; start < slice_len; start += chunk_size) {
-        const int64_t len = slice_len - start < chunk_size ? slice_len - start : chunk_size;
-        const int64_t offset = t * slice_len + start;
-        chunks.push_back(Chunk{i, offset, s.param_broadcast ? start : offset, len, li});
-      }
+    const TensorPlan tp = tensor_plan(shapes[i], lr_tasks, chunk_size);
+    for (int64_t c = 0; c < tp.chunks; ++c) {
+      chunks.push_back(chunk_at(i, c, tp.slice_len, tp.chunks_per_slice, tp.broadcast, lr_tasks, lr_tensors,
+                                chunk_size));
     }
   }
   return chunks;

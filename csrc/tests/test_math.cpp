@@ -2,11 +2,13 @@
 // and CUDA kernels of blur_downsample: the symmetric index against a
 // brute-force mirror, the padded-index preimages, output sizes, the Gaussian
 // weights (sum, symmetries, closed form), and the tile phases of the CUDA
-// kernels run on the host thread by thread against a brute-force blur.
+// kernels run on the host thread by thread against a brute-force blur, and
+// the tile planner of the CUDA launches (clamped tiles, the opt-in path).
 // Plain C++ (no torch); registered with ctest by CMakeLists.txt.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <initializer_list>
 #include <random>
 #include <vector>
 
@@ -247,12 +249,64 @@ static void test_tiles() {
   }
 }
 
+// The CUDA launches' tile planner (H100/H200 limits: 48 KiB default, 227 KiB
+// opt-in, 228 KiB per SM), and the planned tiles run through the emulated kernel.
+static void test_tile_plan() {
+  const int64_t kDefault = 48 * 1024, kOptin = 227 * 1024, kSm = 228 * 1024;
+  // Typical fp32 forward (k 15, x2, a 128 x 128 output): the full 8 x 32 tile in 48 KiB.
+  bm::TilePlan p = bm::plan_tile(15, 2, 128, 128, 4, 15 * 15, 1, kDefault, kOptin, kSm);
+  EXPECT(p.th == 8 && p.tw == 32 && !p.opt_in, "typical: %dx%d opt_in %d", p.th, p.tw, p.opt_in);
+  // Tiny output at a large stride: stride 100, k 21, a 1 x 1 output gets a 1 x 1 tile.
+  p = bm::plan_tile(21, 100, 1, 1, 4, 21 * 21, 1, kDefault, kOptin, kSm);
+  EXPECT(p.th == 1 && p.tw == 1 && !p.opt_in && p.smem == (21 * 21 * 2 + 1) * 4, "1x1 at s100: %dx%d %lld", p.th,
+         p.tw, (long long)p.smem);
+  // fp64, k 31, stride 8: two blocks per SM rather than one 8 x 32 block of 202 KB.
+  p = bm::plan_tile(31, 8, 200, 200, 8, 31 * 31, 1, kDefault, kOptin, kSm);
+  EXPECT(p.th > 0 && p.smem <= kSm / 2, "fp64 k31 s8: %dx%d %lld bytes", p.th, p.tw, (long long)p.smem);
+  // The opt-in path: fp64 k 41 at stride 4 keeps most threads resident with an 8 x 16 tile of 70 KB
+  // (within 48 KiB only tiny tiles fit).
+  p = bm::plan_tile(41, 4, 50, 50, 8, 41 * 41, 1, kDefault, kOptin, kSm);
+  EXPECT(p.th > 0 && p.opt_in && p.smem > kDefault && p.smem <= kOptin, "opt-in: %dx%d %lld bytes", p.th, p.tw,
+         (long long)p.smem);
+  // Nothing fits: reported as a 0 x 0 plan (the launcher raises).
+  p = bm::plan_tile(201, 1, 10, 10, 8, 201 * 201, 1, kDefault, kOptin, kSm);
+  EXPECT(p.th == 0 && p.tw == 0, "too large: %dx%d", p.th, p.tw);
+  // Every plan is a power-of-two tile within the output's clamp and the opt-in limit.
+  for (int64_t k : {1, 5, 21, 31})
+    for (int64_t s : {1, 2, 4, 8, 100})
+      for (int64_t n : {1, 3, 9, 40})
+        for (int64_t bytes : {4, 8}) {
+          p = bm::plan_tile(k, s, n, n + 5, bytes, k * k, 1, kDefault, kOptin, kSm);
+          const bool pow2 = p.th > 0 && (p.th & (p.th - 1)) == 0 && (p.tw & (p.tw - 1)) == 0;
+          EXPECT(pow2 && p.th <= 8 && p.tw <= 32 && p.th < 2 * n && p.tw < 2 * (n + 5) && p.smem <= kOptin &&
+                     p.smem == bm::tile_smem_bytes(k, s, p.th, p.tw, k * k, 1, bytes) && p.opt_in == (p.smem > kDefault),
+                 "k%lld s%lld n%lld: %dx%d", (long long)k, (long long)s, (long long)n, p.th, p.tw);
+        }
+
+  // The planned tiles compute the blur: the stride-100 1 x 1 case and the opt-in case, emulated.
+  std::mt19937_64 rng(11);
+  std::uniform_real_distribution<double> uni(0.1, 1.1);
+  struct Case { int64_t H, W; int k, s; };
+  for (const Case& c : {Case{57, 80, 21, 100}, Case{37, 45, 41, 4}}) {
+    const int64_t Ho = bm::output_size(c.H, c.s), Wo = bm::output_size(c.W, c.s);
+    p = bm::plan_tile(c.k, c.s, Ho, Wo, 8, c.k * c.k, 1, kDefault, kOptin, kSm);
+    std::vector<double> x(c.H * c.W), w(c.k * c.k);
+    for (double& v : x) v = uni(rng);
+    for (double& v : w) v = uni(rng);
+    const std::vector<double> got = emulate_forward(x, c.H, c.W, w, nullptr, c.k, c.s, p.th, p.tw);
+    const std::vector<double> want = brute_blur(x, c.H, c.W, w, c.k, c.s);
+    EXPECT(p.th > 0 && max_abs_diff(got, want) < 1e-11, "planned tile k%d s%d %dx%d: %g", c.k, c.s, p.th, p.tw,
+           max_abs_diff(got, want));
+  }
+}
+
 int main() {
   test_symmetric_index();
   test_preimages();
   test_sizes();
   test_gaussian();
   test_tiles();
+  test_tile_plan();
   if (failures) {
     std::printf("%d check(s) failed\n", failures);
     return 1;

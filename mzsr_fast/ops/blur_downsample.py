@@ -40,7 +40,7 @@ def _check_kernel(kernel, batch: int, x: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"kernel: expected a floating-point tensor, got dtype {kernel.dtype}")
     _checks.same_device(x, kernel, "x", "kernel")
     if not torch.compiler.is_compiling():
-        _checks.finite_tensor(kernel, "kernel")
+        _checks.finite_on_host(kernel, "kernel")
     kernel = kernel.to(x.dtype)
     return kernel if kernel.dim() == 3 else kernel.unsqueeze(0)
 
@@ -108,12 +108,20 @@ def _check_gaussian_params(theta, lambda1, lambda2, batch: int, x: torch.Tensor)
               for v, _ in values]
     n = max(p.numel() for p in params)
     params = [p.reshape(-1).expand(n) for p in params]
+    # Value checks where they need no device sync (_checks.finite_on_host): every
+    # parameter when x is on the CPU; on a GPU the Python numbers, as the kernel
+    # will see them, made on the host (GPU tensors are not checked).
     if not torch.compiler.is_compiling():
-        for p, (_, name) in zip(params, values):
-            _checks.finite_tensor(p, name)
-        for p, name in ((params[1], "lambda1"), (params[2], "lambda2")):
-            if not bool((p > 0).all()):
-                raise ValueError(f"{name}: expected variances > 0, got a minimum of {p.min().item()}")
+        for p, (v, name) in zip(params, values):
+            if x.device.type == "cpu":
+                host = p
+            elif not isinstance(v, torch.Tensor):
+                host = torch.tensor(float(v), dtype=dtype)
+            else:
+                continue
+            _checks.finite_tensor(host, name)
+            if name != "theta" and not bool((host > 0).all()):
+                raise ValueError(f"{name}: expected variances > 0, got a minimum of {host.min().item()}")
     return params
 
 

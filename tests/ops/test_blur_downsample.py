@@ -107,6 +107,20 @@ def test_image_smaller_than_kernel(backend):
     _check_against_reference(backend, 1, 1, 1, 1, 3, 1, "direct", True)
 
 
+@pytest.mark.parametrize("b, c, h, w, k, scale", [
+    (1, 2, 57, 80, 21, 100),  # a 1 x 1 output at stride 100: a 1 x 1 CUDA tile of 7 KB (was refused)
+    (1, 1, 37, 45, 41, 4),    # float64 k 41: 8 x 16 tiles of 70 KB (forward), 57 KB (kernel grad): opt-in
+    (2, 1, 40, 44, 31, 8),    # float64 k 31, stride 8, per-image kernels: 8 x 8 tiles of 69 KB: opt-in
+], ids=["1x1_output_stride100", "smem_opt_in_k41", "smem_opt_in_k31_s8"])
+def test_large_kernels_and_strides(backend, b, c, h, w, k, scale):
+    """Shapes the CUDA tile planner (blur_math::plan_tile, csrc/tests/test_math.cpp)
+    treats specially, forward and both gradients against the reference; on a
+    GPU they reach the clamped tiles and the opt-in path of the real kernels."""
+    if backend == "triton" and device_of(backend) == "cpu" and k > 21:
+        pytest.skip("triton on the CPU interpreter: the k 41 and k 31 cases take minutes")
+    _check_against_reference(backend, b, c, h, w, k, scale, "direct", b == 1, atol=1e-10)
+
+
 @pytest.mark.parametrize("k, scale", [(15, 2), (21, 4), (3, 1)])
 def test_float32_tolerance(backend, k, scale):
     # Each output sums k * k products of terms below max|x| * max|kernel|; the
@@ -201,6 +215,23 @@ def test_anisotropic_numbers_and_scalars(backend):
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
     # [C, H, W] in, [C, H', W'] out
     assert anisotropic_blur_downsample(x[0], 0.1, 2.0, 2.0, size, 3, backend=backend).shape == (3, 4, 5)
+
+
+@pytest.mark.parametrize("theta", [-0.5 + 2 * math.pi * 16, 0.3 - 2 * math.pi * 150, 1000.25])
+def test_anisotropic_float32_any_theta(backend, theta):
+    """float32 weights are made with accurate sin / cos / exp (no fast-math
+    approximations: csrc/compile_flags.txt), so theta far outside [-pi, pi]
+    gives the weights of its float32 value: against the float64 reference at
+    exactly that value, within float32 rounding of a 15 x 15 blur."""
+    device = device_of(backend)
+    size = 15 if backend != "triton" else 5
+    x = _random((1, 2, 17, 19), torch.float32, device)
+    t32 = torch.tensor([theta], dtype=torch.float32, device=device)
+    out = anisotropic_blur_downsample(x, t32, torch.tensor([4.0], device=device), torch.tensor([1.0], device=device),
+                                      size, 2, backend=backend)
+    kernel = gaussian_kernel(t32.double(), 4.0, 1.0, size=size)
+    ref = reference_blur_downsample(x.double(), kernel[0], 2)
+    torch.testing.assert_close(out.double(), ref, atol=4e-6, rtol=0)
 
 
 def test_anisotropic_gradcheck(backend):
@@ -325,3 +356,31 @@ def test_low_precision(backend, dtype):
 
 def test_exported_from_package():
     assert mzsr_fast.anisotropic_blur_downsample is anisotropic_blur_downsample
+
+
+def test_value_checks_need_no_device_sync(monkeypatch):
+    """The per-call value checks (finite kernel, finite theta, positive variances)
+    run only on host values: numbers and CPU tensors are checked, tensors on a
+    GPU are not (checking them would stall the host on every call and is not
+    allowed during CUDA-graph capture). Shown with a fake device: every
+    host-side check goes through _checks.finite_tensor, which must see only CPU
+    tensors, and a GPU kernel tensor never reaches it."""
+    from mzsr_fast import _checks
+    from mzsr_fast.ops import blur_downsample as glue
+
+    seen = []
+    monkeypatch.setattr(_checks, "finite_tensor", lambda t, name: seen.append((t.device.type, name)))
+    x = torch.rand(1, 1, 9, 9)
+    glue._check_kernel(torch.rand(3, 3), 1, x)
+    glue._check_gaussian_params(0.3, torch.tensor([2.0]), 1.0, 1, x)
+    assert seen == [("cpu", "kernel"), ("cpu", "theta"), ("cpu", "lambda1"), ("cpu", "lambda2")]
+
+    class FakeGpuTensor:  # what finite_on_host sees for a tensor on a GPU
+        device = torch.device("cuda")
+
+    seen.clear()
+    _checks.finite_on_host(FakeGpuTensor(), "kernel")
+    assert seen == []
+    with pytest.raises(ValueError, match="lambda2: expected variances > 0"):
+        monkeypatch.undo()
+        glue._check_gaussian_params(0.3, 2.0, -1.0, 1, x)

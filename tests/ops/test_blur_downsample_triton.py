@@ -149,3 +149,33 @@ def test_non_contiguous_input():
     x = torch.rand(1, 8, 9, 2, dtype=torch.float64, device=DEVICE).permute(0, 3, 1, 2)   # [1, 2, 8, 9]
     kernel3 = torch.rand(1, 5, 5, dtype=torch.float64, device=DEVICE).transpose(1, 2)
     torch.testing.assert_close(tb.blur(x, kernel3, 2), _ref(x, kernel3, 2), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("module", ["blur_downsample", "sgd_step"])
+def test_integer_arguments_are_not_specialised(module):
+    """Every runtime integer argument of the Triton kernels is in the kernel's
+    do_not_specialize, so a new image size or list shape reuses the compiled
+    kernel instead of compiling a variant (Triton specialises ints equal to 1
+    and multiples of 16 by default). Pointer arguments (*_ptr, the sgd_step
+    tensor tuples p, g, o and the rate table lr) keep their alignment hints."""
+    import ast
+    import importlib
+    import inspect
+
+    mod = importlib.import_module(f"mzsr_fast.kernels.{module}")
+    tree = ast.parse(inspect.getsource(mod))
+    pointers = {"p", "g", "o", "lr"}
+    kernels = 0
+    for fn in tree.body:
+        if not (isinstance(fn, ast.FunctionDef) and fn.name.endswith("_kernel")):
+            continue
+        kernels += 1
+        decorator = fn.decorator_list[0]
+        keywords = {kw.arg: kw.value for kw in getattr(decorator, "keywords", [])}
+        assert "do_not_specialize" in keywords, f"{fn.name}: no do_not_specialize"
+        listed = set(eval(compile(ast.Expression(keywords["do_not_specialize"]), "<dns>", "eval"), vars(mod)))
+        runtime = {a.arg for a in fn.args.args if a.annotation is None}
+        integers = {name for name in runtime if not name.endswith("_ptr") and name not in pointers}
+        assert integers <= listed, f"{fn.name}: {sorted(integers - listed)} are specialised"
+        assert listed <= runtime, f"{fn.name}: {sorted(listed - runtime)} are not runtime arguments"
+    assert kernels >= 1

@@ -91,8 +91,40 @@ def test_backend_matches_reference(backend, form, dtype):
     for o, e, p in zip(out, expected, params):
         assert o.dtype == p.dtype and o.device == p.device and o.is_contiguous()
         torch.testing.assert_close(o, e, rtol=0, atol=4 * torch.finfo(dtype).eps * max(1.0, e.abs().max().item()))
-    for o, e in zip(out, _expected(params, grads, lr)):  # the reference: same two roundings
-        torch.testing.assert_close(o, e, rtol=0, atol=2 * torch.finfo(dtype).eps)
+    for o, e in zip(out, _expected(params, grads, lr)):  # the reference: the same two roundings, bit for bit
+        torch.testing.assert_close(o, e, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_two_roundings_bit_for_bit(backend, dtype):
+    """The rounding every backend implements (csrc/ops/sgd_step_math.h): product
+    and difference rounded separately in the compute dtype, as the reference.
+    Rates and values are drawn so that a fused multiply-add would differ on a few
+    percent of the elements; tolerance 0. 20 tensors: more than one Triton group."""
+    device = device_of(backend)
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(T, 97 + 13 * i) for i in range(20)]
+    params = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype).to(device) for s in shapes]
+    grads = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype).to(device) for s in shapes]
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    lr = (torch.rand(T, len(shapes), generator=gen, dtype=torch.float64) + 0.3).to(compute).to(device)
+    out = sgd_step(params, grads, lr, backend=backend)
+    for i, (o, p, g) in enumerate(zip(out, params, grads)):
+        step = lr[:, i:i + 1] * g.to(compute)  # one rounding
+        assert torch.equal(o, (p.to(compute) - step).to(dtype)), f"tensor {i}"  # the second, then storage
+
+
+def test_many_tensors_and_launch_groups(backend):
+    """Lists longer than one launch group (CUDA: 32 tensors, Triton: 16), with
+    empty tensors in between, a broadcast param and per-tensor rates."""
+    device = device_of(backend)
+    shapes = [(T, (i * 37) % 300) for i in range(41)]
+    params, grads = _lists(shapes, torch.float64, device)
+    params[7] = params[7][0].expand(T, *shapes[7][1:])
+    rates = [0.01 * (i + 1) for i in range(len(shapes))]
+    out = sgd_step(params, grads, rates, backend=backend)
+    for o, p, g, r in zip(out, params, grads, rates):
+        assert torch.equal(o, p - r * g)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -103,7 +135,7 @@ def test_half_precision_computes_in_float32(backend, dtype):
     out = sgd_step(params, grads, lr, backend=backend)
     for o, p, g in zip(out, params, grads):
         rate = lr.view(T, *([1] * (p.dim() - 1)))
-        expected = (p.float() - rate * g.float()).to(dtype)  # one rounding to the half type
+        expected = (p.float() - rate * g.float()).to(dtype)  # float32 arithmetic, then the half type
         assert o.dtype == dtype
         torch.testing.assert_close(o, expected, rtol=0, atol=0)
 
@@ -237,6 +269,36 @@ def test_meta_gradient_through_two_steps(backend):
 
     for got, expected in zip(run(backend), run("torch")):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (none here)")
+@pytest.mark.parametrize("name", ["cuda", "triton"])
+def test_capturable_in_a_cuda_graph(name):
+    """The launch copies nothing from the host (pointers and plan are kernel
+    arguments), so sgd_step records into a CUDA graph; replays read the static
+    inputs' new values. Warm-up first (Triton compiles, allocator pools)."""
+    reason = dispatch.unavailable_reason(name, "sgd_step", "cuda")
+    if reason is not None:
+        pytest.skip(reason)
+    shapes = [(T, 64, 3, 3, 3), (T, 64), (T, 5000), (T, 1)]
+    params, grads = _lists(shapes, torch.float32, "cuda")
+    params[1] = params[1][0].expand(T, 64)
+    lr = torch.rand(T, len(shapes), device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        sgd_step(params, grads, lr, backend=name)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = sgd_step(params, grads, lr, backend=name)
+    for trial in range(2):
+        for t in params[:1] + params[2:] + grads:
+            t.copy_(torch.randn_like(t))
+        lr.copy_(torch.rand_like(lr))
+        graph.replay()
+        for o, e in zip(out, _expected(params, grads, lr)):
+            assert torch.equal(o, e), f"replay {trial}"
 
 
 # ---------------------------------------------------------------------------

@@ -6,7 +6,10 @@ Everything is sized for a 2-core CPU: patches of 16-24 pixels, 2 tasks,
 from __future__ import annotations
 
 import pytest
+import torch
 from PIL import Image
+
+from mzsr_fast._tf32 import fp32_precision
 
 from train_helpers import textured
 
@@ -41,3 +44,17 @@ def val_dir(tmp_path_factory):
     Image.fromarray(textured(44, 44, 7)).save(root / "v1.png")
     Image.fromarray(textured(43, 50, 8)).save(root / "v2.png")
     return root
+
+
+@pytest.fixture
+def deterministic_cuda():
+    """CUDA results that repeat bit for bit: deterministic cuDNN algorithms (no
+    benchmark-mode choice) and no TF32 in convolutions or matmuls; restored after."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    cudnn = torch.backends.cudnn
+    saved = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = True, False
+    with fp32_precision("ieee"):
+        yield
+    cudnn.deterministic, cudnn.benchmark = saved

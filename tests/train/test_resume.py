@@ -1,5 +1,6 @@
-"""Resuming: bitwise the same weights as an uninterrupted run (CPU), stop
-signals, changed settings refused, the log kept consistent."""
+"""Resuming: bitwise the same weights as an uninterrupted run (CPU, and CUDA
+with deterministic cuDNN and no TF32), stop signals, changed settings
+refused, the log kept consistent."""
 import csv
 import os
 import signal
@@ -31,9 +32,13 @@ def test_pretrain_stopped_and_resumed_is_bitwise_the_uninterrupted_run(image_dir
     assert all(torch.equal(x, s["exp_avg"]) for x, s in zip(exp_avg, state_b["optimizer"]["state"].values()))
 
 
-def test_metatrain_stopped_by_a_signal_and_resumed_is_bitwise_the_uninterrupted_run(image_dir, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_metatrain_stopped_by_a_signal_and_resumed_is_bitwise_the_uninterrupted_run(image_dir, tmp_path, device,
+                                                                                    request):
+    if device == "cuda":
+        request.getfixturevalue("deterministic_cuda")  # skips without a GPU
     # learnable inner rates and a switch from first to second order inside the run
-    settings = dict(iterations=3, learn_inner_lr=True, first_order_until=2, checkpoint_every=0)
+    settings = dict(iterations=3, learn_inner_lr=True, first_order_until=2, checkpoint_every=0, device=device)
     straight = metatrain(tiny_meta(image_dir, tmp_path / "straight", **settings))
 
     def interrupt(step, run):

@@ -1,4 +1,10 @@
-"""Helpers of the trainer tests: synthetic images and tiny settings."""
+"""Helpers of the trainer tests: synthetic images and tiny settings.
+
+The tiny settings train on the CPU (device="cpu") unless a test passes
+another device: the trainer's default is CUDA when present, and the bitwise
+comparisons (stop/resume, 1 vs 2 processes) would then depend on cuDNN's
+algorithm choice and TF32. Tests that do run on CUDA use the
+deterministic_cuda fixture (tests/train/conftest.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +23,7 @@ def textured(h: int, w: int, seed: int, noise: float = 25.0) -> np.ndarray:
 
 def tiny_pretrain(data_dir, out, **overrides) -> PretrainConfig:
     settings = dict(data_dir=str(data_dir), out=str(out), iterations=4, patch_size=16, batch_size=4, lr=1e-3,
-                    log_every=1, checkpoint_every=2, progress=False, prefetch=2, threads=1)
+                    log_every=1, checkpoint_every=2, progress=False, prefetch=2, threads=1, device="cpu")
     settings.update(overrides)
     return PretrainConfig(**settings)
 
@@ -25,7 +31,7 @@ def tiny_pretrain(data_dir, out, **overrides) -> PretrainConfig:
 def tiny_meta(data_dir, out, **overrides) -> MetatrainConfig:
     settings = dict(data_dir=str(data_dir), out=str(out), iterations=3, meta_batch=2, task_batch=2,
                     patch_size=16, inner_steps=2, meta_lr=1e-3, log_every=1, checkpoint_every=2,
-                    progress=False, prefetch=2, threads=1)
+                    progress=False, prefetch=2, threads=1, device="cpu")
     settings.update(overrides)
     return MetatrainConfig(**settings)
 

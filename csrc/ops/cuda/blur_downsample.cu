@@ -4,7 +4,8 @@
 // C++ tests run on the host; this file only lays out shared memory, launches,
 // and puts barriers between the phases.
 //
-// forward: block = th x tw outputs of one plane; shared memory holds the
+// forward: block = th x tw outputs of one plane (blur_math::plan_tile: at
+//   most 8 x 32, clamped to the output, the shape with most threads resident); shared memory holds the
 //   k * k weights (copied, or computed from theta / lambda1 / lambda2 and
 //   normalised with a block tree sum: no weight tensor), and the padded input
 //   tile s (th - 1) + k by s (tw - 1) + k (symmetric border applied while
@@ -40,8 +41,7 @@ namespace {
 
 using blur_math::TileGeometry;
 
-constexpr int kTileW = 32;      // outputs per tile row (one warp)
-constexpr int kMaxTileH = 8;    // at most 8 x 32 = 256 threads
+constexpr int kTileW = 32;      // columns per block of the input-gradient kernel (one warp)
 constexpr int kGradThreads = 256;
 constexpr size_t kDefaultSmem = 48 * 1024;
 
@@ -141,37 +141,33 @@ void check_launch(const char* op) {
   TORCH_CHECK(error == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(error));
 }
 
-// Largest shared memory a block may opt into on the current device.
-size_t max_smem_optin(int device) {
-  int value = 0;
-  if (cudaDeviceGetAttribute(&value, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
-    cudaGetLastError();
-    return kDefaultSmem;
-  }
-  return std::max(kDefaultSmem, static_cast<size_t>(value));
-}
-
-// Tile height (8, 4, 2 or 1 rows of 32 outputs) whose shared memory fits in
-// 48 KiB, or else the opt-in maximum. extra(th) = shared elements besides the
-// input tile.
-struct TilePlan {
-  int th;
-  size_t smem;
+// Shared-memory limits of a device: the opt-in maximum per block and the total per SM.
+struct SmemLimits {
+  size_t optin, per_sm;
 };
 
-template <typename acc_t, typename Extra>
-TilePlan plan_tiles(int64_t k, int64_t s, int device, const Extra& extra, const char* op) {
-  const size_t optin = max_smem_optin(device);
-  for (size_t limit : {kDefaultSmem, optin}) {
-    for (int th = kMaxTileH; th >= 1; th /= 2) {
-      const int64_t in_rows = s * (th - 1) + k, in_cols = s * (kTileW - 1) + k;
-      const size_t bytes = static_cast<size_t>(in_rows * in_cols + extra(th)) * sizeof(acc_t);
-      if (bytes <= limit) return {th, bytes};
-    }
+SmemLimits smem_limits(int device) {
+  int optin = 0, per_sm = 0;
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) != cudaSuccess) {
+    cudaGetLastError();
+    return {kDefaultSmem, kDefaultSmem};
   }
-  TORCH_CHECK(false, op, ": a ", k, " x ", k, " kernel at stride ", s,
+  return {std::max(kDefaultSmem, static_cast<size_t>(optin)), std::max(kDefaultSmem, static_cast<size_t>(per_sm))};
+}
+
+// The output tile of a launch (blur_math::plan_tile): extra shared elements
+// besides the input tile are fixed + per_thread * threads.
+template <typename acc_t>
+blur_math::TilePlan plan_tiles(int64_t k, int64_t s, int64_t Ho, int64_t Wo, int device, int64_t fixed,
+                               int64_t per_thread, const char* op) {
+  const SmemLimits limits = smem_limits(device);
+  const blur_math::TilePlan plan =
+      blur_math::plan_tile(k, s, Ho, Wo, sizeof(acc_t), fixed, per_thread, static_cast<int64_t>(kDefaultSmem),
+                           static_cast<int64_t>(limits.optin), static_cast<int64_t>(limits.per_sm));
+  TORCH_CHECK(plan.th > 0, op, ": a ", k, " x ", k, " kernel at stride ", s,
               " needs more shared memory than this GPU has; use backend='triton' or 'torch'");
-  return {1, 0};
+  return plan;
 }
 
 template <typename Kernel>
@@ -205,12 +201,11 @@ at::Tensor run_forward(const at::Tensor& x_in, const at::Tensor& weights_or_para
   const cudaStream_t stream = current_stream(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blur_downsample_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const TilePlan plan = plan_tiles<acc_t>(k, stride, x.device().index(),
-                                            [&](int th) { return k * k + th * kTileW; }, op);
+    const blur_math::TilePlan plan = plan_tiles<acc_t>(k, stride, Ho, Wo, x.device().index(), k * k, 1, op);
     const TileGeometry t = blur_math::make_tile_geometry(H, W, static_cast<int>(k), static_cast<int>(stride),
-                                                         plan.th, kTileW);
-    const dim3 grid = tile_grid((Wo + kTileW - 1) / kTileW, (Ho + plan.th - 1) / plan.th, planes, op);
-    const dim3 block(plan.th * kTileW);
+                                                         plan.th, plan.tw);
+    const dim3 grid = tile_grid((Wo + plan.tw - 1) / plan.tw, (Ho + plan.th - 1) / plan.th, planes, op);
+    const dim3 block(plan.th * plan.tw);
     const acc_t* data = weights_or_params.const_data_ptr<acc_t>();
     if (gaussian) {
       auto kernel = forward_kernel<scalar_t, acc_t, true>;
@@ -273,7 +268,7 @@ std::tuple<at::Tensor, at::Tensor> blur_downsample_backward_cuda(const at::Tenso
       if (need_x) {
         const int rows_per_block = kGradThreads / kTileW;
         const size_t smem = static_cast<size_t>(k * k) * sizeof(acc_t);
-        TORCH_CHECK(smem <= max_smem_optin(x.device().index()), op, ": a ", k, " x ", k,
+        TORCH_CHECK(smem <= smem_limits(x.device().index()).optin, op, ": a ", k, " x ", k,
                     " kernel needs more shared memory than this GPU has; use backend='triton' or 'torch'");
         const TileGeometry t = blur_math::make_tile_geometry(H, W, static_cast<int>(k), static_cast<int>(stride),
                                                              1, kTileW);
@@ -286,16 +281,15 @@ std::tuple<at::Tensor, at::Tensor> blur_downsample_backward_cuda(const at::Tenso
         check_launch(op);
       }
       if (need_kernel) {
-        const TilePlan plan = plan_tiles<acc_t>(k, stride, x.device().index(),
-                                                [&](int th) { return static_cast<int64_t>(th) * kTileW; }, op);
+        const blur_math::TilePlan plan = plan_tiles<acc_t>(k, stride, Ho, Wo, x.device().index(), 0, 1, op);
         const TileGeometry t = blur_math::make_tile_geometry(H, W, static_cast<int>(k), static_cast<int>(stride),
-                                                             plan.th, kTileW);
-        const int64_t tiles_w = (Wo + kTileW - 1) / kTileW, tiles_h = (Ho + plan.th - 1) / plan.th;
+                                                             plan.th, plan.tw);
+        const int64_t tiles_w = (Wo + plan.tw - 1) / plan.tw, tiles_h = (Ho + plan.th - 1) / plan.th;
         const dim3 grid = tile_grid(tiles_w, tiles_h, planes, op);
         at::Tensor partial = at::empty({B, C * tiles_h * tiles_w, k * k}, x.options().dtype(acc));
         auto kernel = backward_kernel_kernel<scalar_t, acc_t>;
         allow_smem(kernel, plan.smem);
-        kernel<<<grid, plan.th * kTileW, plan.smem, stream>>>(grad_out.const_data_ptr<scalar_t>(),
+        kernel<<<grid, plan.th * plan.tw, plan.smem, stream>>>(grad_out.const_data_ptr<scalar_t>(),
                                                                x.const_data_ptr<scalar_t>(),
                                                                partial.mutable_data_ptr<acc_t>(), t, planes);
         check_launch(op);

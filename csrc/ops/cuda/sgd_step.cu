@@ -1,8 +1,12 @@
-// CUDA kernel of mzsr_fast::sgd_step: one launch over every chunk of every tensor.
-// The host builds the chunk plan (sgd_step_math.h) and the three pointer tables,
-// and ships them to the device in one copy; block b updates chunk b.
+// CUDA kernel of mzsr_fast::sgd_step: one launch per group of up to
+// kLaunchTensors tensors (one launch for the 16 tensors of the MZSR net).
+// Everything a launch needs, the pointers and the plan of each tensor of its
+// group, travels as one kernel argument (LaunchTable, a fixed-size struct of
+// about 1.6 KB, under the 4 KB argument limit): nothing is copied from the host,
+// so the launch can be captured in a CUDA graph. Block b finds its tensor in the
+// group's prefix sums of chunks and its chunk with chunk_at() (sgd_step_math.h),
+// then updates that chunk.
 // Only device-generic headers: this compiles against a CPU-only torch as well.
-#include <cstring>
 #include <vector>
 
 #include <ATen/DeviceAccelerator.h>
@@ -21,17 +25,34 @@ namespace {
 
 constexpr int64_t kCudaChunk = 4096;  // elements per block
 constexpr int kThreads = 256;
+constexpr int kLaunchTensors = 32;
 
-// table: [3, n] pointers (params, grads, out) as int64; chunks: the plan.
+struct LaunchTable {
+  const void* params[kLaunchTensors];  // nullptr entries without params
+  const void* grads[kLaunchTensors];
+  void* out[kLaunchTensors];
+  int64_t slice_len[kLaunchTensors];
+  int64_t chunks_per_slice[kLaunchTensors];
+  int64_t first_chunk[kLaunchTensors + 1];  // prefix sums of the tensors' chunks: block ids
+  int64_t tensor[kLaunchTensors];           // index in the whole list (the lr table's column)
+  bool broadcast[kLaunchTensors];
+  int count;                                // tensors in this launch
+};
+static_assert(sizeof(LaunchTable) <= 4096, "kernel arguments are limited to 4 KB");
+
 template <typename scalar_t, typename opmath_t>
-__global__ void sgd_step_kernel(const int64_t* __restrict__ table, int64_t n, const Chunk* __restrict__ chunks,
-                                const opmath_t* __restrict__ lr, opmath_t alpha, bool has_params) {
-  const Chunk k = chunks[blockIdx.x];
+__global__ void sgd_step_kernel(const LaunchTable table, const opmath_t* __restrict__ lr, int64_t lr_tasks,
+                                int64_t lr_tensors, opmath_t alpha, bool has_params) {
+  const int64_t block = blockIdx.x;
+  int e = 0;
+  while (e + 1 < table.count && table.first_chunk[e + 1] <= block) ++e;
+  const Chunk k = chunk_at(table.tensor[e], block - table.first_chunk[e], table.slice_len[e],
+                           table.chunks_per_slice[e], table.broadcast[e], lr_tasks, lr_tensors, kCudaChunk);
   const opmath_t r = rate<opmath_t>(lr, k.lr_index, alpha);
-  const scalar_t* g = reinterpret_cast<const scalar_t*>(table[n + k.tensor]) + k.offset;
-  scalar_t* out = reinterpret_cast<scalar_t*>(table[2 * n + k.tensor]) + k.offset;
+  const scalar_t* g = static_cast<const scalar_t*>(table.grads[e]) + k.offset;
+  scalar_t* out = static_cast<scalar_t*>(table.out[e]) + k.offset;
   if (has_params) {
-    const scalar_t* p = reinterpret_cast<const scalar_t*>(table[k.tensor]) + k.param_offset;
+    const scalar_t* p = static_cast<const scalar_t*>(table.params[e]) + k.param_offset;
     for (int64_t j = threadIdx.x; j < k.length; j += blockDim.x) out[j] = update<scalar_t, opmath_t>(p[j], g[j], r);
   } else {
     for (int64_t j = threadIdx.x; j < k.length; j += blockDim.x) out[j] = scaled<scalar_t, opmath_t>(g[j], r);
@@ -49,35 +70,39 @@ std::vector<at::Tensor> sgd_step_cuda(at::TensorList params, at::TensorList grad
   const c10::DeviceGuard guard(gs[0].device());
   const bool has_lr = lr.has_value() && lr->defined();
   const int64_t lr_tasks = has_lr ? lr->size(0) : 1, lr_tensors = has_lr ? lr->size(1) : 1;
-  const std::vector<Chunk> chunks = plan(shapes, lr_tasks, lr_tensors, kCudaChunk);
-  if (chunks.empty()) return outs;
-  TORCH_CHECK(chunks.size() < (size_t{1} << 31), "sgd_step: too many chunks for one launch");
-
-  // One host buffer: pointer tables [3, n], then the chunks; one copy to the device.
-  const int64_t n = static_cast<int64_t>(gs.size());
-  const int64_t words = 3 * n + static_cast<int64_t>(chunks.size()) * kChunkFields;
-  at::Tensor host = at::empty({words}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
-  int64_t* h = host.mutable_data_ptr<int64_t>();
-  for (int64_t i = 0; i < n; ++i) {
-    h[i] = ps.empty() ? 0 : reinterpret_cast<int64_t>(ps[i].const_data_ptr());
-    h[n + i] = reinterpret_cast<int64_t>(gs[i].const_data_ptr());
-    h[2 * n + i] = reinterpret_cast<int64_t>(outs[i].mutable_data_ptr());
-  }
-  static_assert(sizeof(Chunk) == kChunkFields * sizeof(int64_t), "Chunk must be 5 packed int64 values");
-  std::memcpy(h + 3 * n, chunks.data(), chunks.size() * sizeof(Chunk));
-  const at::Tensor device_meta = host.to(gs[0].device(), /*non_blocking=*/true);
-  const int64_t* table = device_meta.const_data_ptr<int64_t>();
-  const Chunk* device_chunks = reinterpret_cast<const Chunk*>(table + 3 * n);
-
   auto stream = static_cast<cudaStream_t>(at::accelerator::getCurrentStream(gs[0].device().index()).native_handle());
+
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gs[0].scalar_type(), "sgd_step_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    sgd_step_kernel<scalar_t, opmath_t><<<static_cast<unsigned>(chunks.size()), kThreads, 0, stream>>>(
-        table, n, device_chunks, has_lr ? lr->const_data_ptr<opmath_t>() : nullptr, static_cast<opmath_t>(alpha),
-        !ps.empty());
+    const opmath_t* lr_data = has_lr ? lr->const_data_ptr<opmath_t>() : nullptr;
+    LaunchTable table{};
+    auto launch = [&] {
+      const int64_t blocks = table.first_chunk[table.count];
+      TORCH_CHECK(blocks < (int64_t{1} << 31), "sgd_step: too many chunks for one launch (", blocks, ")");
+      sgd_step_kernel<scalar_t, opmath_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+          table, lr_data, lr_tasks, lr_tensors, static_cast<opmath_t>(alpha), !ps.empty());
+      const cudaError_t error = cudaGetLastError();
+      TORCH_CHECK(error == cudaSuccess, "sgd_step: CUDA launch failed: ", cudaGetErrorString(error));
+      table.count = 0;
+    };
+    for (size_t i = 0; i < gs.size(); ++i) {
+      const TensorPlan tp = tensor_plan(shapes[i], lr_tasks, kCudaChunk);
+      if (tp.chunks == 0) continue;
+      const int e = table.count;
+      table.params[e] = ps.empty() ? nullptr : ps[i].const_data_ptr();
+      table.grads[e] = gs[i].const_data_ptr();
+      table.out[e] = outs[i].mutable_data_ptr();
+      table.slice_len[e] = tp.slice_len;
+      table.chunks_per_slice[e] = tp.chunks_per_slice;
+      table.broadcast[e] = tp.broadcast;
+      table.tensor[e] = static_cast<int64_t>(i);
+      if (e == 0) table.first_chunk[0] = 0;
+      table.first_chunk[e + 1] = table.first_chunk[e] + tp.chunks;
+      table.count = e + 1;
+      if (table.count == kLaunchTensors) launch();
+    }
+    if (table.count > 0) launch();
   });
-  const cudaError_t error = cudaGetLastError();
-  TORCH_CHECK(error == cudaSuccess, "sgd_step: CUDA launch failed: ", cudaGetErrorString(error));
   return outs;
 }
 
