@@ -17,7 +17,7 @@ process CPU times on 1 thread is recorded too
 shared 2-core machine swing with whatever else runs.
 
 Task-data step: 5 tasks x 16 patches of 64 x 64, one Gaussian kernel per
-task (SPEC section 7), blur + direct subsampling x2 + mzsr_fast.imresize back
+task (docs/method.md section 7), blur + direct subsampling x2 + mzsr_fast.imresize back
 to 64 x 64; target < 8 ms on the 2-core CPU (the reference's numpy/scipy
 pipeline: 0.23 s). The stages are timed separately as well.
 

@@ -1,4 +1,4 @@
-"""One meta-iteration of MZSR meta-transfer learning (SPEC section 7): 5 tasks x
+"""One meta-iteration of MZSR meta-transfer learning (docs/method.md section 7): 5 tasks x
 5 inner steps, 8 + 8 patches of 64x64, L1, alpha = 0.01, MSL-weighted query
 losses, meta-gradient wrt the initial parameters; second and first order.
 

@@ -1,5 +1,5 @@
 """Triton kernels of the degradation op: blur with a half-sample symmetric
-border, then keep every stride-th row and column (SPEC section 3, "direct").
+border, then keep every stride-th row and column (docs/method.md section 3, "direct").
 
     out[b, c, i, j] = sum_{dy, dx} w[b or 0, dy, dx]
                       * x[b, c, sym(s i + dy - r, H), sym(s j + dx - r, W)]
@@ -17,7 +17,7 @@ int32 except the per-plane base offset, which is int64):
   scalar weight. sym() maps every integer into the image, so the gathers
   need no mask (only the store does).
 - ``_gaussian_blur_fwd_kernel``: the same with the anisotropic Gaussian
-  weights (SPEC section 2) computed inside the kernel from cos(theta),
+  weights (docs/method.md section 2) computed inside the kernel from cos(theta),
   sin(theta) (torch's, with full range reduction for any theta), lambda1,
   lambda2, with correctly rounded divisions (_div_rn; its float32 exp
   stays Triton's ex2.approx.f32, about 2 ulp): the normaliser is one [KP, KP] block reduction per program, each
@@ -509,7 +509,7 @@ def blur(x: torch.Tensor, kernel3: torch.Tensor, stride: int) -> torch.Tensor:
 
 def gaussian_blur(x: torch.Tensor, theta: torch.Tensor, lambda1: torch.Tensor, lambda2: torch.Tensor,
                   size: int, stride: int) -> torch.Tensor:
-    """blur() with the anisotropic Gaussian kernel (SPEC section 2) built
+    """blur() with the anisotropic Gaussian kernel (docs/method.md section 2) built
     inside the kernel from its parameters, never materialised.
 
     x: [B, C, H, W]; theta, lambda1, lambda2 (radians, variances > 0):

@@ -1,4 +1,4 @@
-"""The degradation model of MZSR (SPEC section 3) and the paper's benchmark kernels."""
+"""The degradation model of MZSR (docs/method.md section 3) and the paper's benchmark kernels."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Anisotropic Gaussian blur kernels (SPEC section 2).
+"""Anisotropic Gaussian blur kernels (docs/method.md section 2).
 
 k(x, y) ~ exp(-1/2 [x y] S^-1 [x y]^T) with S = R(theta) diag(lambda1, lambda2)
 R(theta)^T; lambda1, lambda2 are variances. x is the column offset and y the
@@ -78,7 +78,7 @@ def gaussian_weights(theta: torch.Tensor, lambda1: torch.Tensor, lambda2: torch.
 
 def sample_kernel_params(n: int, scale: float, generator: torch.Generator | None = None,
                          device=None, dtype=None):
-    """Draw n kernels from the meta-training distribution (SPEC section 2).
+    """Draw n kernels from the meta-training distribution (docs/method.md section 2).
 
     theta ~ U[0, pi), lambda1 ~ U[1, 2.5 scale], lambda2 ~ U[1, lambda1].
     Returns (theta, lambda1, lambda2), each [n].

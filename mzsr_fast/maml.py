@@ -1,4 +1,4 @@
-"""The batched MAML inner loop of meta-transfer learning (SPEC section 7).
+"""The batched MAML inner loop of meta-transfer learning (docs/method.md section 7).
 
 Every parameter of MZSRNet gets a leading task axis [T, ...] ("stacked"
 parameters); one call adapts T tasks at once, each with its own weights:
@@ -18,7 +18,7 @@ Public functions:
   exact second order (order=2) or first order (order=1), the update being the
   fused multi-tensor op mzsr_fast.sgd_step; returns the adapted parameters
   and the query loss of every task after every step.
-- ``msl_weights(step, steps)``: the MAML++ multi-step loss weights of SPEC
+- ``msl_weights(step, steps)``: the MAML++ multi-step loss weights of docs/method.md
   section 7; ``multi_step_loss(query_losses, weights)``: the meta loss.
 """
 from __future__ import annotations

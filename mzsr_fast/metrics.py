@@ -1,4 +1,4 @@
-"""PSNR and SSIM as the SR papers (and the MZSR paper) report them (SPEC section 9).
+"""PSNR and SSIM as the SR papers (and the MZSR paper) report them (docs/method.md section 9).
 
 Both take images in [0, 1], [C, H, W] or [B, C, H, W] (RGB, or one channel),
 quantise them to 0..255, crop the ground truth to a multiple of scale (top

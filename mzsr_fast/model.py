@@ -1,4 +1,4 @@
-"""The MZSR network (SPEC section 5) and its functional form.
+"""The MZSR network (docs/method.md section 5) and its functional form.
 
 Eight 3x3 convolutions (3 -> 64, six times 64 -> 64, 64 -> 3), zero 'same'
 padding, bias everywhere, ReLU after the first seven, global residual:

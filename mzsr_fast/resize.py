@@ -1,4 +1,4 @@
-"""MATLAB-compatible bicubic imresize (SPEC section 4), differentiable.
+"""MATLAB-compatible bicubic imresize (docs/method.md section 4), differentiable.
 
 Each axis is resized separately: the P taps per output pixel and their weights
 are computed once in float64 and cached per (length in, length out, scale,

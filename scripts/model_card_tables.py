@@ -1,5 +1,5 @@
 """Measured PSNR/SSIM tables for a model card, with `mzsr_fast.evaluation` (what
-`mzsr-fast eval` runs), next to bicubic and the paper's numbers (SPEC section 10).
+`mzsr-fast eval` runs), next to bicubic and the paper's numbers (docs/method.md section 10).
 
 Usage: python scripts/model_card_tables.py --model PATH [--pretrained PATH]
        [--data ../shared/data] [--sets Set5,Set14] [--presets g_d_2.0,...] > tables.md
@@ -44,7 +44,7 @@ def main(argv=None):
     columns = ["Bicubic"] + [f"MZSR({n})" for n in steps]
     if args.pretrained:
         columns += [f"pretrained-only({n})" for n in steps if n > 0]
-    print(f"x2, PSNR (dB) / SSIM on the Y channel (SPEC section 9); measured {time.strftime('%Y-%m-%d')}, "
+    print(f"x2, PSNR (dB) / SSIM on the Y channel (docs/method.md section 9); measured {time.strftime('%Y-%m-%d')}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads.\n")
     for dataset in args.sets.split(","):
         print(f"#### {dataset}\n")

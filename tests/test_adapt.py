@@ -1,4 +1,4 @@
-"""Test-time adaptation MZSR(n) (SPEC section 8)."""
+"""Test-time adaptation MZSR(n) (docs/method.md section 8)."""
 import contextlib
 import copy
 import importlib
@@ -23,7 +23,7 @@ def _small_net():
 
 
 def _straightforward(lr, kernel, scale, rates, net, mode="direct"):
-    """SPEC section 8 written out step by step with nn.Module and torch.optim.SGD."""
+    """docs/method.md section 8 written out step by step with nn.Module and torch.optim.SGD."""
     net = copy.deepcopy(net)
     son = mzsr_fast.degrade(lr[None], kernel, scale, mode=mode)
     x = mzsr_fast.imresize(son, scale=scale, size=lr.shape[-2:])

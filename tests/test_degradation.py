@@ -1,5 +1,5 @@
 """degrade and the plain-PyTorch blur_downsample against the reference implementation
-(SPEC section 3) and the paper's Bicubic column (SPEC section 9)."""
+(docs/method.md section 3) and the paper's Bicubic column (docs/method.md section 9)."""
 import numpy as np
 import pytest
 import torch

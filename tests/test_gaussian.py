@@ -1,4 +1,4 @@
-"""gaussian_kernel, sample_kernel_params and presets (SPEC section 2)."""
+"""gaussian_kernel, sample_kernel_params and presets (docs/method.md section 2)."""
 import math
 
 import numpy as np

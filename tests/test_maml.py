@@ -4,7 +4,7 @@ arithmetic: adapted parameters, per-step query losses and the meta-gradient of
 the MSL-weighted query losses wrt the initial parameters (and wrt learnable
 rates), for second and first order, tight in float64 and to float32 tolerance.
 T=3 tasks, K=3 steps, 2 + 2 patches of 12x12. Also: every stacked-forward
-strategy against the loop, the MSL schedule of SPEC section 7, bad input.
+strategy against the loop, the MSL schedule of docs/method.md section 7, bad input.
 """
 from __future__ import annotations
 
@@ -289,7 +289,7 @@ def test_mse_and_callable_losses_agree():
 
 
 # ---------------------------------------------------------------------------
-# MAML++ multi-step loss weights (SPEC section 7)
+# MAML++ multi-step loss weights (docs/method.md section 7)
 # ---------------------------------------------------------------------------
 
 def test_msl_weights_schedule():

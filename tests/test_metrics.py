@@ -1,4 +1,4 @@
-"""PSNR / SSIM as in the SR papers (SPEC section 9)."""
+"""PSNR / SSIM as in the SR papers (docs/method.md section 9)."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""MZSRNet and its functional form (SPEC section 5)."""
+"""MZSRNet and its functional form (docs/method.md section 5)."""
 import torch
 
 import mzsr_fast

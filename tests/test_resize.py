@@ -1,4 +1,4 @@
-"""MATLAB-compatible bicubic imresize (SPEC section 4)."""
+"""MATLAB-compatible bicubic imresize (docs/method.md section 4)."""
 import numpy as np
 import pytest
 import torch

@@ -78,7 +78,7 @@ MZSR_HD double math_cos(double v) { return cos(v); }
 MZSR_HD float math_sin(float v) { return sinf(v); }
 MZSR_HD double math_sin(double v) { return sin(v); }
 
-// Anisotropic Gaussian (SPEC section 2): weight(x, y) = exp(-q / 2) with
+// Anisotropic Gaussian (docs/method.md section 2): weight(x, y) = exp(-q / 2) with
 // q = [x y] S^-1 [x y]^T, S = R(theta) diag(l1, l2) R(theta)^T, l1 and l2
 // variances. In the rotated frame u = cos t x + sin t y, v = -sin t x + cos t y:
 // q = u^2 / l1 + v^2 / l2. Written in the same form as mzsr_fast.gaussian

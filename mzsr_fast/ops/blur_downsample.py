@@ -146,7 +146,7 @@ _GAUSSIAN = {"cpu": _gaussian_native, "cuda": _gaussian_native, "triton": _gauss
 
 def anisotropic_blur_downsample(x: torch.Tensor, theta, lambda1, lambda2, size: int, scale: int,
                                 mode: str = "direct", backend: str | None = None) -> torch.Tensor:
-    """blur_downsample with the anisotropic Gaussian kernel of SPEC section 2,
+    """blur_downsample with the anisotropic Gaussian kernel of docs/method.md section 2,
     computed inside the kernel from its parameters (no [B, k, k] tensor on the
     fused backends).
 

@@ -42,7 +42,7 @@ def blur(x: torch.Tensor, kernel: torch.Tensor, stride: int = 1) -> torch.Tensor
 
 
 def blur_downsample(x: torch.Tensor, kernel: torch.Tensor, scale: int, mode: str = "direct") -> torch.Tensor:
-    """SPEC section 3 steps 1-2. x: [B, C, H, W]; kernel [k, k] or [B, k, k];
+    """docs/method.md section 3 steps 1-2. x: [B, C, H, W]; kernel [k, k] or [B, k, k];
     returns [B, C, ceil(H / scale), ceil(W / scale)]."""
     if mode == "direct":
         return blur(x, kernel, scale)

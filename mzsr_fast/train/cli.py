@@ -121,7 +121,7 @@ def cmd_metatrain(args) -> None:
 def register_train_commands(commands) -> None:
     """Add pretrain and metatrain to the subparsers of the mzsr-fast parser."""
     pre = commands.add_parser(
-        "pretrain", help="large-scale pretraining on bicubic pairs (SPEC 6)",
+        "pretrain", help="large-scale pretraining on bicubic pairs (docs/method.md section 6)",
         description="Large-scale pretraining: L1 on (bicubic-up(bicubic-down(HR)), HR) patches, Adam with "
                     "lr halved every --lr-halve-every iterations down to --lr-floor.")
     _common(pre, checkpoint_every=1000, log_every=100)
@@ -136,7 +136,7 @@ def register_train_commands(commands) -> None:
 
     from ..pretrained import CATALOGUE
     meta = commands.add_parser(
-        "metatrain", help="meta-transfer learning with MAML (SPEC 7)",
+        "metatrain", help="meta-transfer learning with MAML (docs/method.md section 7)",
         description="Meta-transfer learning: tasks of one random blur kernel each, inner SGD steps on a "
                     "support set, MAML++ multi-step loss on the query set, meta Adam.")
     _common(meta, checkpoint_every=1000, log_every=10)

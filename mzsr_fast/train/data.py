@@ -236,7 +236,7 @@ class PatchSampler:
                    scales: tuple[float, ...]) -> TaskBatch:
         """Tasks [start, stop) of the global meta-batch of iteration. Each task:
         a scale from scales, kernel parameters from the training distribution
-        at that scale (SPEC section 2) and patches_per_task HR patches."""
+        at that scale (docs/method.md section 2) and patches_per_task HR patches."""
         hr, params, chosen = [], [], []
         for task in range(start, stop):
             g = _generator(self.seed, "task", iteration, task)

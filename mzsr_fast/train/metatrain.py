@@ -1,4 +1,4 @@
-"""Meta-transfer learning, SPEC section 7.
+"""Meta-transfer learning, docs/method.md section 7.
 
 Each meta-iteration draws meta_batch tasks; a task is one blur kernel from the
 training distribution and 2 x task_batch HR patches (support, query), degraded
@@ -33,7 +33,7 @@ __all__ = ["MetatrainConfig", "MetaLearner", "metatrain"]
 
 @dataclasses.dataclass
 class MetatrainConfig(RunSettings):
-    """Settings of a meta-training run (defaults: SPEC section 7).
+    """Settings of a meta-training run (defaults: docs/method.md section 7).
 
     init: pretrained weights (.safetensors or a pretraining run folder); None
     starts from the reference initialisation (not what the paper does).
@@ -41,7 +41,7 @@ class MetatrainConfig(RunSettings):
     msl: MAML++ multi-step loss; off: the loss after the last step only.
     msl_decay: per-iteration fall of the first K-1 MSL weights (None: the
     reference's 1 / K / (10000 / 3), 6e-5 for K = 5); they stop at 0.03 / K
-    and the last weight takes the rest (SPEC section 7).
+    and the last weight takes the rest (docs/method.md section 7).
     """
 
     data_dir: str

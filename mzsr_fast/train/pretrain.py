@@ -1,4 +1,4 @@
-"""Large-scale (transfer) pretraining, SPEC section 6.
+"""Large-scale (transfer) pretraining, docs/method.md section 6.
 
 L1 loss on (bicubic-up(bicubic-down(HR)), HR) pairs of random HR patches;
 Adam with lr 4e-4 halved every 100k iterations down to a floor of 1e-4;
@@ -25,7 +25,7 @@ __all__ = ["PretrainConfig", "pretrain", "Pretrainer", "learning_rate"]
 
 @dataclasses.dataclass
 class PretrainConfig(RunSettings):
-    """Settings of a pretraining run (defaults: SPEC section 6)."""
+    """Settings of a pretraining run (defaults: docs/method.md section 6)."""
 
     data_dir: str
     out: str

@@ -3,7 +3,7 @@ training folder kept out of training: RunSettings.holdout).
 
 Pretraining: PSNR of the network on bicubically degraded images (what it is
 trained for). Meta-training: MZSR(n) PSNR for a fixed set of benchmark kernels,
-through mzsr_fast.adapt.adapt, exactly as at test time. Scores follow SPEC
+through mzsr_fast.adapt.adapt, exactly as at test time. Scores follow docs/method.md
 section 9 (Y channel, shave, peak 255).
 """
 from __future__ import annotations
