@@ -98,24 +98,46 @@ def _steps_list(text: str) -> list[int]:
 
 def cmd_sr(args) -> None:
     from .adapt import adapt
+    from .blind import estimate_kernel
     from .degradation import PRESETS
     from .io import read_image, write_image
     from .pretrained import resolve_model
 
     device = _device(args.device)
     preset = PRESETS.get(args.kernel)
-    net, _ = resolve_model(args.model, preset.mode if preset else None, args.scale, device=device)
+    net, info = resolve_model(args.model, preset.mode if preset else None, args.scale, device=device)
+    if info.scales and args.scale not in info.scales:  # before any estimate: the model cannot do this scale at all
+        raise UsageError(f"scale: the model {info.name!r} was trained for scales {info.scales}, got {args.scale}")
     paths = _input_paths(args.inputs)
     for index, path in enumerate(paths, 1):
         lr = read_image(path).to(device)
         start = time.perf_counter()
-        sr = adapt(lr, args.kernel, args.scale, steps=args.steps, model=net,
+        kernel = args.kernel
+        if kernel == "auto":  # estimated for the model's subsampling mode, and said so
+            estimate = estimate_kernel(lr, args.scale, mode=info.mode)
+            print(f"[{index}/{len(paths)}] {path}: estimated kernel {estimate}")
+            kernel = estimate.kernel
+        sr = adapt(lr, kernel, args.scale, steps=args.steps, model=net,
                    precision=args.precision, backprojection=args.backprojection, tile=args.tile,
                    backend=args.backend, cuda_graph=args.cuda_graph)
         seconds = time.perf_counter() - start
         out = _output_path(args.output, path, f"_x{args.scale}_mzsr{args.steps}")
         write_image(out, sr)
         print(f"[{index}/{len(paths)}] {path} -> {out} ({sr.shape[-2]}x{sr.shape[-1]}, {seconds:.2f} s)")
+
+
+def cmd_estimate_kernel(args) -> None:
+    from .blind import estimate_kernel
+    from .io import read_image
+
+    results = []
+    for path in _input_paths(args.inputs):
+        estimate = estimate_kernel(read_image(path), args.scale, mode=args.mode, method=args.method)
+        results.append({"image": path, **estimate.as_dict()})
+        if not args.json:
+            print(f"{path}: {estimate}")
+    if args.json:
+        print(json.dumps(results, indent=2))
 
 
 def cmd_eval(args) -> None:
@@ -125,12 +147,22 @@ def cmd_eval(args) -> None:
     device = _device(args.device)
 
     def progress(score):
+        kernel = f", kernel {score.kernel}" if score.kernel else ""
         print(f"  {score.image} {score.method}({score.steps}): {score.psnr:.2f} dB / {score.ssim:.4f} "
-              f"({score.seconds:.2f} s)", file=sys.stderr)
+              f"({score.seconds:.2f} s{kernel})", file=sys.stderr)
 
+    if args.kernel == "random" and args.lr:
+        raise UsageError("--kernel random: degrades the GT images itself; drop --lr")
+    if args.seed is not None and args.kernel != "random":
+        raise UsageError("--seed: only used with --kernel random")
+    if args.estimate_kernel and args.method != "mzsr":
+        raise UsageError(f"--estimate-kernel: only with --method mzsr, got {args.method}")
     scores = evaluate(args.gt, args.kernel, args.scale, steps, method=args.method, lr_dir=args.lr,
-                      model=args.model, device=device, on_image=progress, precision=args.precision)
-    title = f"{args.method} x{args.scale}, kernel {args.kernel}, GT {args.gt}" + (f", LR {args.lr}" if args.lr else "")
+                      model=args.model, device=device, on_image=progress, precision=args.precision,
+                      seed=args.seed, estimate_kernel=args.estimate_kernel)
+    kernel = f"random (seed {args.seed or 0})" if args.kernel == "random" else args.kernel
+    title = f"{args.method} x{args.scale}, kernel {kernel}, GT {args.gt}" + (f", LR {args.lr}" if args.lr else "")
+    title += ", with estimated kernels (mzsr-est)" if args.estimate_kernel else ""
     print(format_markdown(scores, title))
     if args.output:
         write_report(args.output, scores, title)
@@ -199,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="LR image files or folders; 'example-lr' is the bundled x2 g_d_2.0 butterfly")
     sr.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     sr.add_argument("--scale", type=int, default=2)
-    sr.add_argument("--kernel", default="g_d_2.0", help=kernel_help)
+    sr.add_argument("--kernel", default="auto",
+                    help=kernel_help + ", or 'auto' (default): estimate each image's kernel (x2) and print it")
     sr.add_argument("--steps", type=int, default=10, help="adaptation steps n of MZSR(n)")
     sr.add_argument("--model", help="bundled model name or .safetensors path (default: the shipped model for "
                                     "the kernel's subsampling mode and the scale; direct_x2 when none fits)")
@@ -215,7 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="PSNR/SSIM table as in the paper")
     evaluate.add_argument("--gt", required=True, metavar="DIR", help="ground-truth folder")
     evaluate.add_argument("--lr", metavar="DIR", help="LR folder (default: degrade the GT with --kernel)")
-    evaluate.add_argument("--kernel", default="g_d_2.0", help=kernel_help)
+    evaluate.add_argument("--kernel", default="g_d_2.0",
+                          help=kernel_help + ", or 'random': each GT image degraded with its own random kernel "
+                                             "(direct x2, variances 0.2-5, any angle; see --seed)")
+    evaluate.add_argument("--seed", type=int, help="seed of --kernel random (default 0)")
+    evaluate.add_argument("--estimate-kernel", action="store_true",
+                          help="also adapt with the kernel estimated from each LR image (method mzsr-est) "
+                               "and report its kernel L1 error")
     evaluate.add_argument("--scale", type=int, default=2)
     evaluate.add_argument("--steps", default="0,1,10",
                           help="comma-separated n of MZSR(n); for zssr its maximum steps (ZSSR: 3000)")
@@ -225,6 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-o", "--output", metavar="OUTDIR", help="write results.md/.csv/.json here")
     evaluate.add_argument("--device")
     evaluate.set_defaults(run=cmd_eval)
+
+    estimate = commands.add_parser("estimate-kernel", help="estimate the blur kernel of x2 LR images (blind mode)")
+    estimate.add_argument("inputs", nargs="+", metavar="IMAGE", help="LR image files or folders, or 'example-lr'")
+    estimate.add_argument("--scale", type=int, default=2, help="the estimators are for x2")
+    estimate.add_argument("--mode", choices=("direct", "bicubic"), default="direct",
+                          help="subsampling the images were made with (g_b_* presets: bicubic)")
+    estimate.add_argument("--method", choices=("learned", "crossscale"), default="learned")
+    estimate.add_argument("--json", action="store_true", help="print a JSON list instead of one line per image")
+    estimate.set_defaults(run=cmd_estimate_kernel)
 
     register_train_commands(commands)
 
