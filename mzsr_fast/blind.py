@@ -3,21 +3,25 @@
 MZSR needs the LR image's kernel (SPEC section 8); for a real photo it is
 unknown. estimate_kernel returns an anisotropic Gaussian (SPEC section 2:
 theta, variances lambda1 >= lambda2) for x2 images made by blur + direct or
-bicubic subsampling (SPEC section 3). Two methods:
+bicubic subsampling (SPEC section 3). Three methods:
 
-- "learned" (the default): a small CNN (mzsr_fast/_kernelnet.py, weights
+- "learned": a small CNN (mzsr_fast/_kernelnet.py, weights
   mzsr_fast/weights/kernel_estimator.safetensors, card beside them) trained
   on synthetic LR made from the training images with random kernels,
   variances 0.2..5 at any angle. It is run on the image and on its three
   other flips/transposes (whose kernels are the flipped/transposed kernel);
   the four answers are averaged, and how far they disagree sets the
-  confidence.
+  confidence. It judges the kernel's size well but barely its shape.
 - "crossscale": image-specific, no training. The kernel is fitted by
   gradient descent through anisotropic_blur_downsample so that the LR image
   degraded once more (the "son") has the same directional power spectrum
   shape as the LR image (cross-scale similarity of the image's statistics).
   For a power-law spectrum that match is reached at (1 - 1/s^2) times the
-  true covariance, which is corrected for.
+  true covariance, which is corrected for. It finds the angle and
+  elongation well, the size less well (sharp kernels look blurrier).
+- "combined" (the default): the size from both, mostly the learned one, and
+  the shape from both, mostly the cross-scale one, with the least-squares
+  weights COMBINATION of scripts/fit_kernel_combination.py.
 
 benchmarks/bench_blind.py compares them (results in benchmarks/results/).
 """
@@ -39,8 +43,8 @@ from .ops.blur_downsample import MODES, anisotropic_blur_downsample
 
 __all__ = ["KernelEstimate", "estimate_kernel", "random_kernel_params", "kernel_l1", "METHODS", "DEFAULT_METHOD", "MIN_SIZE", "KERNEL_SIZE"]
 
-METHODS = ("learned", "crossscale")
-DEFAULT_METHOD = "learned"
+METHODS = ("learned", "crossscale", "combined")
+DEFAULT_METHOD = "combined"
 KERNEL_SIZE = 21
 # Smaller images hold too few edges for an estimate (the network sees about 30 pixels around each one).
 MIN_SIZE = 32
@@ -49,7 +53,11 @@ FLAT_GRADIENT = 4 / 255
 MIN_TEXTURED_PIXELS = 64
 # The kernel assumed when an image gives no evidence: the presets the models were meta-trained around.
 FALLBACK = {"direct": "g_d_2.0", "bicubic": "g_b_1.3"}
-# confidence = 1 / (1 + spread / CONFIDENCE_SCALE), spread being the disagreement (kernel L1) of the four views.
+# The combined estimate, p0 = c0 + c1 p0_learned + c2 p0_crossscale and (p1, p2) = c3 (p1, p2)_crossscale
+# + c4 (p1, p2)_learned, fitted by scripts/fit_kernel_combination.py (300 samples, seed 4) on synthetic
+# training data. The learned network's (p1, p2) are small but carry some signal, hence the large c4.
+COMBINATION = (-0.0115, 0.9076, 0.1016, 0.55, 17.7601)
+# Scale of KernelEstimate.confidence: a view disagreement of 0.05 in kernel L1 gives 0.5.
 CONFIDENCE_SCALE = 0.05
 
 
@@ -58,11 +66,12 @@ class KernelEstimate:
     """An estimated Gaussian blur kernel (SPEC section 2 conventions).
 
     theta: radians in [0, pi); lambda1 >= lambda2: variances; mode: the
-    subsampling it was estimated for; confidence in [0, 1] (0 for a fallback);
-    spread: disagreement of the estimate's views, in kernel L1 units (the
-    learned method's four flips/transposes; the cross-scale fit's final
-    residual for "crossscale"); fallback: None, or why the fallback preset
-    was returned instead of an estimate.
+    subsampling it was estimated for; spread: for "learned" and "combined"
+    the mean kernel L1 between the network's four views and their mean, for
+    "crossscale" the final residual of the spectral fit (NaN for a
+    fallback); confidence = 1 / (1 + spread / CONFIDENCE_SCALE) in (0, 1], a
+    monotone score, not a calibrated probability (0 for a fallback);
+    fallback: None, or why the fallback preset was returned instead.
     """
 
     theta: float
@@ -258,8 +267,14 @@ def _estimate_one(x: torch.Tensor, name: str, scale: int, mode: str, method: str
         return _fallback(mode, method, "image is flat (almost no edges or texture) and shows no blur")
     if method == "learned":
         p, spread = _learned(g, mode)
-    else:
+    elif method == "crossscale":
         p, spread = _crossscale(g, mode, scale)
+    else:
+        p_learned, spread = _learned(g, mode)
+        p_cross, _ = _crossscale(g, mode, scale)
+        c = COMBINATION
+        p = torch.cat([(c[0] + c[1] * p_learned[:1] + c[2] * p_cross[:1]).to(p_learned.dtype),
+                       (c[3] * p_cross[1:] + c[4] * p_learned[1:]).to(p_learned.dtype)])
     theta, lambda1, lambda2 = (float(v) for v in gaussian_from_params(p.double()))
     return KernelEstimate(theta, lambda1, lambda2, mode, method, 1 / (1 + spread / CONFIDENCE_SCALE), spread)
 
@@ -270,8 +285,8 @@ def estimate_kernel(lr, scale: int = 2, mode: str = "direct", method: str = DEFA
     lr: an image [C, H, W] (C = 3 RGB or 1 gray, values in [0, 1]), a batch
     [B, C, H, W] or a list of images of any sizes. scale: 2 (the estimators
     are for x2). mode: "direct" or "bicubic" subsampling, as the image was
-    made (g_b_* presets: "bicubic"). method: "learned" (default) or
-    "crossscale" (see the module docstring).
+    made (g_b_* presets: "bicubic"). method: "combined" (default), "learned"
+    or "crossscale" (see the module docstring).
 
     Returns a KernelEstimate for one [C, H, W] image, else a list of them.
     Images smaller than MIN_SIZE on a side, or flat ones, give the mode's

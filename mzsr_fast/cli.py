@@ -270,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--scale", type=int, default=2, help="the estimators are for x2")
     estimate.add_argument("--mode", choices=("direct", "bicubic"), default="direct",
                           help="subsampling the images were made with (g_b_* presets: bicubic)")
-    estimate.add_argument("--method", choices=("learned", "crossscale"), default="learned")
+    estimate.add_argument("--method", choices=("combined", "learned", "crossscale"), default="combined",
+                          help="estimator (mzsr_fast.blind; the default was best in benchmarks/results/blind-*.md)")
     estimate.add_argument("--json", action="store_true", help="print a JSON list instead of one line per image")
     estimate.set_defaults(run=cmd_estimate_kernel)
 
