@@ -46,7 +46,7 @@ __all__ = ["KernelEstimate", "estimate_kernel", "random_kernel_params", "kernel_
 METHODS = ("learned", "crossscale", "combined")
 DEFAULT_METHOD = "combined"
 KERNEL_SIZE = 21
-# Smaller images hold too few edges for an estimate (the network sees about 30 pixels around each one).
+# Smaller images hold too few edges for an estimate (the network's receptive field is about 30 pixels across).
 MIN_SIZE = 32
 # An image with fewer pixels than this whose luma gradient exceeds FLAT_GRADIENT is treated as flat.
 FLAT_GRADIENT = 4 / 255
