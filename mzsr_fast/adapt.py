@@ -1,4 +1,4 @@
-"""Test-time adaptation, MZSR(n) (SPEC section 8).
+"""Test-time adaptation, MZSR(n) (docs/method.md section 8).
 
 Given an LR image y, its blur kernel k and the scale s:
 1. son = degrade(y, k, s) with the model's subsampling mode;
@@ -130,6 +130,13 @@ def _kernels(kernel, batch: int) -> tuple[torch.Tensor, str | None]:
             raise ValueError(f"kernel: expected one kernel per image ({batch}), got {kernel.shape[0]}")
         return torch.stack([load_kernel(k)[0] for k in kernel]), None
     return load_kernel(kernel)
+
+
+def _estimated_kernels(y: torch.Tensor, scale: int, mode: str) -> torch.Tensor:
+    """kernel="auto": the blind-mode estimate of each image, [B, 21, 21] float64."""
+    from .blind import estimate_kernel
+
+    return torch.stack([e.kernel for e in estimate_kernel(list(y), scale, mode=mode)])
 
 
 def _check_steps(steps) -> int:
@@ -284,7 +291,9 @@ def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None,
     lr: [C, H, W] or [B, C, H, W] in [0, 1]; the B images are adapted at once,
     each with its own weights (the tasks of the batched inner loop).
     kernel: [k, k] tensor, [B, k, k] (one per image), a preset name, a
-    (theta, lambda1, lambda2) triple or a .npy/.mat path. model: None (the
+    (theta, lambda1, lambda2) triple, a .npy/.mat path, or "auto": each
+    image's kernel estimated from the image (mzsr_fast.blind.estimate_kernel,
+    x2 only, for the subsampling mode of the son). model: None (the
     shipped bundled model for the preset's subsampling mode and the scale,
     pretrained.default_model), a bundled name, a .safetensors path or an
     MZSRNet (left unchanged). mode: "direct" or "bicubic" subsampling of the son
@@ -321,8 +330,12 @@ def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None,
     if not torch.compiler.is_compiling():
         _checks.finite_tensor(y, "lr")
         _checks.unit_range(y, "lr")
-    kernels, kernel_mode = _kernels(kernel, y.shape[0])
-    net, info = resolve_model(model, mode or kernel_mode, scale)
+    if isinstance(kernel, str) and kernel == "auto":
+        net, info = resolve_model(model, mode, scale)
+        kernels, kernel_mode = _estimated_kernels(y, scale, mode or info.mode), None
+    else:
+        kernels, kernel_mode = _kernels(kernel, y.shape[0])
+        net, info = resolve_model(model, mode or kernel_mode, scale)
     if info.scales and scale not in info.scales:
         raise ValueError(f"scale: the model {info.name!r} was trained for scales {info.scales}, got {scale}")
     mismatch = mode_mismatch(kernel_mode, info) if mode is None and steps > 0 else None

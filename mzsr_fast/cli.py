@@ -146,6 +146,7 @@ def _steps_list(text: str) -> list[int]:
 def cmd_sr(args) -> None:
     from ._checks import size_text
     from .adapt import adapt
+    from .blind import estimate_kernel
     from .degradation import PRESETS
     from .io import bit_depth, read_image, write_image
     from .pretrained import resolve_model
@@ -153,7 +154,9 @@ def cmd_sr(args) -> None:
     steps = _steps_list(args.steps)
     device = _device(args.device)
     preset = PRESETS.get(args.kernel)
-    net, _ = resolve_model(args.model, preset.mode if preset else None, args.scale, device=device)
+    net, info = resolve_model(args.model, preset.mode if preset else None, args.scale, device=device)
+    if info.scales and args.scale not in info.scales:  # before any estimate: the model cannot do this scale at all
+        raise UsageError(f"scale: the model {info.name!r} was trained for scales {info.scales}, got {args.scale}")
     paths = _input_paths(args.inputs)
     out_dir = _output_folder(args.output)
 
@@ -164,10 +167,15 @@ def cmd_sr(args) -> None:
     progress = _Progress()
     for index, path in enumerate(paths, 1):
         lr = read_image(path).to(device)
+        kernel = args.kernel
+        if kernel == "auto":  # estimated for the model's subsampling mode, and said so
+            estimate = estimate_kernel(lr, args.scale, mode=info.mode)
+            print(f"[{index}/{len(paths)}] {path}: estimated kernel {estimate}")
+            kernel = estimate.kernel
         for n in steps:
             start = time.perf_counter()
             try:
-                sr = adapt(lr, args.kernel, args.scale, steps=n, model=net,
+                sr = adapt(lr, kernel, args.scale, steps=n, model=net,
                            precision=args.precision, backprojection=args.backprojection, tile=args.tile,
                            backend=args.backend, cuda_graph=args.cuda_graph,
                            on_step=lambda done, total, n=n: progress(f"{path} MZSR({n})", done, total))
@@ -177,6 +185,20 @@ def cmd_sr(args) -> None:
             out = out_path(path, n)
             write_image(out, sr, bits=bit_depth(path))
             print(f"[{index}/{len(paths)}] {path} -> {out} ({size_text(sr.shape)}, {seconds:.2f} s)")
+
+
+def cmd_estimate_kernel(args) -> None:
+    from .blind import estimate_kernel
+    from .io import read_image
+
+    results = []
+    for path in _input_paths(args.inputs):
+        estimate = estimate_kernel(read_image(path), args.scale, mode=args.mode, method=args.method)
+        results.append({"image": path, **estimate.as_dict()})
+        if not args.json:
+            print(f"{path}: {estimate}")
+    if args.json:
+        print(json.dumps(results, indent=2))
 
 
 def cmd_eval(args) -> None:
@@ -190,13 +212,23 @@ def cmd_eval(args) -> None:
     progress = _Progress()
 
     def on_image(score):
+        kernel = f", kernel {score.kernel}" if score.kernel else ""
         print(f"  {score.image} {score.method}({score.steps}): {score.psnr:.2f} dB / {score.ssim:.4f} "
-              f"({score.seconds:.2f} s)", file=sys.stderr)
+              f"({score.seconds:.2f} s{kernel})", file=sys.stderr)
 
+    if args.kernel == "random" and args.lr:
+        raise UsageError("--kernel random: degrades the GT images itself; drop --lr")
+    if args.seed is not None and args.kernel != "random":
+        raise UsageError("--seed: only used with --kernel random")
+    if args.estimate_kernel and args.method != "mzsr":
+        raise UsageError(f"--estimate-kernel: only with --method mzsr, got {args.method}")
     scores = evaluate(args.gt, args.kernel, args.scale, steps, method=args.method, lr_dir=args.lr,
                       model=args.model, device=device, on_image=on_image, precision=args.precision,
-                      on_step=lambda image, n, done, total: progress(f"{image} MZSR({n})", done, total))
-    title = f"{args.method} x{args.scale}, kernel {args.kernel}, GT {args.gt}" + (f", LR {args.lr}" if args.lr else "")
+                      on_step=lambda image, n, done, total: progress(f"{image} MZSR({n})", done, total),
+                      seed=args.seed, estimate_kernel=args.estimate_kernel)
+    kernel = f"random (seed {args.seed or 0})" if args.kernel == "random" else args.kernel
+    title = f"{args.method} x{args.scale}, kernel {kernel}, GT {args.gt}" + (f", LR {args.lr}" if args.lr else "")
+    title += ", with estimated kernels (mzsr-est)" if args.estimate_kernel else ""
     print(format_markdown(scores, title))
     if args.output:
         write_report(args.output, scores, title)
@@ -276,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="LR image files or folders; 'example-lr' is the bundled x2 g_d_2.0 butterfly")
     sr.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     sr.add_argument("--scale", type=int, default=2)
-    sr.add_argument("--kernel", default="g_d_2.0", help=kernel_help)
+    sr.add_argument("--kernel", default="auto",
+                    help=kernel_help + ", or 'auto' (default): estimate each image's kernel (x2) and print it")
     sr.add_argument("--steps", default="10",
                     help="adaptation steps n of MZSR(n); comma-separated for one output per n, e.g. 0,1,10")
     sr.add_argument("--model", help="bundled model name or .safetensors path (default: the shipped model for "
@@ -294,7 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="PSNR/SSIM table as in the paper")
     evaluate.add_argument("--gt", required=True, metavar="DIR", help="ground-truth folder")
     evaluate.add_argument("--lr", metavar="DIR", help="LR folder (default: degrade the GT with --kernel)")
-    evaluate.add_argument("--kernel", default="g_d_2.0", help=kernel_help)
+    evaluate.add_argument("--kernel", default="g_d_2.0",
+                          help=kernel_help + ", or 'random': each GT image degraded with its own random kernel "
+                                             "(direct x2, variances 0.2-5, any angle; see --seed)")
+    evaluate.add_argument("--seed", type=int, help="seed of --kernel random (default 0)")
+    evaluate.add_argument("--estimate-kernel", action="store_true",
+                          help="also adapt with the kernel estimated from each LR image (method mzsr-est) "
+                               "and report its kernel L1 error")
     evaluate.add_argument("--scale", type=int, default=2)
     evaluate.add_argument("--steps", default="0,1,10",
                           help="comma-separated n of MZSR(n); for zssr its maximum steps (ZSSR: 3000)")
@@ -304,6 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-o", "--output", metavar="OUTDIR", help="write results.md/.csv/.json here")
     evaluate.add_argument("--device")
     evaluate.set_defaults(run=cmd_eval)
+
+    estimate = commands.add_parser("estimate-kernel", help="estimate the blur kernel of x2 LR images (blind mode)")
+    estimate.add_argument("inputs", nargs="+", metavar="IMAGE", help="LR image files or folders, or 'example-lr'")
+    estimate.add_argument("--scale", type=int, default=2, help="the estimators are for x2")
+    estimate.add_argument("--mode", choices=("direct", "bicubic"), default="direct",
+                          help="subsampling the images were made with (g_b_* presets: bicubic)")
+    estimate.add_argument("--method", choices=("combined", "learned", "crossscale"), default="combined",
+                          help="estimator (mzsr_fast.blind; the default was best in benchmarks/results/blind-*.md)")
+    estimate.add_argument("--json", action="store_true", help="print a JSON list instead of one line per image")
+    estimate.set_defaults(run=cmd_estimate_kernel)
 
     register_train_commands(commands)
 

@@ -1,5 +1,5 @@
 """Paper-style evaluation: degrade (or read) LR inputs, super-resolve them with a
-method, score PSNR/SSIM (SPEC section 9) and format the table."""
+method, score PSNR/SSIM (docs/method.md section 9) and format the table."""
 from __future__ import annotations
 
 import csv
@@ -26,12 +26,18 @@ METHODS = ("mzsr", "bicubic", "zssr")
 
 @dataclass
 class Score:
+    """One result. kernel: the kernel the LR was made with ("theta,lambda1,lambda2" for
+    `kernel="random"`), or for method "mzsr-est" the estimated one; kernel_l1: the
+    estimate's sum |k_est - k_true| over the kernel grid (None without an estimate)."""
+
     image: str
     method: str
     steps: int
     psnr: float
     ssim: float
     seconds: float
+    kernel: str = ""
+    kernel_l1: float | None = None
 
 
 def modcrop(x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -69,31 +75,63 @@ def _matching_lr(gt_path: str, lr_files: list[str], lr_dir: str, scale: int) -> 
     return found[0]
 
 
+def _lr_kernels(gt_paths: list[str], kernel, seed: int | None, lr_dir: str | None):
+    """[(kernel [k, k] float64, kernel mode, label)] per GT image: one shared
+    kernel, or for kernel="random" each image's own draw of the blind benchmark's
+    distribution (mzsr_fast.blind.random_kernel_params) from `seed`."""
+    if kernel != "random":
+        if seed is not None:
+            raise ValueError("seed: only used with kernel 'random'")
+        k, mode = load_kernel(kernel)
+        return [(k, mode, kernel if isinstance(kernel, str) else "")] * len(gt_paths)
+    if lr_dir is not None:
+        raise ValueError("kernel: 'random' degrades the GT images itself; it cannot be combined with an LR folder")
+    from .blind import random_kernel_params
+    from .gaussian import gaussian_kernel
+
+    generator = torch.Generator().manual_seed(0 if seed is None else seed)
+    out = []
+    for theta, l1, l2 in zip(*random_kernel_params(len(gt_paths), generator)):
+        label = f"{float(theta):.4f},{float(l1):.4f},{float(l2):.4f}"
+        out.append((gaussian_kernel(theta, l1, l2, 21), None, label))
+    return out
+
+
 def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "mzsr",
              lr_dir: str | None = None, model=None, device=None, on_image=None, on_step=None,
-             **adapt_options) -> list[Score]:
+             seed: int | None = None, estimate_kernel: bool = False, **adapt_options) -> list[Score]:
     """Score every GT image of gt_dir; one Score per (image, steps value).
 
     LR inputs are read from lr_dir, else made by degrading the GT (cropped to a
     multiple of scale) with the kernel and rounding to 8 bits. kernel: anything
-    load_kernel accepts; a preset degrades with its own subsampling mode.
+    load_kernel accepts (a preset degrades with its own subsampling mode), or
+    "random": each image gets its own kernel drawn from the blind benchmark's
+    distribution with `seed` (default 0), recorded in Score.kernel.
     model: as adapt's (None: the bundled model for the preset's mode and scale).
     steps: n of MZSR(n); for zssr the maximum training steps (ZSSR: 3000).
+    estimate_kernel (mzsr only): also adapt with the kernel estimated from each
+    LR image (mzsr_fast.blind, the model's subsampling mode) and report those
+    results as method "mzsr-est", with the estimate and its kernel L1 error.
     on_image(score) is called after each Score, on_step(image, n, done, total)
     after each adaptation step of MZSR(n) (progress within an image). Every
     file is found and opened before any work; errors name the image.
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
-    kernel_tensor, kernel_mode = load_kernel(kernel)
+    if estimate_kernel and method != "mzsr":
+        raise ValueError(f"estimate_kernel: only for method 'mzsr', got {method!r}")
+    gt_files = _image_files(gt_dir, "--gt")
+    kernels = _lr_kernels(gt_files, kernel, seed, lr_dir)
+    kernel_mode = kernels[0][1]
     device = torch.device(device or "cpu")
+    estimate_mode = None
     if method == "mzsr":  # once, not per image; None: the bundled model for the kernel's mode and scale
         model, info = resolve_model(model, kernel_mode, scale, device=device)
         mismatch = mode_mismatch(kernel_mode, info) if max(steps) > 0 else None
         if mismatch:
             warnings.warn(mismatch, UserWarning, stacklevel=2)
+        estimate_mode = info.mode if estimate_kernel else None
     # Every input is found and its header read before any work: a bad file stops the run at once.
-    gt_files = _image_files(gt_dir, "--gt")
     lr_files = _image_files(lr_dir, "--lr") if lr_dir is not None else []
     pairs = [(gt_path, _matching_lr(gt_path, lr_files, lr_dir, scale) if lr_dir is not None else None)
              for gt_path in gt_files]
@@ -102,10 +140,10 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
         if lr_path is not None:
             check_image(lr_path)
     scores = []
-    for gt_path, lr_path in pairs:
+    for (gt_path, lr_path), image_kernel in zip(pairs, kernels):
         try:
-            scores += _score_image(gt_path, lr_path, kernel_tensor, kernel_mode, scale, steps, method, model,
-                                   device, on_image, on_step, adapt_options)
+            scores += _score_image(gt_path, lr_path, image_kernel, scale, steps, method, model, device, on_image,
+                                   on_step, estimate_mode, adapt_options)
         except ValueError as error:
             if str(error).startswith((gt_path, str(lr_path))):  # read_image's errors name the file already
                 raise
@@ -113,11 +151,14 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
     return scores
 
 
-def _score_image(gt_path, lr_path, kernel_tensor, kernel_mode, scale, steps, method, model, device, on_image,
-                 on_step, adapt_options) -> list[Score]:
-    """evaluate's Scores of one GT image (and its LR file, or None: degrade the GT).
-    Each row's seconds is what the user waits for it: the first includes
-    reading (and degrading) the image, every one its scoring."""
+def _score_image(gt_path, lr_path, image_kernel, scale, steps, method, model, device, on_image, on_step,
+                 estimate_mode, adapt_options) -> list[Score]:
+    """evaluate's Scores of one GT image (and its LR file, or None: degrade the
+    GT with image_kernel, a (kernel, mode, label) of _lr_kernels). With
+    estimate_mode, also the runs with the kernel estimated in that mode. Each
+    row's seconds is what the user waits for it: the first includes reading
+    (and degrading) the image, every one its scoring."""
+    kernel_tensor, kernel_mode, label = image_kernel
     start = time.perf_counter()
     gt = modcrop(read_image(gt_path, torch.float64).to(device), scale)
     if lr_path is not None:
@@ -125,23 +166,30 @@ def _score_image(gt_path, lr_path, kernel_tensor, kernel_mode, scale, steps, met
     else:
         lr = _quantise(degrade(gt, kernel_tensor.to(device), scale, mode=kernel_mode or "direct"))
     name = os.path.basename(gt_path)
+    runs = [(method, kernel_tensor, label, None)]
+    if estimate_mode is not None:
+        from .blind import estimate_kernel as estimate, kernel_l1
+
+        est = estimate(lr.float(), scale, mode=estimate_mode)
+        runs.append(("mzsr-est", est.kernel, est.spec, kernel_l1(est.kernel, kernel_tensor)))
     scores = []
     for n in ([0] if method == "bicubic" else steps):
-        if method == "bicubic":
-            sr = imresize(lr, scale=scale, size=gt.shape[-2:])
-        elif method == "zssr":
-            sr = zssr(lr.float(), kernel_tensor, scale, steps=n)
-        else:
-            step_hook = (lambda done, total, n=n: on_step(name, n, done, total)) if on_step else None
-            sr = adapt(lr.float(), kernel_tensor, scale, steps=n, model=model, on_step=step_hook, **adapt_options)
-        sr = _quantise(sr.double())
-        psnr, ssim = metrics.psnr_ssim(sr, gt, scale)
-        now = time.perf_counter()
-        score = Score(name, method, n, psnr, ssim, now - start)
-        start = now
-        scores.append(score)
-        if on_image is not None:
-            on_image(score)
+        for run_method, run_kernel, run_label, run_l1 in runs:
+            if method == "bicubic":
+                sr = imresize(lr, scale=scale, size=gt.shape[-2:])
+            elif method == "zssr":
+                sr = zssr(lr.float(), run_kernel, scale, steps=n)
+            else:
+                step_hook = (lambda done, total, n=n: on_step(name, n, done, total)) if on_step else None
+                sr = adapt(lr.float(), run_kernel, scale, steps=n, model=model, on_step=step_hook, **adapt_options)
+            sr = _quantise(sr.double())
+            psnr, ssim = metrics.psnr_ssim(sr, gt, scale)
+            now = time.perf_counter()
+            score = Score(name, run_method, n, psnr, ssim, now - start, run_label, run_l1)
+            start = now
+            scores.append(score)
+            if on_image is not None:
+                on_image(score)
     return scores
 
 
@@ -149,18 +197,29 @@ def _means(scores: list[Score]) -> list[Score]:
     out = []
     for method, steps in dict.fromkeys((s.method, s.steps) for s in scores):
         group = [s for s in scores if s.method == method and s.steps == steps]
+        errors = [s.kernel_l1 for s in group if s.kernel_l1 is not None]
         out.append(Score("mean", method, steps, *(sum(getattr(s, f) for s in group) / len(group)
-                                                  for f in ("psnr", "ssim", "seconds"))))
+                                                  for f in ("psnr", "ssim", "seconds")),
+                         kernel_l1=sum(errors) / len(errors) if errors else None))
     return out
 
 
 def format_markdown(scores: list[Score], title: str = "") -> str:
-    """Per-image rows and the mean: PSNR with two decimals, SSIM with four."""
+    """Per-image rows and the mean: PSNR with two decimals, SSIM with four; the
+    kernel and kernel L1 columns when the scores carry them."""
+    kernels = any(s.kernel for s in scores)
+    errors = any(s.kernel_l1 is not None for s in scores)
+    header = ["image", "method", "steps", "PSNR (dB)", "SSIM", "seconds"]
+    header += ["kernel (theta,l1,l2)"] if kernels else []
+    header += ["kernel L1"] if errors else []
     lines = [f"### {title}", ""] if title else []
-    lines += ["| image | method | steps | PSNR (dB) | SSIM | seconds |", "|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in scores + _means(scores):
         label = f"**{s.image}**" if s.image == "mean" else s.image
-        lines.append(f"| {label} | {s.method} | {s.steps} | {s.psnr:.2f} | {s.ssim:.4f} | {s.seconds:.2f} |")
+        row = [label, s.method, str(s.steps), f"{s.psnr:.2f}", f"{s.ssim:.4f}", f"{s.seconds:.2f}"]
+        row += [s.kernel] if kernels else []
+        row += ["" if s.kernel_l1 is None else f"{s.kernel_l1:.3f}"] if errors else []
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
