@@ -26,18 +26,13 @@ import time
 import torch
 
 from mzsr_fast import metrics
-from mzsr_fast.adapt import adapt
 from mzsr_fast.blind import DEFAULT_METHOD, METHODS, estimate_kernel, kernel_l1, random_kernel_params
-from mzsr_fast.degradation import PRESETS, degrade
-from mzsr_fast.evaluation import modcrop
+from mzsr_fast.degradation import PRESETS
+from mzsr_fast.evaluation import degraded_lr, modcrop, super_resolve
 from mzsr_fast.gaussian import gaussian_kernel
 from mzsr_fast.io import read_image
 
 ASSUMED = PRESETS["g_d_2.0"]
-
-
-def _quantise(x: torch.Tensor) -> torch.Tensor:
-    return torch.round(x.clamp(0, 1) * 255) / 255
 
 
 def cases(data: str, kernels_per_image: int, seed: int):
@@ -53,14 +48,14 @@ def cases(data: str, kernels_per_image: int, seed: int):
         specs += [(p.name, p.theta, p.lambda1, p.lambda2, p.mode) for p in PRESETS.values()]
         for kind, theta, l1, l2, mode in specs:
             kernel = gaussian_kernel(torch.tensor(theta, dtype=torch.float64), l1, l2, 21)
-            lr = _quantise(degrade(gt, kernel, 2, mode=mode)).float()
+            lr = degraded_lr(gt, kernel, 2, mode).float()
             out.append((os.path.basename(path), kind, theta, l1, l2, mode, gt, lr))
     return out
 
 
 def psnr_mzsr(lr: torch.Tensor, gt: torch.Tensor, kernel: torch.Tensor, mode: str) -> float:
-    sr = adapt(lr, kernel, 2, steps=10, model="bicubic_x2" if mode == "bicubic" else "direct_x2")
-    return metrics.psnr(_quantise(sr.double()), gt, 2)
+    sr = super_resolve(lr, kernel, 2, 10, model="bicubic_x2" if mode == "bicubic" else "direct_x2")
+    return metrics.psnr(sr, gt, 2)
 
 
 def _mean(values) -> float:

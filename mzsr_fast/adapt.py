@@ -10,7 +10,6 @@ The given model is never changed: adaptation works on copies of its weights.
 from __future__ import annotations
 
 import contextlib
-import math
 import numbers
 import warnings
 from collections.abc import Callable, Sequence

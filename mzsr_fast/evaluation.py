@@ -46,8 +46,31 @@ def modcrop(x: torch.Tensor, scale: int) -> torch.Tensor:
     return x[..., : h - h % scale, : w - w % scale]
 
 
-def _quantise(x: torch.Tensor) -> torch.Tensor:
+def quantise(x: torch.Tensor) -> torch.Tensor:
+    """x clipped to [0, 1] and rounded to 8-bit levels, as a saved image would be."""
     return torch.round(x.clamp(0, 1) * 255) / 255
+
+
+def degraded_lr(gt: torch.Tensor, kernel: torch.Tensor, scale: int, mode: str | None = None) -> torch.Tensor:
+    """The LR test input made from a GT image [(B,) C, H, W] (cropped to a
+    multiple of scale): degraded in float64 with kernel [k, k] and mode (None:
+    direct; docs/method.md section 3), rounded to 8 bits. Returns float64."""
+    return quantise(degrade(gt.double(), kernel.to(gt.device), scale, mode=mode or "direct"))
+
+
+def super_resolve(lr: torch.Tensor, kernel, scale: int, steps: int, method: str = "mzsr", model=None,
+                  on_step=None, size=None, **adapt_options) -> torch.Tensor:
+    """SR [C, sH, sW] of an LR image [C, H, W] by method ("mzsr": MZSR(steps)
+    through adapt; "zssr": ZSSR with at most steps steps; "bicubic": resized
+    to size, default s times the LR's), rounded to 8 bits as the protocol
+    scores it (docs/method.md section 8). Float64."""
+    if method == "bicubic":
+        sr = imresize(lr, scale=scale, size=size)
+    elif method == "zssr":
+        sr = zssr(lr.float(), kernel, scale, steps=steps)
+    else:
+        sr = adapt(lr.float(), kernel, scale, steps=steps, model=model, on_step=on_step, **adapt_options)
+    return quantise(sr.double())
 
 
 def _image_files(folder: str, name: str) -> list[str]:
@@ -164,7 +187,7 @@ def _score_image(gt_path, lr_path, image_kernel, scale, steps, method, model, de
     if lr_path is not None:
         lr = read_image(lr_path, torch.float64).to(device)
     else:
-        lr = _quantise(degrade(gt, kernel_tensor.to(device), scale, mode=kernel_mode or "direct"))
+        lr = degraded_lr(gt, kernel_tensor, scale, kernel_mode)
     name = os.path.basename(gt_path)
     runs = [(method, kernel_tensor, label, None)]
     if estimate_mode is not None:
@@ -175,14 +198,9 @@ def _score_image(gt_path, lr_path, image_kernel, scale, steps, method, model, de
     scores = []
     for n in ([0] if method == "bicubic" else steps):
         for run_method, run_kernel, run_label, run_l1 in runs:
-            if method == "bicubic":
-                sr = imresize(lr, scale=scale, size=gt.shape[-2:])
-            elif method == "zssr":
-                sr = zssr(lr.float(), run_kernel, scale, steps=n)
-            else:
-                step_hook = (lambda done, total, n=n: on_step(name, n, done, total)) if on_step else None
-                sr = adapt(lr.float(), run_kernel, scale, steps=n, model=model, on_step=step_hook, **adapt_options)
-            sr = _quantise(sr.double())
+            step_hook = (lambda done, total, n=n: on_step(name, n, done, total)) if on_step else None
+            sr = super_resolve(lr, run_kernel, scale, n, method, model, step_hook, size=gt.shape[-2:],
+                               **adapt_options)
             psnr, ssim = metrics.psnr_ssim(sr, gt, scale)
             now = time.perf_counter()
             score = Score(name, run_method, n, psnr, ssim, now - start, run_label, run_l1)

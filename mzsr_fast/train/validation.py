@@ -3,7 +3,8 @@ training folder kept out of training: RunSettings.holdout).
 
 Pretraining: PSNR of the network on bicubically degraded images (what it is
 trained for). Meta-training: MZSR(n) PSNR for a fixed set of benchmark kernels,
-through mzsr_fast.adapt.adapt, exactly as at test time. Scores follow docs/method.md
+through mzsr_fast.evaluation's degraded_lr and super_resolve, exactly as
+`mzsr-fast eval` scores. Scores follow docs/method.md
 section 9 (Y channel, shave, peak 255).
 """
 from __future__ import annotations
@@ -13,18 +14,14 @@ import os
 
 import torch
 
-from ..degradation import PRESETS, degrade
+from ..degradation import PRESETS
+from ..evaluation import degraded_lr, quantise, super_resolve
 from ..io import read_image
 from ..metrics import psnr
 from ..resize import imresize
 from .data import DataError, find_images
 
-__all__ = ["load_images", "pretrain_psnr", "mzsr_psnr", "quantise"]
-
-
-def quantise(x: torch.Tensor) -> torch.Tensor:
-    """Round to 8-bit levels, as a saved LR image would be."""
-    return torch.round(x.clamp(0, 1) * 255) / 255
+__all__ = ["load_images", "pretrain_psnr", "mzsr_psnr"]
 
 
 def load_images(source, scale: int, min_lr_size: int = 3, crop: int = 0) -> list[tuple[str, torch.Tensor]]:
@@ -71,13 +68,11 @@ def pretrain_psnr(model: torch.nn.Module, images, scale: int, device) -> float:
 
 def mzsr_psnr(model: torch.nn.Module, images, kernels: list[str], scale: int, steps=(1, 10), schedule=None,
               mode: str | None = None, device=None) -> dict[str, float]:
-    """{"psnr_<kernel>_mzsr<n>": mean PSNR} for each kernel preset and number of steps.
-
-    LR = degrade(gt, kernel) rounded to 8 bits; SR = adapt(LR, kernel, scale,
-    n, model=a copy of model, mode, schedule).
+    """{"psnr_<kernel>_mzsr<n>": mean PSNR} for each kernel preset and number of steps,
+    by the evaluation protocol (mzsr_fast.evaluation: the LR degraded with the
+    kernel in mode, default the preset's, and rounded to 8 bits; SR by MZSR(n)
+    with a copy of model and schedule, rounded to 8 bits).
     """
-    from ..adapt import adapt
-
     net = copy.deepcopy(model).eval()
     out = {}
     for name in kernels:
@@ -87,10 +82,10 @@ def mzsr_psnr(model: torch.nn.Module, images, kernels: list[str], scale: int, st
         scores = {n: [] for n in steps}
         for _, gt in images:
             gt = gt.to(device)
-            lr = quantise(degrade(gt.double(), kernel.to(device), scale, mode=subsample).float())
+            lr = degraded_lr(gt, kernel, scale, subsample)
             for n in steps:
-                sr = adapt(lr, kernel, scale=scale, steps=n, model=net, mode=subsample, schedule=schedule)
-                scores[n].append(psnr(sr, gt, scale))
+                sr = super_resolve(lr, kernel, scale, n, model=net, mode=subsample, schedule=schedule)
+                scores[n].append(psnr(sr, gt.double(), scale))
         for n in steps:
             out[f"psnr_{name}_mzsr{n}"] = sum(scores[n]) / len(scores[n])
     return out
