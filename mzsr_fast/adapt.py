@@ -19,7 +19,7 @@ import torch
 
 from . import _checks, _tf32
 from .degradation import degrade, load_kernel
-from .maml import stacked_forward
+from .maml import LOSSES, sgd_update_, stacked_forward
 from .model import PARAMETER_NAMES
 from .pretrained import ModelInfo, mode_mismatch, resolve_model
 from .resize import imresize
@@ -256,11 +256,9 @@ def _adapt_weights(params: dict[str, torch.Tensor], x: torch.Tensor, target: tor
     def step() -> torch.Tensor:
         with _autocast(x.device, precision, cache=not cuda_graph):
             out = stacked_forward(dict(zip(names, weights)), x[:, None])[:, 0]
-        per_task = (out.float() - target).abs().flatten(1).mean(1)  # [T]; task t depends on its weights only
+        per_task = LOSSES["l1"](out.float(), target)  # [T]; task t depends on its weights only
         grads = torch.autograd.grad(per_task.sum(), weights)
-        with torch.no_grad():
-            torch._foreach_mul_(grads, rate_of_tensor)
-            torch._foreach_sub_(weights, grads)
+        sgd_update_(list(weights), list(grads), rate_of_tensor)
         return per_task.detach()
 
     losses = torch.zeros(tasks, len(rates), device=x.device)

@@ -32,8 +32,8 @@ from .ops.sgd_step import sgd_step
 from .stacked import (PREFERRED_STRATEGY, STRATEGIES, check_images, check_stacked, choose_strategy, stack_params,
                       stacked_forward)
 
-__all__ = ["InnerLoopResult", "inner_loop", "stack_params", "stacked_forward", "msl_weights", "multi_step_loss",
-           "STRATEGIES", "PREFERRED_STRATEGY", "LOSSES"]
+__all__ = ["InnerLoopResult", "inner_loop", "sgd_update_", "stack_params", "stacked_forward", "msl_weights",
+           "multi_step_loss", "STRATEGIES", "PREFERRED_STRATEGY", "LOSSES"]
 
 # ---------------------------------------------------------------------------
 # Losses and the MAML++ multi-step loss
@@ -89,6 +89,17 @@ def multi_step_loss(query_losses: torch.Tensor, weights: torch.Tensor) -> torch.
 # ---------------------------------------------------------------------------
 # Inner loop
 # ---------------------------------------------------------------------------
+
+def sgd_update_(params: list[torch.Tensor], grads: list[torch.Tensor], rates) -> None:
+    """The inner step in place, p -= rate * g for every tensor (rates: one
+    float or 0-d tensor per tensor), with sgd_step's arithmetic (the product
+    rounded, then the difference). For loops whose weights must keep their
+    storage (a captured CUDA graph replays on fixed addresses); the grads are
+    overwritten. Not differentiable: inner_loop uses sgd_step."""
+    with torch.no_grad():
+        torch._foreach_mul_(grads, rates)
+        torch._foreach_sub_(params, grads)
+
 
 @dataclass
 class InnerLoopResult:

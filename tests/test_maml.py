@@ -13,7 +13,7 @@ from functools import lru_cache
 import pytest
 import torch
 
-from mzsr_fast import maml, stacked
+from mzsr_fast import maml, sgd_step, stacked
 from mzsr_fast.model import PARAMETER_NAMES, MZSRNet, functional_forward
 
 
@@ -350,3 +350,17 @@ def test_bad_input_messages():
         maml.stacked_forward({**maml.stack_params(init, T), "layers.0.bias": init["layers.0.bias"]}, support[0])
     with pytest.raises(ValueError, match="step"):
         maml.msl_weights(-1)
+
+
+def test_in_place_update_equals_sgd_step():
+    """maml.sgd_update_ (adapt's in-place step) rounds like the sgd_step op: bit for bit."""
+    gen = torch.Generator().manual_seed(3)
+    params = [torch.randn(5, 7, 3, generator=gen), torch.randn(11, generator=gen)]
+    grads = [torch.randn(p.shape, generator=gen) for p in params]
+    rates = [0.013, 0.2]
+    expected = [p - r * g for p, g, r in zip(params, grads, rates)]
+    fused = sgd_step([p.clone() for p in params], [g.clone() for g in grads], torch.tensor(rates))
+    in_place = [p.clone() for p in params]
+    maml.sgd_update_(in_place, [g.clone() for g in grads], [torch.tensor(r) for r in rates])
+    for a, b, c in zip(in_place, fused, expected):
+        assert torch.equal(a, b) and torch.equal(a, c)
