@@ -239,32 +239,14 @@ STRATEGIES: dict[str, Callable] = {"loop": _forward_loop, "loop_cl": _forward_lo
                                    "explicit": _forward_explicit, "grouped": _forward_grouped,
                                    "vmap": _forward_vmap}
 
-# Fastest strategy per device type. Measured on the project's CPU (2 cores, AVX-512),
-# float32, T=5 tasks x N=8 images of 64x64, seconds, `python benchmarks/bench_maml.py
-# strategies` (best of 3 rounds, strategies interleaved). Other jobs kept one core busy
-# during this session, and two OpenMP threads then stall at every barrier (2-3x slower
-# than one), so these are ONE-thread numbers with the other core loaded:
-#
-#   strategy    forward   fwd+bwd   2nd-order step*   1st-order step*
-#   loop          0.54      2.13        10.51              4.24
-#   loop_cl       0.52      1.82        10.55              3.56
-#   explicit      0.54      2.04         8.03              3.96
-#   grouped       0.80      2.74        13.51              5.63
-#   vmap          0.90      2.87        13.96              5.47
-#   * one inner step (support loss, inner gradient, sgd_step, query loss) + meta-backward
-#
-# Whole meta-iteration (5 tasks x 5 steps, 8+8 patches, bench_maml.py, same conditions,
-# best of 2 interleaved rounds): "explicit" 34.1 s (order 2) / 17.5 s (order 1); a per-task
-# loop with functional_forward 41.6 / 19.8 s; torch.func (functional_call + grad + vmap)
-# 53.7 / 23.8 s. Repeated first-order runs put loop_cl and explicit within noise of each
-# other (3.1 vs 3.3 s, 3.6 vs 4.0 s per step); second order favours explicit by 20-30%.
-# oneDNN runs channels-last convolutions without reorders, and the explicit double
-# backward replaces PyTorch's transposed-convolution weight gradient (about twice
-# slower than a regular convolution at these shapes, plus transposing copies). Grouped
-# convolution and vmap (which lowers to it) are slower on this CPU, as ENVIRONMENT.md
-# found on a quiet machine (2 threads, fwd+bwd: loop 0.94, grouped 1.11, vmap 1.30). On
-# GPU grouped convolution folds the T launches per layer into one; not measured here (no
-# GPU on the project's machines), so the CUDA entry is the usual choice, not a result.
+# Fastest strategy per device type. On the CPU, oneDNN runs channels-last
+# convolutions without reorders, and "explicit"'s double backward replaces
+# PyTorch's transposed-convolution weight gradient (second order 20-30% faster
+# than loop_cl; first order within noise); grouped convolution and vmap are
+# slower there (`python benchmarks/bench_maml.py strategies`; the measured
+# tables are in benchmarks/results/cpu-2026-11-25.md). On a GPU, grouped folds
+# the T launches per layer into one; that entry is the usual choice, not yet
+# measured (no GPU has been lent).
 PREFERRED_STRATEGY = {"cpu": "explicit", "cuda": "grouped"}
 
 

@@ -1,4 +1,4 @@
-"""The golden files in ../shared/golden (outputs of the reference
+"""The golden files in tests/data/golden (outputs of the reference
 implementation): loading them, and comparing an image with one.
 
 Tests import it as `from golden import ...` (tests/ is on sys.path: pytest
