@@ -631,7 +631,8 @@ void backward(const T* grad, const T* x, const T* weights, T* grad_x, T* grad_w,
 }
 
 // ---------------------------------------------------------------------------
-// Argument checks shared by the three ops.
+// The type the kernels compute in: double for double inputs, float otherwise
+// (float16 and bfloat16 are accumulated in float).
 at::ScalarType compute_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
