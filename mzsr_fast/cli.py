@@ -133,12 +133,19 @@ def cmd_degrade(args) -> None:
         print(f"{path} -> {out} ({size_text(lr.shape)})")
 
 
-def _steps_list(text: str) -> list[int]:
+def _int_list(text: str, what: str) -> tuple[int, ...]:
     try:
-        steps = [int(v) for v in text.split(",") if v.strip()]
+        values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise UsageError(f"--steps: expected integers separated by commas, got {text!r}") from None
-    if not steps or any(n < 0 for n in steps):
+        raise UsageError(f"{what}: expected integers separated by commas, got {text!r}") from None
+    if not values:
+        raise UsageError(f"{what}: expected at least one integer, got {text!r}")
+    return values
+
+
+def _steps_list(text: str) -> list[int]:
+    steps = list(_int_list(text, "--steps"))
+    if any(n < 0 for n in steps):
         raise UsageError(f"--steps: expected integers >= 0, got {text!r}")
     return steps
 
@@ -232,16 +239,6 @@ def cmd_eval(args) -> None:
     print(format_markdown(scores, title))
     if args.output:
         write_report(args.output, scores, title)
-
-
-def _int_list(text: str, what: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise UsageError(f"{what}: expected integers separated by commas, got {text!r}") from None
-    if not values:
-        raise UsageError(f"{what}: expected at least one integer, got {text!r}")
-    return values
 
 
 def cmd_import_tf(args) -> None:
