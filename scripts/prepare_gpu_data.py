@@ -7,7 +7,7 @@ machine; the training set (../shared/data/train, 66 MB) does not fit. This
 keeps EVERY image of SRC under the same relative path (so
 mzsr_fast.train.data.holdout_paths holds out the same images as on the full
 set), as a lossless PNG of its central crop x crop pixels, cut exactly as the
-validation cuts (first to a multiple of --scale, then the central crop), so
+validation cuts (the central crop, then to a multiple of --scale), so
 validation on held-out images sees the same pixels as on the full set and
 training draws its patches from the centres. Fails when the result is over
 --max-mib. The output folder is git-ignored (/gpu_data/); pass it to the
@@ -26,15 +26,15 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE))
 from mzsr_fast.train.data import find_images  # noqa: E402
+from mzsr_fast.train.validation import central_crop  # noqa: E402
 
 
 def crop_image(image: Image.Image, crop: int, scale: int) -> Image.Image:
-    """The central crop x crop pixels of image cut to a multiple of scale
-    (mzsr_fast.train.validation.load_images does the same)."""
-    w, h = image.size
-    w, h = w - w % scale, h - h % scale
-    top, left = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
-    return image.crop((left, top, left + min(crop, w), top + min(crop, h)))
+    """The pixels validation scores of image: its central crop
+    (validation.central_crop), cut to a multiple of scale from the top left."""
+    top, left, height, width = central_crop(image.size[1], image.size[0], crop)
+    height, width = height - height % scale, width - width % scale
+    return image.crop((left, top, left + width, top + height))
 
 
 def main(argv=None) -> int:

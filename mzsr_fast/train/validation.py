@@ -21,7 +21,15 @@ from ..metrics import psnr
 from ..resize import imresize
 from .data import DataError, find_images
 
-__all__ = ["load_images", "pretrain_psnr", "mzsr_psnr"]
+__all__ = ["central_crop", "load_images", "pretrain_psnr", "mzsr_psnr"]
+
+
+def central_crop(height: int, width: int, crop: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the central crop x crop pixels of an image
+    (crop 0, or an image smaller than crop along an axis: that whole axis)."""
+    if not crop:
+        return 0, 0, height, width
+    return max(0, (height - crop) // 2), max(0, (width - crop) // 2), min(crop, height), min(crop, width)
 
 
 def load_images(source, scale: int, min_lr_size: int = 3, crop: int = 0) -> list[tuple[str, torch.Tensor]]:
@@ -39,9 +47,8 @@ def load_images(source, scale: int, min_lr_size: int = 3, crop: int = 0) -> list
         os.path.dirname(paths[0]) if len(paths) == 1 else os.path.commonpath(paths)
     for path in paths:
         image = read_image(path, torch.float32)
-        if crop:
-            top, left = max(0, (image.shape[-2] - crop) // 2), max(0, (image.shape[-1] - crop) // 2)
-            image = image[:, top:top + crop, left:left + crop]
+        top, left, height, width = central_crop(image.shape[-2], image.shape[-1], crop)
+        image = image[:, top:top + height, left:left + width]
         h, w = (image.shape[-2] // scale) * scale, (image.shape[-1] // scale) * scale
         if min(h, w) // scale < min_lr_size:
             raise DataError(f"{path}: validation image of {image.shape[-2]}x{image.shape[-1]} is too small: its "
