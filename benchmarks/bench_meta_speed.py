@@ -33,7 +33,7 @@ import torch
 
 from mzsr_fast import maml
 from mzsr_fast.model import MZSRNet, functional_forward
-from mzsr_fast.train.run import autocast
+from mzsr_fast.train.precision import autocast
 from timing import timed
 
 ROUNDS = int(os.environ.get("MZSR_BENCH_ROUNDS", "2"))

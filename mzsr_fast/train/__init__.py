@@ -5,7 +5,8 @@
     metatrain(MetatrainConfig("data/train", out="runs/meta", init="runs/pre"))
 
 Modules: data (images, patches, tasks, prefetching), checkpoints (atomic
-files, exact resume), lock (one process per run folder), run (the loop, stop signals, settings on resume),
+files, exact resume), lock (one process per run folder), run (the loop), settings (what a run is
+configured with, compared on resume), signals (stop requests), precision (bf16),
 trainer (the setup both trainers share), pretrain, metatrain, distributed
 (torchrun), progress (bar, CSV, TensorBoard), validation (PSNR on held-out
 images), cli (the subcommands).
@@ -15,7 +16,8 @@ from .data import DataError, ImageBank, PatchSampler, Prefetcher
 from .metatrain import MetaLearner, MetatrainConfig, metatrain
 from .pretrain import Pretrainer, PretrainConfig, pretrain
 from .lock import RunLockedError
-from .run import ConfigMismatchError, TrainResult
+from .run import TrainResult
+from .settings import ConfigMismatchError
 
 __all__ = ["PretrainConfig", "pretrain", "Pretrainer", "MetatrainConfig", "metatrain", "MetaLearner",
            "TrainResult", "ConfigMismatchError", "DataError", "ImageBank", "PatchSampler", "Prefetcher",

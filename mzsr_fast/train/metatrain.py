@@ -25,7 +25,9 @@ from ..pretrained import CATALOGUE, ModelInfo
 from . import distributed, validation
 from .checkpoints import weights_bytes
 from .data import ImageBank, TaskBatch, task_pairs
-from .run import RunSettings, TrainResult, autocast, non_negative_int, positive_float, positive_int, train
+from .precision import autocast
+from .run import TrainResult, train
+from .settings import RunSettings, non_negative_int, positive_float, positive_int
 from .trainer import Trainer
 
 __all__ = ["MetatrainConfig", "MetaLearner", "metatrain"]

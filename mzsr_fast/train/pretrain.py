@@ -17,7 +17,9 @@ import torch.nn.functional as F
 
 from . import distributed, validation
 from .data import ImageBank, pretrain_pairs, to_unit
-from .run import RunSettings, TrainResult, autocast, positive_float, positive_int, train
+from .precision import autocast
+from .run import TrainResult, train
+from .settings import RunSettings, positive_float, positive_int
 from .trainer import Trainer
 
 __all__ = ["PretrainConfig", "pretrain", "Pretrainer", "learning_rate"]

@@ -1,6 +1,6 @@
-"""One training run in RUN_DIR: starting or resuming it, refusing changed
-settings, stop requests (Ctrl-C / SIGTERM), the iteration loop, logging and
-checkpoints. Both trainers (pretrain, metatrain) run through `train`:
+"""One training run in RUN_DIR: starting or resuming it (refusing changed
+settings, see settings.py), the iteration loop, logging and checkpoints, and
+stopping on a request (signals.py). Both trainers (pretrain, metatrain) run through `train`:
 
     train("metatrain", config, MetaLearner, on_step)
 
@@ -28,9 +28,7 @@ import dataclasses
 import json
 import math
 import os
-import signal
 import sys
-import threading
 import time
 import warnings
 
@@ -38,43 +36,14 @@ import torch
 
 from . import distributed
 from .checkpoints import CheckpointManager, NonFiniteError, atomic_write, rng_state, set_rng_state
-from .data import FLAT_THRESHOLD, Prefetcher
+from .data import Prefetcher
 from .distributed import Distributed
 from .lock import RunLock
 from .progress import MetricsLog, ProgressBar
+from .settings import ConfigMismatchError, config_dict, config_differences, field_defaults
+from .signals import StopSignals
 
-__all__ = ["autocast", "ConfigMismatchError", "Run", "StopSignals", "config_dict", "config_differences",
-           "RUNTIME_FIELDS", "TrainResult", "train", "positive_int", "non_negative_int", "positive_float"]
-
-# Settings that may change between a run and its resumption without notice:
-# how long, where, how often to save/log/validate, and on what hardware.
-RUNTIME_FIELDS = frozenset({
-    "iterations", "out", "resume", "resume_or_start", "allow_config_change", "checkpoint_every", "keep", "device",
-    "threads", "validate_every", "val_dir", "val_crop", "val_kernels", "val_steps", "log_every", "prefetch", "progress",
-})
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on the CPU or CUDA when enabled (bf16 has fp32's range: no
-    loss scaling), else a no-op. Parameters, their updates and the losses stay
-    fp32; the convolutions run in bf16."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=enabled and device.type in ("cpu", "cuda"))
-
-
-def cpu_has_native_bf16() -> bool | None:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX flags in
-    /proc/cpuinfo); None where that cannot be read."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
-    except OSError:
-        return None
-    return None if flags is None else bool({"avx512_bf16", "amx_bf16"} & set(flags))
-
-
-class ConfigMismatchError(ValueError):
-    """Resuming with settings that differ from the checkpoint's."""
+__all__ = ["Run", "TrainResult", "train"]
 
 
 @dataclasses.dataclass
@@ -88,69 +57,6 @@ class TrainResult:
     run_dir: str
     latest: str
     losses: list = dataclasses.field(default_factory=list)
-
-
-def config_dict(config) -> dict:
-    """A config dataclass as plain JSON-able values (paths made absolute, tuples as lists)."""
-    out = {}
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if isinstance(value, tuple):
-            value = list(value)
-        if field.name in ("data_dir", "init", "out", "val_dir") and isinstance(value, (str, os.PathLike)):
-            value = os.path.abspath(os.fspath(value))
-        out[field.name] = value
-    return out
-
-
-def field_defaults(config) -> dict:
-    """{name: default} of a config dataclass's fields that have one, as config_dict gives values."""
-    return {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
-            for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
-
-
-def config_differences(saved: dict, current: dict, ignore=RUNTIME_FIELDS, defaults: dict | None = None) -> list[str]:
-    """'name: saved -> current' for every setting that differs (runtime fields
-    ignored). A setting the saved run predates counts as its default (defaults:
-    name -> the value a run without that setting had)."""
-    lines = []
-    defaults = defaults or {}
-    for key in sorted(set(saved) | set(current)):
-        if key in ignore:
-            continue
-        old, new = saved.get(key, defaults.get(key, "<not set>")), current.get(key, "<not set>")
-        if old != new:
-            lines.append(f"{key}: {old!r} -> {new!r}")
-    return lines
-
-
-class StopSignals:
-    """Ctrl-C and SIGTERM set a flag instead of killing the process, so the loop
-    can checkpoint and return. A second Ctrl-C raises KeyboardInterrupt.
-    Installs nothing outside the main thread."""
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
-        self.requested = False
-        self.signal_name: str | None = None
-        self._previous = {}
-
-    def _handler(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
-
-    def __enter__(self):
-        if self.enabled and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
 
 class Run:
@@ -366,75 +272,3 @@ def train(kind: str, config, make_trainer, on_step=None) -> TrainResult:
     finally:
         dist.close(finished)
         torch.set_num_threads(threads)
-
-
-@dataclasses.dataclass(kw_only=True)
-class RunSettings:
-    """Settings every training run has (keyword-only; the configs add their own).
-
-    seed: of the initialisation and the data stream. flat_threshold: patches
-    flatter than this are redrawn. amp: bf16 autocast (CPU or CUDA).
-    checkpoint_every / keep: save every M iterations (0: only at the end and
-    on a stop signal), keeping the last N that load (0: all). resume:
-    continue from the newest checkpoint of `out` (an error when there is
-    none); resume_or_start: the same, but start a new run when `out` has no
-    checkpoint; allow_config_change: resume even when a setting differs.
-    device / threads: where to train. validate_every / val_dir: PSNR on
-    held-out images every V iterations (0: never). holdout: that many
-    images of the training folder (data.holdout_paths) are kept out of
-    training and validated on when val_dir is not set. val_crop: validate on
-    the central val_crop x val_crop pixels of each image (0: whole images).
-    """
-
-    seed: int = 0
-    flat_threshold: float = FLAT_THRESHOLD
-    amp: bool = False
-    checkpoint_every: int = 1000
-    keep: int = 3
-    resume: bool = False
-    resume_or_start: bool = False
-    allow_config_change: bool = False
-    device: str | None = None
-    threads: int | None = None
-    validate_every: int = 0
-    val_dir: str | None = None
-    holdout: int = 0
-    val_crop: int = 0
-    progress: bool = True
-
-    def check_run_settings(self) -> None:
-        """Raise ValueError naming the first bad shared setting."""
-        non_negative_int(self, "seed", "checkpoint_every", "keep", "validate_every", "holdout", "val_crop")
-        if self.val_dir and self.holdout:
-            raise ValueError("holdout: held-out images are validated on only without val_dir (--val-dir); "
-                             "give one of the two")
-        if self.validate_every and not (self.val_dir or self.holdout):
-            raise ValueError("validate_every: validation needs held-out images (val_dir / --val-dir, or "
-                             "holdout / --holdout)")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads: expected a positive integer, got {self.threads}")
-        if isinstance(self.flat_threshold, bool) or not isinstance(self.flat_threshold, (int, float)) \
-                or not math.isfinite(self.flat_threshold):
-            raise ValueError(f"flat_threshold: expected a finite number, got {self.flat_threshold!r}")
-
-
-# Setting checks shared by the config dataclasses: ValueError naming the field.
-def positive_int(config, *names):
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-
-
-def non_negative_int(config, *names):
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
-
-
-def positive_float(config, *names):
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"{name}: expected a positive number, got {value!r}")

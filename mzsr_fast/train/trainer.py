@@ -15,7 +15,7 @@ from ..model import MZSRNet
 from . import distributed
 from .checkpoints import load_into, resolve_weights
 from .data import ImageBank, PatchSampler, holdout_paths
-from .run import cpu_has_native_bf16
+from .precision import cpu_has_native_bf16
 
 __all__ = ["Trainer"]
 
