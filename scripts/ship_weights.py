@@ -1,6 +1,9 @@
-"""Copy a training run's latest weights into the package as a bundled model.
+"""Copy a training run's weights into the package as a bundled model.
 
 Usage: python scripts/ship_weights.py training/metatrain_direct_x2 direct_x2
+       python scripts/ship_weights.py RUN/checkpoints/step-00000400.safetensors direct_x2
+
+A run folder ships its latest.safetensors; a .safetensors path ships that file.
 
 Checks that the file is a meta-training result (not a pretraining one) for the
 kind the bundled name stands for (same kind, subsampling mode and scales as
@@ -20,26 +23,33 @@ from mzsr_fast.pretrained import CATALOGUE, ModelInfo, bundled_info, load_model,
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run_dir", help="a metatrain run folder (its latest.safetensors is shipped)")
+    parser.add_argument("weights", help="a metatrain run folder (its latest.safetensors is shipped) or one of "
+                        "its .safetensors checkpoints")
     parser.add_argument("name", choices=sorted(CATALOGUE), help="bundled model name")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "mzsr_fast", "weights"),
+                        help="folder of the bundled models (default: the package's mzsr_fast/weights)")
     args = parser.parse_args(argv)
-    path = os.path.join(args.run_dir, "latest.safetensors")
+    path = os.path.join(args.weights, "latest.safetensors") if os.path.isdir(args.weights) else args.weights
+    if not os.path.isfile(path):
+        print(f"weights: {path} does not exist (expected a metatrain run folder or a .safetensors file)",
+              file=sys.stderr)
+        return 2
     with safe_open(path, framework="pt") as f:
         meta = f.metadata() or {}
     if meta.get("stage") == "pretrain" or not {"kind", "mode", "scales"} <= set(meta):
-        print(f"run_dir: {path} is not a meta-training result (metadata {meta})", file=sys.stderr)
+        print(f"weights: {path} is not a meta-training result (metadata {meta})", file=sys.stderr)
         return 2
     net, info = load_model(path)
     want = bundled_info(args.name)
     got = (info.kind, info.mode, info.scales)
     if got != (want.kind, want.mode, want.scales):
-        print(f"run_dir: {args.run_dir} trained {got}, but {args.name} is {(want.kind, want.mode, want.scales)}",
+        print(f"weights: {path} trained {got}, but {args.name} is {(want.kind, want.mode, want.scales)}",
               file=sys.stderr)
         return 2
-    target = os.path.join(os.path.dirname(__file__), "..", "mzsr_fast", "weights", f"{args.name}.safetensors")
+    target = os.path.join(args.out, f"{args.name}.safetensors")
     save_model(target, net, ModelInfo(args.name, want.kind, want.mode, want.scales, notes=info.notes,
                                       own_schedule=info.own_schedule))
-    print(f"{args.name}: iteration {info.notes.get('step', '?')} of {args.run_dir} -> {os.path.normpath(target)}")
+    print(f"{args.name}: iteration {info.notes.get('step', '?')} of {path} -> {os.path.normpath(target)}")
     return 0
 
 

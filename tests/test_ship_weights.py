@@ -1,0 +1,56 @@
+"""scripts/ship_weights.py: what it ships, and what it refuses (exit 2, the
+argument named), into a temporary folder (never the package's weights)."""
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from mzsr_fast.model import MZSRNet
+from mzsr_fast.pretrained import ModelInfo, load_model, save_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("ship_weights", os.path.join(ROOT, "scripts", "ship_weights.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _weights(path, **info):
+    net = MZSRNet()
+    net.reset_parameters(torch.Generator().manual_seed(3))
+    save_model(path, net, ModelInfo("run", **info))
+    return net
+
+
+def test_ships_a_checkpoint_with_its_iteration_and_schedule(tmp_path):
+    source = tmp_path / "step-00000300.safetensors"
+    net = _weights(source, kind="direct_x4", mode="direct", scales=(4,), notes={"step": "300"},
+                   own_schedule=(0.02, 0.01))
+    assert _script()([str(source), "direct_x4", "--out", str(tmp_path)]) == 0
+    shipped, info = load_model(tmp_path / "direct_x4.safetensors")
+    assert (info.name, info.kind, info.scales, info.notes["step"]) == ("direct_x4", "direct_x4", (4,), "300")
+    assert info.own_schedule == (0.02, 0.01)
+    for a, b in zip(shipped.parameters(), net.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_run_folder_ships_its_latest(tmp_path):
+    _weights(tmp_path / "latest.safetensors", kind="direct_x2", notes={"step": "7"})
+    assert _script()([str(tmp_path), "direct_x2", "--out", str(tmp_path)]) == 0
+    assert load_model(tmp_path / "direct_x2.safetensors")[1].notes["step"] == "7"
+
+
+@pytest.mark.parametrize("case", ["missing", "other_kind", "pretrain"])
+def test_refusals(tmp_path, capsys, case):
+    source = tmp_path / "w.safetensors"
+    if case == "other_kind":
+        _weights(source, kind="bicubic_x2", mode="bicubic")
+    elif case == "pretrain":
+        _weights(source, notes={"stage": "pretrain"})
+    assert _script()([str(source), "direct_x2", "--out", str(tmp_path)]) == 2
+    assert "weights: " in capsys.readouterr().err
+    assert not (tmp_path / "direct_x2.safetensors").exists()
