@@ -2,7 +2,7 @@
 `mzsr-fast eval` runs), next to bicubic and the paper's numbers (docs/method.md section 10).
 
 Usage: python scripts/model_card_tables.py --model PATH [--pretrained PATH]
-       [--data ../shared/data] [--sets Set5,Set14] [--presets g_d_2.0,...] > tables.md
+       [--data ../shared/data] [--sets Set5,Set14] [--presets g_d_2.0,...] [--scale 2] > tables.md
 """
 import argparse
 import sys
@@ -12,12 +12,13 @@ import torch
 
 from mzsr_fast.evaluation import evaluate
 
-# Paper, x2, Set5: (Bicubic, MZSR(1), MZSR(10)) PSNR / SSIM.
+# Paper, Set5, (scale, kernel): Bicubic, MZSR(1), MZSR(10) PSNR (x4: no SSIM published).
 PAPER_SET5 = {
-    "g_d_0.2": ((30.24, .8976), (33.14, .9277), (33.74, .9301)),
-    "g_d_2.0": ((28.73, .8449), (35.20, .9398), (36.05, .9439)),
-    "g_d_ani": ((28.15, .8265), (34.05, .9271), (34.78, .9323)),
-    "g_b_1.3": ((30.54, .8773), (35.18, .9430), (36.64, .9498)),
+    (2, "g_d_0.2"): (30.24, 33.14, 33.74),
+    (2, "g_d_2.0"): (28.73, 35.20, 36.05),
+    (2, "g_d_ani"): (28.15, 34.05, 34.78),
+    (2, "g_b_1.3"): (30.54, 35.18, 36.64),
+    (4, "g_d_2.0"): (24.74, 30.20, 30.50),
 }
 
 
@@ -39,12 +40,13 @@ def main(argv=None):
     parser.add_argument("--sets", default="Set5,Set14")
     parser.add_argument("--presets", default="g_d_0.2,g_d_2.0,g_d_ani,g_b_1.3")
     parser.add_argument("--steps", default="0,1,10")
+    parser.add_argument("--scale", type=int, default=2)
     args = parser.parse_args(argv)
     steps = [int(s) for s in args.steps.split(",")]
     columns = ["Bicubic"] + [f"MZSR({n})" for n in steps]
     if args.pretrained:
         columns += [f"pretrained-only({n})" for n in steps if n > 0]
-    print(f"x2, PSNR (dB) / SSIM on the Y channel (docs/method.md section 9); measured {time.strftime('%Y-%m-%d')}, "
+    print(f"x{args.scale}, PSNR (dB) / SSIM on the Y channel (docs/method.md section 9); measured {time.strftime('%Y-%m-%d')}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads.\n")
     for dataset in args.sets.split(","):
         print(f"#### {dataset}\n")
@@ -52,13 +54,15 @@ def main(argv=None):
         print("|---" * (len(columns) + 2) + "|")
         for kernel in args.presets.split(","):
             gt = f"{args.data}/{dataset}"
-            row = [cell(mean(evaluate(gt, kernel, 2, [0], method="bicubic"), 0))]
-            ours = evaluate(gt, kernel, 2, steps, model=args.model)
+            row = [cell(mean(evaluate(gt, kernel, args.scale, [0], method="bicubic"), 0))]
+            ours = evaluate(gt, kernel, args.scale, steps, model=args.model)
             row += [cell(mean(ours, n)) for n in steps]
             if args.pretrained:
-                base = evaluate(gt, kernel, 2, [n for n in steps if n > 0], model=args.pretrained)
+                base = evaluate(gt, kernel, args.scale, [n for n in steps if n > 0],
+                                model=args.pretrained)
                 row += [cell(mean(base, n)) for n in steps if n > 0]
-            paper = " / ".join(f"{p:.2f}" for p, _ in PAPER_SET5[kernel]) if dataset == "Set5" else "n/a"
+            published = PAPER_SET5.get((args.scale, kernel)) if dataset == "Set5" else None
+            paper = " / ".join(f"{p:.2f}" for p in published) if published else "n/a"
             print(f"| {kernel} | " + " | ".join(row) + f" | {paper} |")
             sys.stdout.flush()
         seconds = mean(ours, max(steps))[2]
