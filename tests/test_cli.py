@@ -149,6 +149,22 @@ def test_sr_main_job_with_shipped_default_model(tmp_path):
     assert metrics.psnr(sr, gt, 2) > metrics.psnr(bicubic, gt, 2) + 1.0
 
 
+@pytest.mark.parametrize("scale", [4])
+def test_sr_at_another_scale_picks_the_shipped_model_for_it(tmp_path, scale):
+    """`sr --scale 4` with no --model adapts the shipped direct_x4 and beats bicubic."""
+    from mzsr_fast import degrade, imresize, metrics
+    from mzsr_fast.degradation import load_kernel
+    from mzsr_fast.io import write_image
+
+    gt = read_image(example_path("example"))[:, :96, :96]
+    write_image(tmp_path / "lr.png", degrade(gt, load_kernel("g_d_2.0")[0], scale))
+    assert main(["sr", str(tmp_path / "lr.png"), "-o", str(tmp_path), "--kernel", "g_d_2.0", "--scale", str(scale),
+                 "--steps", "1"]) == 0
+    sr = read_image(tmp_path / f"lr_x{scale}_mzsr1.png")
+    bicubic = imresize(read_image(tmp_path / "lr.png"), scale=scale).clamp(0, 1)
+    assert metrics.psnr(sr, gt, scale) > metrics.psnr(bicubic, gt, scale) + 1.0
+
+
 def test_sr_with_untrained_bundled_model_says_so(tmp_path, capsys):
     from mzsr_fast.pretrained import bundled_models
 
