@@ -2,7 +2,7 @@
 // block of the codebase; other ops add theirs with TORCH_LIBRARY_FRAGMENT.
 // Kernels: cpu/blur_downsample.cpp, cuda/blur_downsample.cu (argument checks
 // of both: blur_downsample_checks.h). Fake kernels and autograd:
-// mzsr_fast/ops/blur_downsample_native.py.
+// mzsr_fast/ops/blur_downsample.py (which also defines the Triton ops of the same schemas).
 #include <torch/library.h>
 
 TORCH_LIBRARY(mzsr_fast, m) {
