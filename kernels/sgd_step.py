@@ -14,6 +14,10 @@ Rounding: p - r * g with two roundings (product, then difference) in the
 compute dtype, like the reference and the C++/CUDA kernels: the launch passes
 enable_fp_fusion=False so Triton does not contract them into one FMA.
 
+The launcher ``sgd_step`` is a plain function (not differentiable) with the
+name and arguments of the op; mzsr_fast.ops.sgd_step registers it as
+mzsr_fast::sgd_step_triton, with its fake kernel and autograd.
+
 The integer arguments (sizes, offsets) are not specialised on their values
 (do_not_specialize), so new shapes reuse the compiled kernel; only the group
 size, dtype and whether params are given select a compilation.

@@ -12,30 +12,33 @@ for every tensor of a list, in one kernel launch. The rate lr is
 - a [T, n], [T, 1] or [1, n] tensor: the explicit table (rate per task and
   tensor). A 1-D lr of length T == n is ambiguous and must be given this way.
 
-Differentiable wrt params, grads and a tensor lr, to any order: the backward
-is grad_params = grad_out, grad_grads = -lr * grad_out (the same fused op with
-no params) and grad_lr = -sum(grads * grad_out) per rate (torch ops), so
-second-order MAML through the update is exact.
+Backends (mzsr_fast.dispatch): "cpu" and "cuda" (mzsr_fast._C; schema in
+csrc/ops/sgd_step.cpp), "triton" (the launcher of mzsr_fast.kernels.sgd_step,
+imported at its first call) and "torch" (the reference,
+mzsr_fast.reference.sgd_step). A fused backend is one custom op of the schema
+in _SCHEMAS, named mzsr_fast::sgd_step (C++/CUDA) and
+mzsr_fast::sgd_step_triton (Triton, defined here):
 
-Backends (mzsr_fast.dispatch): "cpu" (C++/OpenMP), "cuda" (CUDA C++), "triton"
-and "torch" (the reference, mzsr_fast.reference.sgd_step). The C++ op is
-mzsr_fast::sgd_step(Tensor[] params, Tensor[] grads, Tensor? lr, float alpha),
-the Triton one mzsr_fast::sgd_step_triton with the same schema; here they get
-their fake kernels and autograd.
+    sgd_step  params, grads [T, ...] (params may be empty: 0), lr None or a
+              [1 or T, 1 or n] table in the compute dtype, alpha -> new tensors
+
+Both fused backends get the same fake kernel (torch.compile) and autograd
+from _register. Derivatives of every order wrt params, grads and a tensor
+lr, on every backend: the backward is grad_params = grad_out, grad_grads =
+-lr * grad_out (the same fused op with no params) and grad_lr =
+-sum(grads * grad_out) per rate (torch ops), so second-order MAML through the
+update is exact.
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 
 import torch
 
-from .. import _checks, dispatch
+from .. import _checks, _extension, dispatch
 from ..reference import sgd_step as reference
 
 __all__ = ["sgd_step", "rate_table"]
-
-_SCHEMA = "(Tensor[] params, Tensor[] grads, Tensor? lr, float alpha) -> Tensor[]"
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -140,8 +143,11 @@ def rate_table(lr, tensors: list[torch.Tensor]) -> tuple[torch.Tensor | None, fl
 
 
 # ---------------------------------------------------------------------------
-# Backends
+# The fused op: schema, fake kernel and autograd of every backend
 # ---------------------------------------------------------------------------
+
+_SCHEMAS = {"sgd_step": "(Tensor[] params, Tensor[] grads, Tensor? lr, float alpha) -> Tensor[]"}
+
 
 def _kernel_param(p: torch.Tensor) -> torch.Tensor:
     """Contiguous, or broadcast over the leading axis (p.expand(T, ...)), as the kernels take it."""
@@ -152,52 +158,9 @@ def _kernel_param(p: torch.Tensor) -> torch.Tensor:
     return p.contiguous()
 
 
-def _native_op():
-    try:
-        return torch.ops.mzsr_fast.sgd_step.default
-    except (AttributeError, RuntimeError):
-        return None
-
-
-def _triton_impl(params, grads, lr, alpha):
-    return importlib.import_module(dispatch.TRITON_MODULES["sgd_step"]).sgd_step(params, grads, lr, alpha)
-
-
-_triton_op = torch.library.custom_op("mzsr_fast::sgd_step_triton", _triton_impl, mutates_args=(),
-                                     schema=_SCHEMA)
-
-
 def _call(op, params, grads, lr, alpha):
     return list(op([_kernel_param(p) for p in params], [g.contiguous() for g in grads], lr, alpha))
 
-
-def _run(backend: str, params, grads, lr, alpha) -> list[torch.Tensor]:
-    if backend == "torch":
-        return reference.sgd_step(params, grads, lr, alpha)
-    op = _triton_op if backend == "triton" else _native_op()
-    return _call(op, params, grads, lr, alpha)
-
-
-def sgd_step(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], lr,
-             *, backend: str | None = None) -> list[torch.Tensor]:
-    """One SGD step on a list of tensors: [p - lr * g for p, g in zip(params, grads)].
-
-    params, grads: equal-length lists of floating tensors, same shape and dtype
-    pairwise, all on one device (in the MAML inner loop each is [T, ...], task
-    first; a param may be p.expand(T, ...)). lr: see the module docstring.
-    Returns a list of new tensors. backend: None (fastest available), "cpu",
-    "cuda", "triton" or "torch".
-    """
-    params, grads = _check_lists(params, grads)
-    if not grads:
-        return []
-    table, alpha = rate_table(lr, grads)
-    return _run(dispatch.choose("sgd_step", grads[0].device, backend), params, grads, table, alpha)
-
-
-# ---------------------------------------------------------------------------
-# Fake kernels and autograd (shared by the C++ and the Triton op)
-# ---------------------------------------------------------------------------
 
 def _fake(params, grads, lr, alpha):
     return [torch.empty_like(g, memory_format=torch.contiguous_format) for g in grads]
@@ -223,7 +186,9 @@ def _lr_grad(grads, grad_outs, lr, alpha):
     return table * (-alpha)
 
 
-def _make_backward(op):
+def _register(op) -> None:
+    """Fake kernel and autograd of one fused backend's op."""
+
     def backward(ctx, grad_outs):
         lr, *grads = ctx.saved_tensors
         need_params, need_grads, need_lr, _ = ctx.needs_input_grad
@@ -235,14 +200,41 @@ def _make_backward(op):
             grad_grads = [s if need else None for s, need in zip(scaled, need_grads)]
         grad_lr = _lr_grad(grads, grad_outs, lr, ctx.alpha) if need_lr and lr is not None else None
         return grad_params, grad_grads, grad_lr, None
-    return backward
+
+    torch.library.register_fake(op, _fake)
+    torch.library.register_autograd(op, backward, setup_context=_setup_context)
 
 
-def _register(op, name: str) -> None:
-    torch.library.register_fake(name, _fake)
-    torch.library.register_autograd(name, _make_backward(op), setup_context=_setup_context)
+_TRITON = torch.library.custom_op("mzsr_fast::sgd_step_triton", dispatch.triton_launcher("sgd_step", "sgd_step"),
+                                  mutates_args=(), schema=_SCHEMAS["sgd_step"])
+_register(_TRITON)
+_NATIVE = _extension.native_op("sgd_step")
+if _NATIVE is not None:
+    _register(_NATIVE)
+
+# backend name -> its op (dispatch.choose picks only available backends)
+_FUSED = {"cpu": _NATIVE, "cuda": _NATIVE, "triton": _TRITON}
 
 
-_register(_triton_op, "mzsr_fast::sgd_step_triton")
-if _native_op() is not None:
-    _register(_native_op(), "mzsr_fast::sgd_step")
+# ---------------------------------------------------------------------------
+# Public function
+# ---------------------------------------------------------------------------
+
+def sgd_step(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], lr,
+             *, backend: str | None = None) -> list[torch.Tensor]:
+    """One SGD step on a list of tensors: [p - lr * g for p, g in zip(params, grads)].
+
+    params, grads: equal-length lists of floating tensors, same shape and dtype
+    pairwise, all on one device (in the MAML inner loop each is [T, ...], task
+    first; a param may be p.expand(T, ...)). lr: see the module docstring.
+    Returns a list of new tensors. backend: None (fastest available), "cpu",
+    "cuda", "triton" or "torch".
+    """
+    params, grads = _check_lists(params, grads)
+    if not grads:
+        return []
+    table, alpha = rate_table(lr, grads)
+    backend = dispatch.choose("sgd_step", grads[0].device, backend)
+    if backend == "torch":
+        return reference.sgd_step(params, grads, table, alpha)
+    return _call(_FUSED[backend], params, grads, table, alpha)

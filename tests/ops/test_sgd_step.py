@@ -36,7 +36,7 @@ def backend(request):
 
 
 def _op(backend: str):
-    return glue._triton_op if backend == "triton" else torch.ops.mzsr_fast.sgd_step.default
+    return glue._FUSED[backend]
 
 
 def _lists(shapes, dtype=torch.float64, device="cpu", requires_grad=False, seed=0):
