@@ -150,14 +150,14 @@ def test_integer_arguments_are_not_specialised(module):
     do_not_specialize, so a new image size or list shape reuses the compiled
     kernel instead of compiling a variant (Triton specialises ints equal to 1
     and multiples of 16 by default). Pointer arguments (*_ptr, the sgd_step
-    tensor tuples p, g, o and the rate table lr) keep their alignment hints."""
+    tensor tuples p, g, o and the rate table, rates) keep their alignment hints."""
     import ast
     import importlib
     import inspect
 
     mod = importlib.import_module(f"mzsr_fast.kernels.{module}")
     tree = ast.parse(inspect.getsource(mod))
-    pointers = {"p", "g", "o", "lr"}
+    pointers = {"p", "g", "o", "rates"}
     kernels = 0
     for fn in tree.body:
         if not (isinstance(fn, ast.FunctionDef) and fn.name.endswith("_kernel")):
