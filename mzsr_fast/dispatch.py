@@ -37,8 +37,8 @@ def triton_launcher(op: str, name: str):
     missing, and only calling them (which choose() never does there) fails."""
     def launch(*args):
         return getattr(importlib.import_module(TRITON_MODULES[op]), name)(*args)
-    launch.__name__ = name
     return launch
+
 
 _default: str | None = None
 
