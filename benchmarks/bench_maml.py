@@ -5,7 +5,7 @@ losses, meta-gradient wrt the initial parameters; second and first order.
 Three implementations, same data, same run, time and peak memory:
 - ours: mzsr_fast.maml.inner_loop (stacked parameters, fused sgd_step);
 - per-task loop: what a user writes with functional_forward, one task after the
-  other, torch.autograd.grad(create_graph=True) and p - lr * g, each task's meta
+  other, torch.autograd.grad(create_graph=True) and p - rate * g, each task's meta
   loss backpropagated before the next task (the memory-frugal plain way);
 - torch.func: functional_call + grad inside vmap over the tasks.
 All three are checked to give the same meta-gradient. Peak memory on CPU is the

@@ -1,7 +1,7 @@
 """The fused SGD update alone: every MZSRNet parameter stacked over 5 tasks
 (225,091 x 5 = 1,125,455 elements in 16 tensors), one inner-loop update
 
-    out_i = p_i - lr * g_i
+    out_i = p_i - rate * g_i
 
 with a float rate and with one rate per task, by every available sgd_step
 backend against what a user would write: a Python loop over the tensors and
@@ -39,17 +39,17 @@ def lists():
     return params, grads
 
 
-def python_loop(params, grads, lr):
-    if isinstance(lr, float):
-        return [p - lr * g for p, g in zip(params, grads)]
-    return [p - lr.view(-1, *([1] * (p.dim() - 1))) * g for p, g in zip(params, grads)]
+def python_loop(params, grads, rates):
+    if isinstance(rates, float):
+        return [p - rates * g for p, g in zip(params, grads)]
+    return [p - rates.view(-1, *([1] * (p.dim() - 1))) * g for p, g in zip(params, grads)]
 
 
-def foreach(params, grads, lr):
-    if isinstance(lr, float):
-        return torch._foreach_add(params, grads, alpha=-lr)
-    rates = [lr.view(-1, *([1] * (p.dim() - 1))) for p in params]
-    return torch._foreach_sub(params, torch._foreach_mul(grads, rates))
+def foreach(params, grads, rates):
+    if isinstance(rates, float):
+        return torch._foreach_add(params, grads, alpha=-rates)
+    per_task = [rates.view(-1, *([1] * (p.dim() - 1))) for p in params]
+    return torch._foreach_sub(params, torch._foreach_mul(grads, per_task))
 
 
 def _backends():
@@ -68,11 +68,11 @@ def test_sgd_step(benchmark, lists, backend, rate):
     """Rounds interleave the three: the references run in pedantic's untimed
     setup (timed here), then ours; best of the rounds for each."""
     params, grads = lists
-    lr = 0.01 if rate == "float" else torch.linspace(0.005, 0.02, TASKS, device=DEVICE)
-    run = lambda: sgd_step(params, grads, lr, backend=backend)  # noqa: E731
-    for a, b in zip(run(), python_loop(params, grads, lr)):
+    rates = 0.01 if rate == "float" else torch.linspace(0.005, 0.02, TASKS, device=DEVICE)
+    run = lambda: sgd_step(params, grads, rates, backend=backend)  # noqa: E731
+    for a, b in zip(run(), python_loop(params, grads, rates)):
         torch.testing.assert_close(a, b)
-    refs = {"python loop": lambda: python_loop(params, grads, lr), "foreach": lambda: foreach(params, grads, lr)}
+    refs = {"python loop": lambda: python_loop(params, grads, rates), "foreach": lambda: foreach(params, grads, rates)}
     times = {name: [] for name in refs}
 
     def setup():
@@ -90,6 +90,6 @@ def test_sgd_step(benchmark, lists, backend, rate):
                                  "rate": rate, "python_loop_s": loop_s, "foreach_s": foreach_s,
                                  "speedup_vs_python_loop": loop_s / ours, "speedup_vs_foreach": foreach_s / ours,
                                  "gb_per_s": moved / ours / 1e9})
-    print(f"\nsgd_step {backend} ({rate} lr, {DEVICE}, {torch.get_num_threads()} threads): {ours * 1e3:.2f} ms "
+    print(f"\nsgd_step {backend} ({rate} rates, {DEVICE}, {torch.get_num_threads()} threads): {ours * 1e3:.2f} ms "
           f"({moved / ours / 1e9:.1f} GB/s); python loop {loop_s * 1e3:.2f} ms ({loop_s / ours:.2f}x), "
           f"torch._foreach {foreach_s * 1e3:.2f} ms ({foreach_s / ours:.2f}x)")

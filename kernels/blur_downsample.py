@@ -39,11 +39,11 @@ int32 except the per-plane base offset, which is int64):
   [B * C * tiles, k * k]; the launcher sums the partials per kernel batch
   (two-stage, deterministic, no atomics).
 
-Custom ops (torch.library, namespace mzsr_fast), each with a fake kernel:
-``blur_downsample_triton`` and ``gaussian_blur_downsample_triton`` (with
-autograd, the formulas of mzsr_fast.ops.blur_downsample_autograd),
-``blur_downsample_triton_backward`` (its autograd raises: double backward is
-not supported). Public launchers: ``blur`` and ``gaussian_blur``.
+The launchers ``blur_downsample``, ``blur_downsample_backward`` and
+``gaussian_blur_downsample`` are plain functions (not differentiable) with the
+names and arguments of the three ops; mzsr_fast.ops.blur_downsample registers
+them as mzsr_fast::<name>_triton, with their fake kernels and autograd. Each
+checks the shapes its kernels rely on.
 
 On CPU tensors the kernels run only under TRITON_INTERPRET=1 set before this
 module is imported. The interpreter has no bf16/fp16 arithmetic worth
@@ -56,10 +56,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mzsr_fast.ops.blur_downsample_autograd import (gaussian_input_grads, gaussian_setup_context,
-                                                    register_blur_autograd)
-
-__all__ = ["blur", "gaussian_blur", "block_sizes"]
+__all__ = ["blur_downsample", "blur_downsample_backward", "gaussian_blur_downsample", "block_sizes"]
 
 # Integer arguments that Triton must not specialise on (by default it compiles a
 # variant for a value of 1 and for multiples of 16): new image sizes reuse the
@@ -274,7 +271,7 @@ def _blur_bwd_w_kernel(g_ptr, x_ptr, part_ptr, H, W, HO, WO, OFF_H, OFF_W,
 
 
 # ---------------------------------------------------------------------------
-# Launch helpers
+# Launchers
 # ---------------------------------------------------------------------------
 
 def _acc_dtype(dtype: torch.dtype):
@@ -340,7 +337,9 @@ def _check_kernel3(x: torch.Tensor, kernel: torch.Tensor) -> None:
                          f"got shape {tuple(kernel.shape)}")
 
 
-def _launch_forward(x: torch.Tensor, kernel: torch.Tensor, stride: int) -> torch.Tensor:
+def blur_downsample(x: torch.Tensor, kernel: torch.Tensor, stride: int) -> torch.Tensor:
+    """x [B, C, H, W], kernel [1 or B, k, k] (k odd; 1: shared), stride >= 1 ->
+    [B, C, ceil(H / stride), ceil(W / stride)] in x's dtype."""
     _check_launch(x, stride)
     _check_kernel3(x, kernel)
     out_dtype, cdt = x.dtype, _compute_dtype(x)
@@ -362,7 +361,11 @@ def _param_dtype(*params: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in params) else torch.float32
 
 
-def _launch_gaussian_forward(x, theta, lambda1, lambda2, size: int, stride: int) -> torch.Tensor:
+def gaussian_blur_downsample(x: torch.Tensor, theta: torch.Tensor, lambda1: torch.Tensor, lambda2: torch.Tensor,
+                             size: int, stride: int) -> torch.Tensor:
+    """blur_downsample with the normalised anisotropic Gaussian of size x size
+    (docs/method.md section 2) computed inside the kernel, never materialised.
+    theta, lambda1, lambda2: [1] (shared) or [B], one shape."""
     _check_launch(x, stride)
     if size < 1 or size % 2 == 0:
         raise ValueError(f"size: expected an odd positive kernel size, got {size}")
@@ -386,18 +389,20 @@ def _launch_gaussian_forward(x, theta, lambda1, lambda2, size: int, stride: int)
     return out.to(out_dtype)
 
 
-def _launch_backward(grad: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, stride: int,
-                     need_x: bool, need_kernel: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(grad_x [B, C, H, W] or empty, grad_kernel [Bk, k, k] or empty)."""
+def blur_downsample_backward(grad_out: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, stride: int,
+                             need_x: bool, need_kernel: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of blur_downsample(x, kernel, stride) for grad_out:
+    (grad_x [B, C, H, W] in x's dtype, or empty when not need_x; grad_kernel
+    [Bk, k, k] in kernel's dtype, or empty when not need_kernel)."""
     _check_launch(x, stride)
     _check_kernel3(x, kernel)
     b, c, h, w = x.shape
     k = kernel.shape[-1]
     ho, wo = _out_size(h, w, stride)
-    if tuple(grad.shape) != (b, c, ho, wo):
-        raise ValueError(f"grad: expected shape {(b, c, ho, wo)}, got {tuple(grad.shape)}")
+    if tuple(grad_out.shape) != (b, c, ho, wo):
+        raise ValueError(f"grad_out: expected shape {(b, c, ho, wo)}, got {tuple(grad_out.shape)}")
     cdt = _compute_dtype(x)
-    grad = grad.to(device=x.device, dtype=cdt).contiguous()
+    grad_out = grad_out.to(device=x.device, dtype=cdt).contiguous()
     acc = _acc_dtype(cdt)
     grad_x = x.new_empty(0)
     grad_kernel = kernel.new_empty(0)
@@ -410,7 +415,7 @@ def _launch_backward(grad: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, 
         # Mirrored copies n of the image that the padded rows -r .. s (Ho - 1) + r touch.
         nr = (-r // h, (stride * (ho - 1) + r) // h)
         nc = (-r // w, (stride * (wo - 1) + r) // w)
-        _blur_bwd_x_kernel[grid](grad, kernel_c, gx, c, h, w, ho, wo, k * k if kernel.shape[0] > 1 else 0,
+        _blur_bwd_x_kernel[grid](grad_out, kernel_c, gx, c, h, w, ho, wo, k * k if kernel.shape[0] > 1 else 0,
                                  nr[0], nr[1], nc[0], nc[1], _bwd_offset(nr[0], h, stride),
                                  _bwd_offset(nc[0], w, stride), K=k, S=stride, T=-(-k // stride), ACC=acc,
                                  BLOCK_H=bh, BLOCK_W=bw, num_warps=warps)
@@ -422,107 +427,10 @@ def _launch_backward(grad: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, 
         tiles = grid[1] * grid[2]
         part = torch.empty(b * c * tiles, k * k, dtype=torch.float64 if cdt == torch.float64 else torch.float32,
                            device=x.device)
-        _blur_bwd_w_kernel[grid](grad, xc, part, h, w, ho, wo, _sym_offset(h, k), _sym_offset(w, k),
+        _blur_bwd_w_kernel[grid](grad_out, xc, part, h, w, ho, wo, _sym_offset(h, k), _sym_offset(w, k),
                                  K=k, S=stride, ACC=acc, BLOCK_H=bh, BLOCK_W=bw, num_warps=warps)
         gk = part.view(b, c * tiles, k, k).sum(dim=1)
         if kernel.shape[0] == 1:
             gk = gk.sum(dim=0, keepdim=True)
         grad_kernel = gk.to(kernel.dtype)
     return grad_x, grad_kernel
-
-
-# ---------------------------------------------------------------------------
-# Custom ops
-# ---------------------------------------------------------------------------
-
-@torch.library.custom_op("mzsr_fast::blur_downsample_triton", mutates_args=())
-def _blur_op(x: torch.Tensor, kernel: torch.Tensor, stride: int) -> torch.Tensor:
-    return _launch_forward(x, kernel, stride)
-
-
-@_blur_op.register_fake
-def _(x, kernel, stride):
-    ho, wo = _out_size(x.shape[-2], x.shape[-1], stride)
-    return x.new_empty(x.shape[0], x.shape[1], ho, wo)
-
-
-@torch.library.custom_op("mzsr_fast::blur_downsample_triton_backward", mutates_args=())
-def _blur_backward_op(grad: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, stride: int,
-                      need_x: bool, need_kernel: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return _launch_backward(grad, x, kernel, stride, need_x, need_kernel)
-
-
-@_blur_backward_op.register_fake
-def _(grad, x, kernel, stride, need_x, need_kernel):
-    return (x.new_empty(x.shape) if need_x else x.new_empty(0),
-            kernel.new_empty(kernel.shape) if need_kernel else kernel.new_empty(0))
-
-
-_DOUBLE_BACKWARD_MESSAGE = ("blur_downsample (triton backend): double backward (a gradient of the gradient, "
-                            "create_graph=True through the Gaussian parameters) is not supported; use the "
-                            "'torch' backend for higher-order derivatives")
-
-register_blur_autograd(_blur_op, _blur_backward_op, _DOUBLE_BACKWARD_MESSAGE)
-
-
-@torch.library.custom_op("mzsr_fast::gaussian_blur_downsample_triton", mutates_args=())
-def _gaussian_blur_op(x: torch.Tensor, theta: torch.Tensor, lambda1: torch.Tensor, lambda2: torch.Tensor,
-                      size: int, stride: int) -> torch.Tensor:
-    return _launch_gaussian_forward(x, theta, lambda1, lambda2, size, stride)
-
-
-@_gaussian_blur_op.register_fake
-def _(x, theta, lambda1, lambda2, size, stride):
-    ho, wo = _out_size(x.shape[-2], x.shape[-1], stride)
-    return x.new_empty(x.shape[0], x.shape[1], ho, wo)
-
-
-def _gaussian_backward(ctx, grad):
-    need_x = ctx.needs_input_grad[0]
-    if any(ctx.needs_input_grad[1:4]) and torch.is_grad_enabled():
-        # create_graph=True: the parameter gradients are computed from
-        # detached copies and could not be differentiated again correctly.
-        raise RuntimeError(_DOUBLE_BACKWARD_MESSAGE)
-    gx, grads = gaussian_input_grads(_blur_backward_op, grad, ctx, _param_dtype(*ctx.saved_tensors[1:]))
-    return (gx if need_x else None), *grads, None, None
-
-
-_gaussian_blur_op.register_autograd(_gaussian_backward, setup_context=gaussian_setup_context)
-
-
-# ---------------------------------------------------------------------------
-# Public launchers
-# ---------------------------------------------------------------------------
-
-def blur(x: torch.Tensor, kernel3: torch.Tensor, stride: int) -> torch.Tensor:
-    """Blur (symmetric border) and keep every stride-th row and column.
-
-    x: [B, C, H, W]; kernel3: [1 or B, k, k] (k odd; 1 = shared by all
-    images; [k, k] is taken as [1, k, k]); stride: int >= 1. Returns
-    [B, C, ceil(H / stride), ceil(W / stride)] in x's dtype. Differentiable
-    wrt x and kernel3 (once).
-    """
-    if kernel3.dim() == 2:
-        kernel3 = kernel3.unsqueeze(0)
-    return torch.ops.mzsr_fast.blur_downsample_triton(x.contiguous(), kernel3.contiguous(), int(stride))
-
-
-def gaussian_blur(x: torch.Tensor, theta: torch.Tensor, lambda1: torch.Tensor, lambda2: torch.Tensor,
-                  size: int, stride: int) -> torch.Tensor:
-    """blur() with the anisotropic Gaussian kernel (docs/method.md section 2) built
-    inside the kernel from its parameters, never materialised.
-
-    x: [B, C, H, W]; theta, lambda1, lambda2 (radians, variances > 0):
-    tensors or numbers that broadcast to [] , [1] or [B] (one kernel shared,
-    or one per image); size: odd kernel size; stride: int >= 1. Equals
-    blur(x, gaussian_kernel(theta, lambda1, lambda2, size), stride) to float
-    rounding. Returns [B, C, ceil(H / stride), ceil(W / stride)] in x's
-    dtype. Differentiable wrt x and the three parameters (once).
-    """
-    like = next((p for p in (theta, lambda1, lambda2) if isinstance(p, torch.Tensor)), None)
-    number_dtype = like.dtype if like is not None else torch.promote_types(x.dtype, torch.get_default_dtype())
-    params = [p if isinstance(p, torch.Tensor) else torch.tensor(float(p), dtype=number_dtype, device=x.device)
-              for p in (theta, lambda1, lambda2)]
-    theta, lambda1, lambda2 = (p.reshape(-1).contiguous() for p in torch.broadcast_tensors(*params))
-    return torch.ops.mzsr_fast.gaussian_blur_downsample_triton(
-        x.contiguous(), theta, lambda1, lambda2, int(size), int(stride))

@@ -17,6 +17,18 @@ except ImportError as error:  # not built, or built against another torch
                  f"`pip install --no-build-isolation -e .`"
 
 
+def native_op(name: str) -> torch._ops.OpOverload | None:
+    """The op mzsr_fast::name as the extension defines it (its default
+    overload), or None when the extension is not loaded or has no such op
+    (built from older sources)."""
+    if LOAD_ERROR is not None:
+        return None
+    try:
+        return getattr(torch.ops.mzsr_fast, name).default
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """Whether mzsr_fast::op has a kernel for dispatch_key ("CPU" or "CUDA")."""
     if LOAD_ERROR is not None:

@@ -16,7 +16,7 @@ import torch
 from . import _extension
 
 __all__ = ["BACKENDS", "PREFERENCE", "backends", "set_default_backend", "get_default_backend",
-           "unavailable_reason", "choose"]
+           "unavailable_reason", "choose", "triton_launcher"]
 
 BACKENDS = ("cpu", "cuda", "triton", "torch")
 
@@ -29,6 +29,16 @@ PREFERENCE = {
 # The Triton module of each op, inside the installed package.
 TRITON_MODULES = {"blur_downsample": "mzsr_fast.kernels.blur_downsample",
                   "sgd_step": "mzsr_fast.kernels.sgd_step"}
+
+
+def triton_launcher(op: str, name: str):
+    """The launcher `name` of op's Triton module (TRITON_MODULES[op]), imported
+    at its first call: the Triton custom ops are defined where Triton is
+    missing, and only calling them (which choose() never does there) fails."""
+    def launch(*args):
+        return getattr(importlib.import_module(TRITON_MODULES[op]), name)(*args)
+    return launch
+
 
 _default: str | None = None
 

@@ -4,7 +4,7 @@ Every parameter of MZSRNet gets a leading task axis [T, ...] ("stacked"
 parameters); one call adapts T tasks at once, each with its own weights:
 
     result = inner_loop(dict(net.named_parameters()), (x_s, y_s), (x_q, y_q),
-                        steps=5, lr=0.01, order=2)
+                        steps=5, rates=0.01, order=2)
     loss = multi_step_loss(result.query_losses, msl_weights(meta_step))
     loss.backward()          # meta-gradient into net's parameters
 
@@ -112,29 +112,29 @@ class InnerLoopResult:
     support_losses: torch.Tensor
 
 
-def _step_rates(lr, steps: int, tasks: int, n_params: int) -> list:
-    """The lr of each step, in a form sgd_step takes unambiguously."""
-    if isinstance(lr, bool):
-        raise TypeError(f"lr: expected a float, a [T] tensor, a [steps, n_params] tensor or a list of steps "
-                        f"rates, got {lr!r}")
-    if isinstance(lr, (int, float)):
-        return [float(lr)] * steps
-    if isinstance(lr, (list, tuple)):
-        if len(lr) != steps:
-            raise ValueError(f"lr: a list gives one rate per step, expected {steps} rates, got {len(lr)}")
-        return list(lr)
-    if not isinstance(lr, torch.Tensor):
-        raise TypeError(f"lr: expected a float, a [T] tensor, a [steps, n_params] tensor or a list of steps "
-                        f"rates, got {type(lr).__name__}")
-    if lr.dim() == 0:
-        return [lr] * steps
-    if lr.dim() == 1 and lr.shape[0] == tasks:
-        return [lr.view(tasks, 1)] * steps
-    if lr.dim() == 2 and tuple(lr.shape) == (steps, n_params):
-        return [lr[k].view(1, n_params) for k in range(steps)]
-    raise ValueError(f"lr: expected a float, a 0-D tensor, a [T] = [{tasks}] tensor (per task) or a "
+def _step_rates(rates, steps: int, tasks: int, n_params: int) -> list:
+    """The rates of each step, in a form sgd_step takes unambiguously."""
+    if isinstance(rates, bool):
+        raise TypeError(f"rates: expected a float, a [T] tensor, a [steps, n_params] tensor or a list of steps "
+                        f"rates, got {rates!r}")
+    if isinstance(rates, (int, float)):
+        return [float(rates)] * steps
+    if isinstance(rates, (list, tuple)):
+        if len(rates) != steps:
+            raise ValueError(f"rates: a list gives one rate per step, expected {steps} rates, got {len(rates)}")
+        return list(rates)
+    if not isinstance(rates, torch.Tensor):
+        raise TypeError(f"rates: expected a float, a [T] tensor, a [steps, n_params] tensor or a list of steps "
+                        f"rates, got {type(rates).__name__}")
+    if rates.dim() == 0:
+        return [rates] * steps
+    if rates.dim() == 1 and rates.shape[0] == tasks:
+        return [rates.view(tasks, 1)] * steps
+    if rates.dim() == 2 and tuple(rates.shape) == (steps, n_params):
+        return [rates[k].view(1, n_params) for k in range(steps)]
+    raise ValueError(f"rates: expected a float, a 0-D tensor, a [T] = [{tasks}] tensor (per task) or a "
                      f"[steps, n_params] = [{steps}, {n_params}] tensor (per step and parameter tensor), got "
-                     f"shape {tuple(lr.shape)}")
+                     f"shape {tuple(rates.shape)}")
 
 
 def _check_pair(pair, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,14 +148,14 @@ def _check_pair(pair, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def inner_loop(params: Mapping[str, torch.Tensor], support, query, steps: int, lr, order: int = 2,
+def inner_loop(params: Mapping[str, torch.Tensor], support, query, steps: int, rates, order: int = 2,
                loss: str | Callable = "l1", *, strategy: str | None = None,
                backend: str | None = None) -> InnerLoopResult:
     """Adapt T tasks at once by ``steps`` SGD steps from a shared initialisation.
 
     params: the initialisation, dict name -> tensor as dict(MZSRNet().named_parameters())
     (no task axis). support, query: (input, target) pairs of [T, N, 3, H, W]
-    (query may be None; N and H, W may differ between the two). lr: a float,
+    (query may be None; N and H, W may differ between the two). rates: a float,
     a 0-D or [T] tensor (per task), a [steps, n_params] tensor (per step and
     parameter tensor, in the order of params; MAML++ LSLR, may require grad),
     or a list of ``steps`` rates (per step). order: 2 for the exact second-order
@@ -187,7 +187,7 @@ def inner_loop(params: Mapping[str, torch.Tensor], support, query, steps: int, l
         raise ValueError(f"loss: expected one of {tuple(LOSSES)} or a callable, got {loss!r}")
     forward = choose_strategy(strategy, x_s.device)
     names = list(params)
-    rates = _step_rates(lr, steps, tasks, len(names))
+    step_rates = _step_rates(rates, steps, tasks, len(names))
 
     meta = torch.is_grad_enabled()  # build the graph to the initialisation only when grad is on
     create_graph = meta and order == 2
@@ -203,7 +203,7 @@ def inner_loop(params: Mapping[str, torch.Tensor], support, query, steps: int, l
             grads = torch.autograd.grad(per_task.sum(), inputs, create_graph=create_graph, allow_unused=True)
             grads = [torch.zeros_like(p) if g is None else g for p, g in zip(inputs, grads)]
             support_losses.append(per_task.detach())
-            fast = dict(zip(names, sgd_step(inputs, grads, rates[k], backend=backend)))
+            fast = dict(zip(names, sgd_step(inputs, grads, step_rates[k], backend=backend)))
             if x_q is not None:
                 query_losses.append(loss_fn(forward(fast, x_q), y_q))
     empty = x_s.new_zeros((0, tasks))

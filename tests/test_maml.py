@@ -53,21 +53,21 @@ def _rates(kind: str, dtype):
     raise ValueError(kind)
 
 
-def _rate(lr, step: int, task: int, index: int):
-    if isinstance(lr, float):
-        return lr
-    if lr.dim() == 1:
-        return lr[task]
-    return lr[step, index]
+def _rate(rates, step: int, task: int, index: int):
+    if isinstance(rates, float):
+        return rates
+    if rates.dim() == 1:
+        return rates[task]
+    return rates[step, index]
 
 
 @lru_cache(maxsize=None)
 def _reference(dtype, order: int, kind: str):
-    """Per task: K steps of p - lr * g with g = autograd.grad(..., create_graph=True)
+    """Per task: K steps of p - rate * g with g = autograd.grad(..., create_graph=True)
     (detached for order 1); then the meta-gradient of sum_k w_k mean_t q[k, t]."""
     init, (xs, ys), (xq, yq) = _problem(dtype)
     leaves = _leaves(init)
-    lr = _rates(kind, dtype)
+    rates = _rates(kind, dtype)
     adapted, query = [], []
     for t in range(T):
         fast = dict(leaves)
@@ -77,13 +77,13 @@ def _reference(dtype, order: int, kind: str):
             grads = torch.autograd.grad(loss, list(fast.values()), create_graph=True)
             if order == 1:
                 grads = [g.detach() for g in grads]
-            fast = {name: p - _rate(lr, k, t, i) * g for i, ((name, p), g) in enumerate(zip(fast.items(), grads))}
+            fast = {name: p - _rate(rates, k, t, i) * g for i, ((name, p), g) in enumerate(zip(fast.items(), grads))}
             losses.append((functional_forward(fast, xq[t]) - yq[t]).abs().mean())
         adapted.append({name: p.detach() for name, p in fast.items()})
         query.append(torch.stack(losses))
     query = torch.stack(query, 1)  # [K, T]
     meta = sum(w * query[k].mean() for k, w in enumerate(WEIGHTS))
-    wrt = list(leaves.values()) + ([lr] if isinstance(lr, torch.Tensor) and lr.requires_grad else [])
+    wrt = list(leaves.values()) + ([rates] if isinstance(rates, torch.Tensor) and rates.requires_grad else [])
     meta_grads = torch.autograd.grad(meta, wrt)
     return adapted, query.detach(), meta_grads
 
@@ -91,11 +91,11 @@ def _reference(dtype, order: int, kind: str):
 def _ours(dtype, order: int, kind: str, **options):
     init, support, query = _problem(dtype)
     leaves = _leaves(init)
-    lr = _rates(kind, dtype)
-    result = maml.inner_loop(leaves, support, query, K, lr, order=order, **options)
+    rates = _rates(kind, dtype)
+    result = maml.inner_loop(leaves, support, query, K, rates, order=order, **options)
     weights = torch.tensor(WEIGHTS, dtype=dtype)
     meta = maml.multi_step_loss(result.query_losses, weights)
-    wrt = list(leaves.values()) + ([lr] if isinstance(lr, torch.Tensor) and lr.requires_grad else [])
+    wrt = list(leaves.values()) + ([rates] if isinstance(rates, torch.Tensor) and rates.requires_grad else [])
     return result, torch.autograd.grad(meta, wrt)
 
 
@@ -121,7 +121,7 @@ def test_inner_loop_matches_per_task_loop(dtype, order):
 
 @pytest.mark.parametrize("order", [2, 1])
 def test_learnable_per_step_per_tensor_rates(order):
-    """MAML++ LSLR: lr [steps, n_params] requiring grad; its meta-gradient too."""
+    """MAML++ LSLR: rates [steps, n_params] requiring grad; its meta-gradient too."""
     _compare(torch.float64, order, "lslr")
 
 
@@ -330,9 +330,9 @@ def test_bad_input_messages():
         maml.inner_loop(init, support, query, 1, ALPHA, order=3)
     with pytest.raises(ValueError, match="steps"):
         maml.inner_loop(init, support, query, -1, ALPHA)
-    with pytest.raises(ValueError, match=r"lr: expected .*\[steps, n_params\]"):
+    with pytest.raises(ValueError, match=r"rates: expected .*\[steps, n_params\]"):
         maml.inner_loop(init, support, query, 1, torch.ones(7))
-    with pytest.raises(ValueError, match="lr: a list gives one rate per step"):
+    with pytest.raises(ValueError, match="rates: a list gives one rate per step"):
         maml.inner_loop(init, support, query, 2, [0.1])
     with pytest.raises(ValueError, match=r"query\[0\]: expected 3 tasks"):
         maml.inner_loop(init, support, (query[0][:2], query[1][:2]), 1, ALPHA)

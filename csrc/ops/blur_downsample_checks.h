@@ -1,5 +1,5 @@
 // Argument checks of the mzsr_fast::blur_downsample ops (schemas:
-// blur_downsample.cpp), shared by the CPU kernels (cpu/blur_downsample.cpp)
+// blur_downsample.cpp), shared by the CPU kernels (cpu/blur_downsample_*.cpp)
 // and the CUDA kernels (cuda/blur_downsample.cu). Host only (ATen); the
 // per-element arithmetic is in blur_downsample_math.h.
 //

@@ -1,10 +1,10 @@
 // sgd_step: the arithmetic and the chunk plan shared by the CPU and CUDA kernels.
 //
-//   out_i = p_i - alpha * lr[task, i] * g_i          (p_i = 0 when params is empty)
+//   out_i = p_i - alpha * rates[task, i] * g_i       (p_i = 0 when params is empty)
 //
-// for every tensor i of a list. lr is an optional [lr_tasks, lr_tensors] table:
-// lr_tasks is 1 (one rate for all tasks) or T (the leading axis of every tensor),
-// lr_tensors is 1 (one rate for all tensors) or n (one per tensor). A param may be
+// for every tensor i of a list. rates is an optional [rate_tasks, rate_tensors] table:
+// rate_tasks is 1 (one rate for all tasks) or T (the leading axis of every tensor),
+// rate_tensors is 1 (one rate for all tensors) or n (one per tensor). A param may be
 // broadcast over its leading task axis (stride 0, as made by p.expand(T, ...)).
 //
 // Rounding (decided once, for every backend): the update is computed in opmath
@@ -26,7 +26,7 @@
 // - Triton: the kernel is launched with enable_fp_fusion=False.
 //
 // Multi-tensor design: every tensor is cut into chunks (tensor index, offset
-// into grads/out, offset into params, length, lr index), each lying inside one
+// into grads/out, offset into params, length, rate index), each lying inside one
 // task slice of one tensor. A chunk is found from its tensor's TensorPlan and
 // its index within the tensor by chunk_at(), pure integer arithmetic that the
 // CPU loop (through plan()), the CUDA kernel (per block, on the device) and the
@@ -47,19 +47,19 @@
 namespace mzsr_fast {
 namespace sgd_step {
 
-// One contiguous run of elements of one tensor that uses one learning rate.
+// One contiguous run of elements of one tensor that uses one rate.
 struct Chunk {
   int64_t tensor;        // index into the lists
   int64_t offset;        // first element in grads[tensor] and out[tensor]
   int64_t param_offset;  // first element in params[tensor] (differs when broadcast)
   int64_t length;        // number of elements
-  int64_t lr_index;      // index into the flat lr table (ignored without lr)
+  int64_t rate_index;    // index into the flat rates table (ignored without rates)
 };
 
-// The rate of one chunk: alpha times its entry of the lr table (or alpha alone).
+// The rate of one chunk: alpha times its entry of the rates table (or alpha alone).
 template <typename opmath_t>
-MZSR_HOST_DEVICE opmath_t rate(const opmath_t* lr, int64_t lr_index, opmath_t alpha) {
-  return lr == nullptr ? alpha : alpha * lr[lr_index];
+MZSR_HOST_DEVICE opmath_t rate(const opmath_t* rates, int64_t rate_index, opmath_t alpha) {
+  return rates == nullptr ? alpha : alpha * rates[rate_index];
 }
 
 // a * b and a - b, each rounded once to nearest and never fused (see the top).
@@ -87,9 +87,9 @@ MZSR_HOST_DEVICE scalar_t scaled(scalar_t g, opmath_t r) {
   return static_cast<scalar_t>(-mul_rn(r, static_cast<opmath_t>(g)));
 }
 
-// Index of the lr entry used by tensor i, task t.
-MZSR_HOST_DEVICE int64_t lr_index(int64_t task, int64_t tensor, int64_t lr_tasks, int64_t lr_tensors) {
-  return (lr_tasks > 1 ? task : 0) * lr_tensors + (lr_tensors > 1 ? tensor : 0);
+// Index into the flat rates table of the rate of tensor i, task t.
+MZSR_HOST_DEVICE int64_t rate_index(int64_t task, int64_t tensor, int64_t rate_tasks, int64_t rate_tensors) {
+  return (rate_tasks > 1 ? task : 0) * rate_tensors + (rate_tensors > 1 ? tensor : 0);
 }
 
 // What the planner needs to know about one tensor.
@@ -108,9 +108,9 @@ struct TensorPlan {
   bool broadcast;            // params[i] is read from one slice for every task
 };
 
-inline TensorPlan tensor_plan(const TensorShape& s, int64_t lr_tasks, int64_t chunk_size) {
+inline TensorPlan tensor_plan(const TensorShape& s, int64_t rate_tasks, int64_t chunk_size) {
   if (s.numel == 0) return TensorPlan{0, 0, 0, s.param_broadcast};
-  const int64_t slices = (lr_tasks > 1 || s.param_broadcast) ? s.tasks : 1;
+  const int64_t slices = (rate_tasks > 1 || s.param_broadcast) ? s.tasks : 1;
   const int64_t slice_len = s.numel / slices;
   const int64_t per_slice = (slice_len + chunk_size - 1) / chunk_size;
   return TensorPlan{slice_len, per_slice, slices * per_slice, s.param_broadcast};
@@ -118,22 +118,22 @@ inline TensorPlan tensor_plan(const TensorShape& s, int64_t lr_tasks, int64_t ch
 
 // Chunk c (0 <= c < chunks) of tensor `tensor`, from its plan's fields.
 MZSR_HOST_DEVICE Chunk chunk_at(int64_t tensor, int64_t c, int64_t slice_len, int64_t chunks_per_slice,
-                                bool broadcast, int64_t lr_tasks, int64_t lr_tensors, int64_t chunk_size) {
+                                bool broadcast, int64_t rate_tasks, int64_t rate_tensors, int64_t chunk_size) {
   const int64_t t = c / chunks_per_slice;
   const int64_t start = (c - t * chunks_per_slice) * chunk_size;
   const int64_t len = slice_len - start < chunk_size ? slice_len - start : chunk_size;
   const int64_t offset = t * slice_len + start;
-  return Chunk{tensor, offset, broadcast ? start : offset, len, lr_index(t, tensor, lr_tasks, lr_tensors)};
+  return Chunk{tensor, offset, broadcast ? start : offset, len, rate_index(t, tensor, rate_tasks, rate_tensors)};
 }
 
 // Every chunk of every tensor, in order (the CPU kernel's work list).
-inline std::vector<Chunk> plan(const std::vector<TensorShape>& shapes, int64_t lr_tasks, int64_t lr_tensors,
+inline std::vector<Chunk> plan(const std::vector<TensorShape>& shapes, int64_t rate_tasks, int64_t rate_tensors,
                                int64_t chunk_size) {
   std::vector<Chunk> chunks;
   for (int64_t i = 0; i < static_cast<int64_t>(shapes.size()); ++i) {
-    const TensorPlan tp = tensor_plan(shapes[i], lr_tasks, chunk_size);
+    const TensorPlan tp = tensor_plan(shapes[i], rate_tasks, chunk_size);
     for (int64_t c = 0; c < tp.chunks; ++c) {
-      chunks.push_back(chunk_at(i, c, tp.slice_len, tp.chunks_per_slice, tp.broadcast, lr_tasks, lr_tensors,
+      chunks.push_back(chunk_at(i, c, tp.slice_len, tp.chunks_per_slice, tp.broadcast, rate_tasks, rate_tensors,
                                 chunk_size));
     }
   }
@@ -161,7 +161,7 @@ inline bool is_param_broadcast(const at::Tensor& p) {
 // Checks the arguments of mzsr_fast::sgd_step and describes the tensors for plan().
 // The Python wrapper checks the same with friendlier messages; these guard direct calls.
 inline std::vector<TensorShape> check(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
-                                      const c10::optional<at::Tensor>& lr, c10::DeviceType device_type) {
+                                      const c10::optional<at::Tensor>& rates, c10::DeviceType device_type) {
   const bool has_params = !params.empty();
   TORCH_CHECK(!has_params || params.size() == grads.size(), "sgd_step: params has ", params.size(),
               " tensors but grads has ", grads.size());
@@ -197,20 +197,20 @@ inline std::vector<TensorShape> check(const std::vector<at::Tensor>& params, con
     else if (g.dim() == 0 || tasks != leading) leading = -1;
     shapes.push_back(TensorShape{g.numel(), tasks, broadcast});
   }
-  if (lr.has_value() && lr->defined()) {
-    const at::Tensor& r = *lr;
-    TORCH_CHECK(r.dim() == 2, "sgd_step: lr must be a [lr_tasks, lr_tensors] table, got shape ", r.sizes());
-    TORCH_CHECK(r.is_contiguous(), "sgd_step: lr must be contiguous");
+  if (rates.has_value() && rates->defined()) {
+    const at::Tensor& r = *rates;
+    TORCH_CHECK(r.dim() == 2, "sgd_step: rates must be a [rate_tasks, rate_tensors] table, got shape ", r.sizes());
+    TORCH_CHECK(r.is_contiguous(), "sgd_step: rates must be contiguous");
     if (!grads.empty()) {
-      TORCH_CHECK(r.device() == grads[0].device(), "sgd_step: lr is on ", r.device(), ", grads on ",
+      TORCH_CHECK(r.device() == grads[0].device(), "sgd_step: rates is on ", r.device(), ", grads on ",
                   grads[0].device());
       const auto opmath = at::toOpMathType(grads[0].scalar_type());
-      TORCH_CHECK(r.scalar_type() == opmath, "sgd_step: lr has dtype ", r.scalar_type(), ", expected ", opmath,
+      TORCH_CHECK(r.scalar_type() == opmath, "sgd_step: rates has dtype ", r.scalar_type(), ", expected ", opmath,
                   " (the compute dtype of ", grads[0].scalar_type(), ")");
     }
-    TORCH_CHECK(r.size(1) == 1 || r.size(1) == static_cast<int64_t>(grads.size()), "sgd_step: lr has ",
+    TORCH_CHECK(r.size(1) == 1 || r.size(1) == static_cast<int64_t>(grads.size()), "sgd_step: rates has ",
                 r.size(1), " columns, expected 1 or one per tensor (", grads.size(), ")");
-    TORCH_CHECK(r.size(0) == 1 || r.size(0) == leading, "sgd_step: lr has ", r.size(0),
+    TORCH_CHECK(r.size(0) == 1 || r.size(0) == leading, "sgd_step: rates has ", r.size(0),
                 " rows, expected 1 or the leading (task) size shared by every tensor");
   }
   return shapes;

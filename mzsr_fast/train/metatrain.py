@@ -158,10 +158,10 @@ class MetaLearner(Trainer):
         c = self.config
         support, query = self.task_sets(batch)
         params = dict(self.model.named_parameters())
-        lr = self.inner_lr if self.inner_lr is not None else c.inner_lr
+        rates = self.inner_lr if self.inner_lr is not None else c.inner_lr
         from .. import maml
         with autocast(self.device, c.amp):
-            result = maml.inner_loop(params, support, query, c.inner_steps, lr, order=self.order_at(step),
+            result = maml.inner_loop(params, support, query, c.inner_steps, rates, order=self.order_at(step),
                                      loss="l1")
         query_losses = result.query_losses.float()  # [K, T_local]
         share = query_losses.shape[1] / c.meta_batch  # this rank's share of the mean over all tasks

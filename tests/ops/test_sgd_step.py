@@ -5,7 +5,7 @@ Backends that cannot run here are skipped with the reason from
 mzsr_fast.dispatch.unavailable_reason; Triton runs under the interpreter on CPU
 (tests/conftest.py sets TRITON_INTERPRET=1 when there is no GPU). Lists mix
 shapes whose sizes are not multiples of any block (the Triton block is 4096,
-the CUDA chunk 4096); lr comes as a float, per task [T], per tensor (a list of
+the CUDA chunk 4096); rates come as a float, per task [T], per tensor (a list of
 learnable rates) and as an explicit [T, n] table. The raw ops get
 torch.library.opcheck, gradcheck and gradgradcheck in float64 (second-order
 MAML differentiates through the backward).
@@ -36,7 +36,7 @@ def backend(request):
 
 
 def _op(backend: str):
-    return glue._triton_op if backend == "triton" else torch.ops.mzsr_fast.sgd_step.default
+    return glue._FUSED[backend]
 
 
 def _lists(shapes, dtype=torch.float64, device="cpu", requires_grad=False, seed=0):
@@ -45,36 +45,36 @@ def _lists(shapes, dtype=torch.float64, device="cpu", requires_grad=False, seed=
     return [make(s) for s in shapes], [make(s) for s in shapes]
 
 
-def _lr_forms(n: int, dtype, device):
+def _rate_forms(n: int, dtype, device):
     gen = torch.Generator().manual_seed(1)
     rand = lambda *s: (torch.rand(*s, generator=gen, dtype=dtype) * 0.1).to(device)  # noqa: E731
     return {"float": 0.0125, "0-d": rand(()), "per-task": rand(T), "per-tensor list": [0.01 * (i + 1) for i in range(n)],
             "per-tensor tensor": rand(n), "table": rand(T, n)}
 
 
-def _expected(params, grads, lr):
-    table, alpha = rate_table(lr, grads)
+def _expected(params, grads, rates):
+    table, alpha = rate_table(rates, grads)
     return reference(params, grads, table, alpha)
 
 
-def _by_hand(params, grads, lr):
-    """The update written out for each form of lr (an oracle independent of rate_table)."""
+def _by_hand(params, grads, rates):
+    """The update written out for each form of rates (an oracle independent of rate_table)."""
     n = len(params)
     out = []
     for i, (p, g) in enumerate(zip(params, grads)):
         shape = (T,) + (1,) * (p.dim() - 1)
-        if isinstance(lr, float):
-            rate = lr
-        elif isinstance(lr, list):
-            rate = lr[i]
-        elif lr.dim() == 0:
-            rate = lr
-        elif lr.dim() == 1 and lr.shape[0] == n and n != T:
-            rate = lr[i]
-        elif lr.dim() == 1:
-            rate = lr.view(shape)
+        if isinstance(rates, float):
+            rate = rates
+        elif isinstance(rates, list):
+            rate = rates[i]
+        elif rates.dim() == 0:
+            rate = rates
+        elif rates.dim() == 1 and rates.shape[0] == n and n != T:
+            rate = rates[i]
+        elif rates.dim() == 1:
+            rate = rates.view(shape)
         else:
-            rate = lr[:, i].view(shape)
+            rate = rates[:, i].view(shape)
         out.append(p - rate * g)
     return out
 
@@ -84,14 +84,14 @@ def _by_hand(params, grads, lr):
 def test_backend_matches_reference(backend, form, dtype):
     device = device_of(backend)
     params, grads = _lists(SHAPES, dtype, device)
-    lr = _lr_forms(len(SHAPES), dtype, device)[form]
-    out = sgd_step(params, grads, lr, backend=backend)
-    expected = _by_hand(params, grads, lr)
+    rates = _rate_forms(len(SHAPES), dtype, device)[form]
+    out = sgd_step(params, grads, rates, backend=backend)
+    expected = _by_hand(params, grads, rates)
     assert [o.shape for o in out] == [p.shape for p in params]
     for o, e, p in zip(out, expected, params):
         assert o.dtype == p.dtype and o.device == p.device and o.is_contiguous()
         torch.testing.assert_close(o, e, rtol=0, atol=4 * torch.finfo(dtype).eps * max(1.0, e.abs().max().item()))
-    for o, e in zip(out, _expected(params, grads, lr)):  # the reference: the same two roundings, bit for bit
+    for o, e in zip(out, _expected(params, grads, rates)):  # the reference: the same two roundings, bit for bit
         torch.testing.assert_close(o, e, rtol=0, atol=0)
 
 
@@ -107,10 +107,10 @@ def test_two_roundings_bit_for_bit(backend, dtype):
     params = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype).to(device) for s in shapes]
     grads = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype).to(device) for s in shapes]
     compute = torch.float64 if dtype == torch.float64 else torch.float32
-    lr = (torch.rand(T, len(shapes), generator=gen, dtype=torch.float64) + 0.3).to(compute).to(device)
-    out = sgd_step(params, grads, lr, backend=backend)
+    rates = (torch.rand(T, len(shapes), generator=gen, dtype=torch.float64) + 0.3).to(compute).to(device)
+    out = sgd_step(params, grads, rates, backend=backend)
     for i, (o, p, g) in enumerate(zip(out, params, grads)):
-        step = lr[:, i:i + 1] * g.to(compute)  # one rounding
+        step = rates[:, i:i + 1] * g.to(compute)  # one rounding
         assert torch.equal(o, (p.to(compute) - step).to(dtype)), f"tensor {i}"  # the second, then storage
 
 
@@ -131,10 +131,10 @@ def test_many_tensors_and_launch_groups(backend):
 def test_half_precision_computes_in_float32(backend, dtype):
     device = device_of(backend)
     params, grads = _lists([(T, 33), (T, 2, 5)], dtype, device)
-    lr = torch.tensor([0.1, 0.01, 0.001], device=device)
-    out = sgd_step(params, grads, lr, backend=backend)
+    rates = torch.tensor([0.1, 0.01, 0.001], device=device)
+    out = sgd_step(params, grads, rates, backend=backend)
     for o, p, g in zip(out, params, grads):
-        rate = lr.view(T, *([1] * (p.dim() - 1)))
+        rate = rates.view(T, *([1] * (p.dim() - 1)))
         expected = (p.float() - rate * g.float()).to(dtype)  # float32 arithmetic, then the half type
         assert o.dtype == dtype
         torch.testing.assert_close(o, expected, rtol=0, atol=0)
@@ -146,9 +146,9 @@ def test_broadcast_params_need_no_copy(backend):
     base = [torch.randn(s[1:], dtype=torch.float64, device=device) for s in SHAPES]
     params = [b.expand(T, *b.shape) for b in base]
     _, grads = _lists(SHAPES, torch.float64, device)
-    for lr in (0.5, torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64, device=device)):
-        out = sgd_step(params, grads, lr, backend=backend)
-        for o, e in zip(out, _by_hand([p.contiguous() for p in params], grads, lr)):
+    for rates in (0.5, torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64, device=device)):
+        out = sgd_step(params, grads, rates, backend=backend)
+        for o, e in zip(out, _by_hand([p.contiguous() for p in params], grads, rates)):
             torch.testing.assert_close(o, e, rtol=0, atol=1e-15)
 
 
@@ -184,7 +184,7 @@ def test_inputs_are_not_modified(backend):
 # Autograd (float64): gradcheck and gradgradcheck through the public function
 # ---------------------------------------------------------------------------
 
-GRAD_SHAPES = [(T, 2), (T,), (T, 1, 2), (T, 1)]  # 4 small tensors: a [T] lr is per task
+GRAD_SHAPES = [(T, 2), (T,), (T, 1, 2), (T, 1)]  # 4 small tensors: a [T] rates tensor is per task
 
 
 @pytest.mark.parametrize("form", ["float", "per-task", "per-tensor list", "table"])
@@ -193,39 +193,39 @@ def test_gradcheck_and_gradgradcheck(backend, form):
     n = len(GRAD_SHAPES)
     params, grads = _lists(GRAD_SHAPES, torch.float64, device, requires_grad=True)
     if form == "float":
-        lr_args = []
+        rate_args = []
     elif form == "per-tensor list":  # learnable per-tensor rates (MAML++ LSLR)
-        lr_args = [(torch.rand((), dtype=torch.float64, device=device) + 0.1).requires_grad_() for _ in range(n)]
+        rate_args = [(torch.rand((), dtype=torch.float64, device=device) + 0.1).requires_grad_() for _ in range(n)]
     elif form == "per-task":
-        lr_args = [(torch.rand(T, dtype=torch.float64, device=device) + 0.1).requires_grad_()]
+        rate_args = [(torch.rand(T, dtype=torch.float64, device=device) + 0.1).requires_grad_()]
     else:
-        lr_args = [(torch.rand(T, n, dtype=torch.float64, device=device) + 0.1).requires_grad_()]
+        rate_args = [(torch.rand(T, n, dtype=torch.float64, device=device) + 0.1).requires_grad_()]
 
     def fn(*args):
         p, g, rest = list(args[:n]), list(args[n:2 * n]), list(args[2 * n:])
-        lr = 0.3 if form == "float" else rest if form == "per-tensor list" else rest[0]
-        return tuple(sgd_step(p, g, lr, backend=backend))
+        rates = 0.3 if form == "float" else rest if form == "per-tensor list" else rest[0]
+        return tuple(sgd_step(p, g, rates, backend=backend))
 
-    inputs = tuple(params + grads + lr_args)
+    inputs = tuple(params + grads + rate_args)
     fast = backend == "triton"  # the interpreter launches slowly: random projections instead of full Jacobians
     assert torch.autograd.gradcheck(fn, inputs, fast_mode=fast)
     assert torch.autograd.gradgradcheck(fn, inputs, fast_mode=fast)
 
 
-def test_lr_gradient_formula(backend):
-    """grad_lr = -sum(g * grad_out) per rate; grad_g = -lr * grad_out; grad_p = grad_out."""
+def test_rates_gradient_formula(backend):
+    """grad_rates = -sum(g * grad_out) per rate; grad_g = -rates * grad_out; grad_p = grad_out."""
     device = device_of(backend)
     params, grads = _lists(GRAD_SHAPES, torch.float64, device, requires_grad=True)
-    lr = torch.rand(T, dtype=torch.float64, device=device, requires_grad=True)
-    out = sgd_step(params, grads, lr, backend=backend)
+    rates = torch.rand(T, dtype=torch.float64, device=device, requires_grad=True)
+    out = sgd_step(params, grads, rates, backend=backend)
     weights = [torch.randn_like(o) for o in out]
-    d = torch.autograd.grad(sum((o * w).sum() for o, w in zip(out, weights)), params + grads + [lr])
+    d = torch.autograd.grad(sum((o * w).sum() for o, w in zip(out, weights)), params + grads + [rates])
     n = len(params)
     for i in range(n):
         torch.testing.assert_close(d[i], weights[i])
-        torch.testing.assert_close(d[n + i], -lr.view(T, *([1] * (grads[i].dim() - 1))) * weights[i])
-    expected_lr = -sum((g * w).reshape(T, -1).sum(1) for g, w in zip(grads, weights))
-    torch.testing.assert_close(d[-1], expected_lr)
+        torch.testing.assert_close(d[n + i], -rates.view(T, *([1] * (grads[i].dim() - 1))) * weights[i])
+    expected_rates = -sum((g * w).reshape(T, -1).sum(1) for g, w in zip(grads, weights))
+    torch.testing.assert_close(d[-1], expected_rates)
 
 
 @pytest.mark.parametrize("native", ["cpu", "cuda", "triton"])
@@ -237,16 +237,16 @@ def test_opcheck(native, case):
     device = device_of(native)
     n = len(GRAD_SHAPES)
     params, grads = _lists(GRAD_SHAPES, torch.float32, device, requires_grad=True)
-    lr, alpha = None, 0.5
+    rates, alpha = None, 0.5
     if case == "per-task":
-        lr = torch.rand(T, 1, device=device, requires_grad=True)
+        rates = torch.rand(T, 1, device=device, requires_grad=True)
     elif case == "per-tensor":
-        lr, alpha = torch.rand(1, n, device=device, requires_grad=True), 1.0
+        rates, alpha = torch.rand(1, n, device=device, requires_grad=True), 1.0
     elif case == "no-params":
         params = []
     elif case == "broadcast":
         params = [torch.randn(s[1:], device=device).expand(s) for s in GRAD_SHAPES]
-    torch.library.opcheck(_op(native), (params, grads, lr, alpha))
+    torch.library.opcheck(_op(native), (params, grads, rates, alpha))
 
 
 def test_meta_gradient_through_two_steps(backend):
@@ -259,13 +259,13 @@ def test_meta_gradient_through_two_steps(backend):
         gen = torch.Generator().manual_seed(3)
         w0 = torch.randn(T, 4, generator=gen, dtype=torch.float64).to(device).requires_grad_()
         x = torch.randn(T, 4, generator=gen, dtype=torch.float64).to(device)
-        lr = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64, device=device, requires_grad=True)
+        rates = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64, device=device, requires_grad=True)
         w = w0
         for _ in range(2):
             loss = ((w * x).sum(1) ** 2).sum()
             (g,) = torch.autograd.grad(loss, [w], create_graph=True)
-            (w,) = sgd_step([w], [g], lr, backend=name)
-        return torch.autograd.grad((w ** 3).sum(), [w0, lr])
+            (w,) = sgd_step([w], [g], rates, backend=name)
+        return torch.autograd.grad((w ** 3).sum(), [w0, rates])
 
     for got, expected in zip(run(backend), run("torch")):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
@@ -283,21 +283,21 @@ def test_capturable_in_a_cuda_graph(name):
     shapes = [(T, 64, 3, 3, 3), (T, 64), (T, 5000), (T, 1)]
     params, grads = _lists(shapes, torch.float32, "cuda")
     params[1] = params[1][0].expand(T, 64)
-    lr = torch.rand(T, len(shapes), device="cuda")
+    rates = torch.rand(T, len(shapes), device="cuda")
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        sgd_step(params, grads, lr, backend=name)
+        sgd_step(params, grads, rates, backend=name)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = sgd_step(params, grads, lr, backend=name)
+        out = sgd_step(params, grads, rates, backend=name)
     for trial in range(2):
         for t in params[:1] + params[2:] + grads:
             t.copy_(torch.randn_like(t))
-        lr.copy_(torch.rand_like(lr))
+        rates.copy_(torch.rand_like(rates))
         graph.replay()
-        for o, e in zip(out, _expected(params, grads, lr)):
+        for o, e in zip(out, _expected(params, grads, rates)):
             assert torch.equal(o, e), f"replay {trial}"
 
 
@@ -305,7 +305,7 @@ def test_capturable_in_a_cuda_graph(name):
 # Bad input: messages name the argument
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("params, grads, lr, error, match", [
+@pytest.mark.parametrize("params, grads, rates, error, match", [
     (torch.zeros(3), [torch.zeros(3)], 0.1, TypeError, "params: expected a list"),
     ([torch.zeros(3)], [torch.zeros(3), torch.zeros(3)], 0.1, ValueError, r"grads: expected 1 tensors"),
     ([torch.zeros(3)], [torch.zeros(4)], 0.1, ValueError, r"grads\[0\]: expected shape \(3,\)"),
@@ -314,17 +314,17 @@ def test_capturable_in_a_cuda_graph(name):
      0.1, TypeError, r"params\[1\]: expected dtype torch.float32"),
     ([torch.zeros(3, dtype=torch.int64)], [torch.zeros(3, dtype=torch.int64)], 0.1, TypeError, "floating-point"),
     (["x"], [torch.zeros(3)], 0.1, TypeError, r"params\[0\]: expected a torch.Tensor"),
-    ([torch.zeros(3, 2)], [torch.zeros(3, 2)], torch.zeros(5), ValueError, r"lr: expected .* got a tensor of shape"),
-    ([torch.zeros(3, 2)], [torch.zeros(3, 2)], [0.1, 0.2], ValueError, "lr: a list gives one rate per tensor"),
+    ([torch.zeros(3, 2)], [torch.zeros(3, 2)], torch.zeros(5), ValueError, r"rates: expected .* got a tensor of shape"),
+    ([torch.zeros(3, 2)], [torch.zeros(3, 2)], [0.1, 0.2], ValueError, "rates: a list gives one rate per tensor"),
     ([torch.zeros(3, 2)] * 3, [torch.zeros(3, 2)] * 3, torch.zeros(3), ValueError, "ambiguous"),
-    ([torch.zeros(3, 2)], [torch.zeros(3, 2)], torch.zeros(2, 2), ValueError, "lr: expected"),
-    ([torch.zeros(3, 2)], [torch.zeros(3, 2)], torch.zeros(3, dtype=torch.int64), TypeError, "lr: expected a float"),
-    ([torch.zeros(3, 2)], [torch.zeros(3, 2)], True, TypeError, "lr: expected"),
-    ([torch.zeros(3, 2)], [torch.zeros(3, 2)], "0.1", TypeError, "lr: expected"),
+    ([torch.zeros(3, 2)], [torch.zeros(3, 2)], torch.zeros(2, 2), ValueError, "rates: expected"),
+    ([torch.zeros(3, 2)], [torch.zeros(3, 2)], torch.zeros(3, dtype=torch.int64), TypeError, "rates: expected a float"),
+    ([torch.zeros(3, 2)], [torch.zeros(3, 2)], True, TypeError, "rates: expected"),
+    ([torch.zeros(3, 2)], [torch.zeros(3, 2)], "0.1", TypeError, "rates: expected"),
 ])
-def test_bad_input(params, grads, lr, error, match):
+def test_bad_input(params, grads, rates, error, match):
     with pytest.raises(error, match=match):
-        sgd_step(params, grads, lr)
+        sgd_step(params, grads, rates)
 
 
 def test_bad_backend():
@@ -342,9 +342,9 @@ def test_native_op_checks_its_arguments():
         op([torch.zeros(2)], [torch.zeros(2), torch.zeros(2)], None, 1.0)
     with pytest.raises(RuntimeError, match="must be contiguous"):
         op([], [torch.zeros(4, 4).t()], None, 1.0)
-    with pytest.raises(RuntimeError, match="lr has 2 rows"):
+    with pytest.raises(RuntimeError, match="rates has 2 rows"):
         op([], [torch.zeros(3, 2)], torch.zeros(2, 1), 1.0)
-    with pytest.raises(RuntimeError, match="lr has dtype"):
+    with pytest.raises(RuntimeError, match="rates has dtype"):
         op([], [torch.zeros(3, 2)], torch.zeros(1, 1, dtype=torch.float64), 1.0)
 
 

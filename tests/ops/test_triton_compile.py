@@ -76,7 +76,7 @@ def test_sgd_step_compiles_to_two_roundings():
             signature = {"p": [f"*{dtype}"] * n, "g": [f"*{dtype}"] * n, "o": [f"*{dtype}"] * n,
                          "first": ["i64"] * (n + 1), "slice_len": ["i64"] * n, "per_slice": ["i64"] * n,
                          "column": ["i64"] * n, "broadcast": ["i32"] * n,
-                         "lr": "*fp64" if dtype == "fp64" else "*fp32", "lr_task_stride": "i64",
+                         "rates": "*fp64" if dtype == "fp64" else "*fp32", "rates_task_stride": "i64",
                          "N": "constexpr", "HAS_PARAMS": "constexpr", "BLOCK": "constexpr"}
             jobs.append(dict(module="sgd_step", kernel="_sgd_step_kernel", signature=signature,
                              constexprs={"N": n, "HAS_PARAMS": has_params, "BLOCK": module.BLOCK},

@@ -22,7 +22,7 @@ constexpr int64_t kGrain = 32768;                 // elements per thread at leas
 template <typename scalar_t>
 void run(const std::vector<Chunk>& chunks, const std::vector<const scalar_t*>& p,
          const std::vector<const scalar_t*>& g, const std::vector<scalar_t*>& out,
-         const at::opmath_type<scalar_t>* lr, at::opmath_type<scalar_t> alpha) {
+         const at::opmath_type<scalar_t>* rates, at::opmath_type<scalar_t> alpha) {
   using opmath_t = at::opmath_type<scalar_t>;
   std::vector<int64_t> starts(chunks.size() + 1, 0);  // element prefix sums
   for (size_t c = 0; c < chunks.size(); ++c) starts[c + 1] = starts[c] + chunks[c].length;
@@ -33,7 +33,7 @@ void run(const std::vector<Chunk>& chunks, const std::vector<const scalar_t*>& p
       const Chunk& k = chunks[c];
       const int64_t lo = std::max(begin, starts[c]) - starts[c];
       const int64_t hi = std::min(end, starts[c + 1]) - starts[c];
-      const opmath_t r = rate<opmath_t>(lr, k.lr_index, alpha);
+      const opmath_t r = rate<opmath_t>(rates, k.rate_index, alpha);
       const scalar_t* gc = g[k.tensor] + k.offset;
       scalar_t* oc = out[k.tensor] + k.offset;
       if (has_params) {
@@ -48,17 +48,17 @@ void run(const std::vector<Chunk>& chunks, const std::vector<const scalar_t*>& p
   });
 }
 
-std::vector<at::Tensor> sgd_step_cpu(at::TensorList params, at::TensorList grads, const c10::optional<at::Tensor>& lr,
-                                     double alpha) {
+std::vector<at::Tensor> sgd_step_cpu(at::TensorList params, at::TensorList grads,
+                                     const c10::optional<at::Tensor>& rates, double alpha) {
   const std::vector<at::Tensor> ps = params.vec(), gs = grads.vec();
-  const std::vector<TensorShape> shapes = check(ps, gs, lr, c10::DeviceType::CPU);
+  const std::vector<TensorShape> shapes = check(ps, gs, rates, c10::DeviceType::CPU);
   std::vector<at::Tensor> outs;
   outs.reserve(gs.size());
   for (const at::Tensor& g : gs) outs.push_back(at::empty(g.sizes(), g.options()));
   if (gs.empty()) return outs;
-  const bool has_lr = lr.has_value() && lr->defined();
-  const int64_t lr_tasks = has_lr ? lr->size(0) : 1, lr_tensors = has_lr ? lr->size(1) : 1;
-  const std::vector<Chunk> chunks = plan(shapes, lr_tasks, lr_tensors, kCpuChunk);
+  const bool has_rates = rates.has_value() && rates->defined();
+  const int64_t rate_tasks = has_rates ? rates->size(0) : 1, rate_tensors = has_rates ? rates->size(1) : 1;
+  const std::vector<Chunk> chunks = plan(shapes, rate_tasks, rate_tensors, kCpuChunk);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gs[0].scalar_type(), "sgd_step_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     std::vector<const scalar_t*> p, g;
@@ -66,7 +66,8 @@ std::vector<at::Tensor> sgd_step_cpu(at::TensorList params, at::TensorList grads
     for (const at::Tensor& t : ps) p.push_back(t.const_data_ptr<scalar_t>());
     for (const at::Tensor& t : gs) g.push_back(t.const_data_ptr<scalar_t>());
     for (at::Tensor& t : outs) o.push_back(t.mutable_data_ptr<scalar_t>());
-    run<scalar_t>(chunks, p, g, o, has_lr ? lr->const_data_ptr<opmath_t>() : nullptr, static_cast<opmath_t>(alpha));
+    run<scalar_t>(chunks, p, g, o, has_rates ? rates->const_data_ptr<opmath_t>() : nullptr,
+                  static_cast<opmath_t>(alpha));
   });
   return outs;
 }

@@ -34,21 +34,21 @@ struct LaunchTable {
   int64_t slice_len[kLaunchTensors];
   int64_t chunks_per_slice[kLaunchTensors];
   int64_t first_chunk[kLaunchTensors + 1];  // prefix sums of the tensors' chunks: block ids
-  int64_t tensor[kLaunchTensors];           // index in the whole list (the lr table's column)
+  int64_t tensor[kLaunchTensors];           // index in the whole list (the rates table's column)
   bool broadcast[kLaunchTensors];
   int count;                                // tensors in this launch
 };
 static_assert(sizeof(LaunchTable) <= 4096, "kernel arguments are limited to 4 KB");
 
 template <typename scalar_t, typename opmath_t>
-__global__ void sgd_step_kernel(const LaunchTable table, const opmath_t* __restrict__ lr, int64_t lr_tasks,
-                                int64_t lr_tensors, opmath_t alpha, bool has_params) {
+__global__ void sgd_step_kernel(const LaunchTable table, const opmath_t* __restrict__ rates, int64_t rate_tasks,
+                                int64_t rate_tensors, opmath_t alpha, bool has_params) {
   const int64_t block = blockIdx.x;
   int e = 0;
   while (e + 1 < table.count && table.first_chunk[e + 1] <= block) ++e;
   const Chunk k = chunk_at(table.tensor[e], block - table.first_chunk[e], table.slice_len[e],
-                           table.chunks_per_slice[e], table.broadcast[e], lr_tasks, lr_tensors, kCudaChunk);
-  const opmath_t r = rate<opmath_t>(lr, k.lr_index, alpha);
+                           table.chunks_per_slice[e], table.broadcast[e], rate_tasks, rate_tensors, kCudaChunk);
+  const opmath_t r = rate<opmath_t>(rates, k.rate_index, alpha);
   const scalar_t* g = static_cast<const scalar_t*>(table.grads[e]) + k.offset;
   scalar_t* out = static_cast<scalar_t*>(table.out[e]) + k.offset;
   if (has_params) {
@@ -60,33 +60,33 @@ __global__ void sgd_step_kernel(const LaunchTable table, const opmath_t* __restr
 }
 
 std::vector<at::Tensor> sgd_step_cuda(at::TensorList params, at::TensorList grads,
-                                      const c10::optional<at::Tensor>& lr, double alpha) {
+                                      const c10::optional<at::Tensor>& rates, double alpha) {
   const std::vector<at::Tensor> ps = params.vec(), gs = grads.vec();
-  const std::vector<TensorShape> shapes = check(ps, gs, lr, c10::DeviceType::CUDA);
+  const std::vector<TensorShape> shapes = check(ps, gs, rates, c10::DeviceType::CUDA);
   std::vector<at::Tensor> outs;
   outs.reserve(gs.size());
   for (const at::Tensor& g : gs) outs.push_back(at::empty(g.sizes(), g.options()));
   if (gs.empty()) return outs;
   const c10::DeviceGuard guard(gs[0].device());
-  const bool has_lr = lr.has_value() && lr->defined();
-  const int64_t lr_tasks = has_lr ? lr->size(0) : 1, lr_tensors = has_lr ? lr->size(1) : 1;
+  const bool has_rates = rates.has_value() && rates->defined();
+  const int64_t rate_tasks = has_rates ? rates->size(0) : 1, rate_tensors = has_rates ? rates->size(1) : 1;
   auto stream = static_cast<cudaStream_t>(at::accelerator::getCurrentStream(gs[0].device().index()).native_handle());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gs[0].scalar_type(), "sgd_step_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    const opmath_t* lr_data = has_lr ? lr->const_data_ptr<opmath_t>() : nullptr;
+    const opmath_t* rates_data = has_rates ? rates->const_data_ptr<opmath_t>() : nullptr;
     LaunchTable table{};
     auto launch = [&] {
       const int64_t blocks = table.first_chunk[table.count];
       TORCH_CHECK(blocks < (int64_t{1} << 31), "sgd_step: too many chunks for one launch (", blocks, ")");
       sgd_step_kernel<scalar_t, opmath_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-          table, lr_data, lr_tasks, lr_tensors, static_cast<opmath_t>(alpha), !ps.empty());
+          table, rates_data, rate_tasks, rate_tensors, static_cast<opmath_t>(alpha), !ps.empty());
       const cudaError_t error = cudaGetLastError();
       TORCH_CHECK(error == cudaSuccess, "sgd_step: CUDA launch failed: ", cudaGetErrorString(error));
       table.count = 0;
     };
     for (size_t i = 0; i < gs.size(); ++i) {
-      const TensorPlan tp = tensor_plan(shapes[i], lr_tasks, kCudaChunk);
+      const TensorPlan tp = tensor_plan(shapes[i], rate_tasks, kCudaChunk);
       if (tp.chunks == 0) continue;
       const int e = table.count;
       table.params[e] = ps.empty() ? nullptr : ps[i].const_data_ptr();
