@@ -16,7 +16,7 @@ import torch
 from . import _extension
 
 __all__ = ["BACKENDS", "PREFERENCE", "backends", "set_default_backend", "get_default_backend",
-           "unavailable_reason", "choose", "triton_launcher"]
+           "unavailable_reason", "choose", "triton_launcher", "NATIVE_OPS"]
 
 BACKENDS = ("cpu", "cuda", "triton", "torch")
 
@@ -24,6 +24,13 @@ BACKENDS = ("cpu", "cuda", "triton", "torch")
 PREFERENCE = {
     "blur_downsample": {"cpu": ("cpu", "torch"), "cuda": ("cuda", "triton", "torch")},
     "sgd_step": {"cpu": ("cpu", "torch"), "cuda": ("cuda", "triton", "torch")},
+}
+
+# The extension's custom ops each fused op needs (the schemas of csrc/ops/<op>.cpp):
+# an extension built from older sources that lacks one leaves the backend unavailable.
+NATIVE_OPS = {
+    "blur_downsample": ("blur_downsample", "blur_downsample_backward", "gaussian_blur_downsample"),
+    "sgd_step": ("sgd_step",),
 }
 
 # The Triton module of each op, inside the installed package.
@@ -35,8 +42,8 @@ def triton_launcher(op: str, name: str):
     """The launcher `name` of op's Triton module (TRITON_MODULES[op]), imported
     at its first call: the Triton custom ops are defined where Triton is
     missing, and only calling them (which choose() never does there) fails."""
-    def launch(*args):
-        return getattr(importlib.import_module(TRITON_MODULES[op]), name)(*args)
+    def launch(*args, **kwargs):
+        return getattr(importlib.import_module(TRITON_MODULES[op]), name)(*args, **kwargs)
     return launch
 
 
@@ -85,10 +92,11 @@ def unavailable_reason(backend: str, op: str, device_type: str) -> str | None:
             return f"the {backend} backend runs on {backend} tensors, these are on {device_type}"
         if _extension.LOAD_ERROR is not None:
             return _extension.LOAD_ERROR
-        if not _extension.has_kernel(op, backend.upper()):
+        missing = [name for name in NATIVE_OPS[op] if not _extension.has_kernel(name, backend.upper())]
+        if missing:
             how = "rebuild with CUDA (torch with CUDA and nvcc, or MZSR_FAST_CUDA=1)" if backend == "cuda" \
                 else "rebuild the extension"
-            return f"mzsr_fast._C has no {backend.upper()} kernel for {op}: {how}"
+            return f"mzsr_fast._C has no {backend.upper()} kernel for {', '.join(missing)}: {how}"
         return None
     return f"unknown backend {backend!r}; expected one of {BACKENDS}"
 

@@ -159,8 +159,8 @@ def bundled_models() -> dict[str, bool]:
 def default_model(mode: str | None = None, scale: int | None = None) -> str:
     """The bundled model used when none is named: the first shipped one trained
     for this scale (None: any) and subsampling mode (None: direct), else the
-    first shipped one for the scale, else direct_x2. A g_b_* kernel thus gets
-    bicubic_x2 once it is shipped."""
+    first shipped one for the scale, else direct_x2. So at scale 2 a g_b_*
+    kernel gets bicubic_x2; at scale 4 every kernel gets direct_x4."""
     fits_scale = [name for name, shipped in bundled_models().items()
                   if shipped and (scale is None or scale in CATALOGUE[name].scales)]
     for name in fits_scale:

@@ -12,7 +12,7 @@ import torch
 
 from mzsr_fast.evaluation import evaluate
 
-# Paper, Set5, (scale, kernel): Bicubic, MZSR(1), MZSR(10) PSNR (x4: no SSIM published).
+# Paper, Set5, (scale, kernel): Bicubic, MZSR(1), MZSR(10), PSNR only.
 PAPER_SET5 = {
     (2, "g_d_0.2"): (30.24, 33.14, 33.74),
     (2, "g_d_2.0"): (28.73, 35.20, 36.05),

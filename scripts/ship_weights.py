@@ -34,8 +34,15 @@ def main(argv=None) -> int:
         print(f"weights: {path} does not exist (expected a metatrain run folder or a .safetensors file)",
               file=sys.stderr)
         return 2
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
+    if not os.path.isdir(args.out):
+        print(f"--out: {args.out} is not a folder", file=sys.stderr)
+        return 2
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as error:  # safetensors raises its own error types
+        print(f"weights: {path} is not a safetensors file ({error})", file=sys.stderr)
+        return 2
     if meta.get("stage") == "pretrain" or not {"kind", "mode", "scales"} <= set(meta):
         print(f"weights: {path} is not a meta-training result (metadata {meta})", file=sys.stderr)
         return 2

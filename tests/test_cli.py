@@ -152,10 +152,11 @@ def test_sr_main_job_with_shipped_default_model(tmp_path):
 @pytest.mark.parametrize("scale", [4])
 def test_sr_at_another_scale_picks_the_shipped_model_for_it(tmp_path, scale):
     """`sr --scale 4` with no --model adapts the shipped direct_x4 and beats bicubic."""
-    from mzsr_fast import degrade, imresize, metrics
+    from mzsr_fast import degrade, imresize, metrics, pretrained
     from mzsr_fast.degradation import load_kernel
     from mzsr_fast.io import write_image
 
+    assert pretrained.default_model("direct", scale) == "direct_x4"
     gt = read_image(example_path("example"))[:, :96, :96]
     write_image(tmp_path / "lr.png", degrade(gt, load_kernel("g_d_2.0")[0], scale))
     assert main(["sr", str(tmp_path / "lr.png"), "-o", str(tmp_path), "--kernel", "g_d_2.0", "--scale", str(scale),

@@ -44,13 +44,18 @@ def test_a_run_folder_ships_its_latest(tmp_path):
     assert load_model(tmp_path / "direct_x2.safetensors")[1].notes["step"] == "7"
 
 
-@pytest.mark.parametrize("case", ["missing", "other_kind", "pretrain"])
+@pytest.mark.parametrize("case", ["missing", "other_kind", "pretrain", "not_safetensors", "no_out_folder"])
 def test_refusals(tmp_path, capsys, case):
-    source = tmp_path / "w.safetensors"
+    source, out = tmp_path / "w.safetensors", tmp_path
     if case == "other_kind":
         _weights(source, kind="bicubic_x2", mode="bicubic")
     elif case == "pretrain":
         _weights(source, notes={"stage": "pretrain"})
-    assert _script()([str(source), "direct_x2", "--out", str(tmp_path)]) == 2
-    assert "weights: " in capsys.readouterr().err
+    elif case == "not_safetensors":
+        source.write_bytes(b"\x80\x04 a pickle, say")
+    elif case == "no_out_folder":
+        _weights(source, kind="direct_x2")
+        out = tmp_path / "absent"
+    assert _script()([str(source), "direct_x2", "--out", str(out)]) == 2
+    assert ("--out: " if case == "no_out_folder" else "weights: ") in capsys.readouterr().err
     assert not (tmp_path / "direct_x2.safetensors").exists()

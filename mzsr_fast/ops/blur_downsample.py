@@ -152,6 +152,7 @@ def _backward_fake(grad_out, x, kernel, stride, need_x, need_kernel):
 def _gaussian_fake(x, theta, lambda1, lambda2, size, stride):
     torch._check(x.dim() == 4, lambda: f"gaussian_blur_downsample: x must be [B, C, H, W], got {tuple(x.shape)}")
     torch._check(size % 2 == 1, lambda: f"gaussian_blur_downsample: size must be odd, got {size}")
+    torch._check(stride >= 1, lambda: f"gaussian_blur_downsample: stride must be >= 1, got {stride}")
     return x.new_empty((x.shape[0], x.shape[1], *_out_hw(x, stride)))
 
 
@@ -222,7 +223,7 @@ def _register(ops: _Ops) -> None:
         found = iter(torch.autograd.grad(kernel, wanted, grad_kernel, create_graph=create_graph) if wanted else ())
         return (grad_x if need_x else None), *(next(found) if need else None for need in need_params), None, None
 
-    for op, fake in zip(ops, (_blur_fake, _backward_fake, _gaussian_fake)):
+    for op, fake in zip(ops, (_blur_fake, _backward_fake, _gaussian_fake), strict=True):
         torch.library.register_fake(op, fake)
     torch.library.register_autograd(ops.blur, blur_backward, setup_context=_blur_setup_context)
     torch.library.register_autograd(ops.backward, backward_backward, setup_context=_backward_setup_context)
@@ -235,7 +236,9 @@ _TRITON = _Ops(*(torch.library.custom_op(f"mzsr_fast::{name}_triton",
                  for name, schema in _SCHEMAS.items()))
 _register(_TRITON)
 _NATIVE = _Ops(*(_extension.native_op(name) for name in _SCHEMAS))
-if None not in _NATIVE:
+if None in _NATIVE:  # no extension, or one built from older sources (dispatch reports it unavailable)
+    _NATIVE = None
+else:
     _register(_NATIVE)
 
 # backend name -> its ops (dispatch.choose picks only available backends)

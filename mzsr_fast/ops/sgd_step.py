@@ -41,10 +41,6 @@ from ..reference import sgd_step as reference
 __all__ = ["sgd_step", "rate_table"]
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 # ---------------------------------------------------------------------------
 # Argument checks (once, at the public function)
 # ---------------------------------------------------------------------------
@@ -90,7 +86,7 @@ def rate_table(rates, tensors: list[torch.Tensor]) -> tuple[torch.Tensor | None,
     dtype, device."""
     n = len(tensors)
     tasks = _leading_size(tensors)
-    dtype = _compute_dtype(tensors[0].dtype)
+    dtype = reference.compute_dtype(tensors[0].dtype)
     device = tensors[0].device
     forms = (f"a float, a 0-D tensor, a [T] tensor (one rate per task, T = {tasks}), a list of {n} rates or "
              f"an [{n}] tensor (one per tensor), or a [T or 1, {n} or 1] tensor")

@@ -19,7 +19,8 @@ import torch
 __all__ = ["sgd_step"]
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the update is computed in: float32 for half inputs, else their own."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
@@ -39,7 +40,7 @@ def sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], rates: torch
     if not grads:
         return []
     dtype = grads[0].dtype
-    compute = _compute_dtype(dtype)
+    compute = compute_dtype(dtype)
     if rates is None and compute == dtype:
         steps = torch._foreach_mul(list(grads), alpha)
         return torch._foreach_sub(list(params), steps) if params else torch._foreach_neg(steps)

@@ -108,6 +108,22 @@ def test_triton_ops_match_the_schemas(op):
 
 
 @pytest.mark.parametrize("op", OPS)
+def test_dispatch_checks_every_native_op(op, monkeypatch):
+    """dispatch.NATIVE_OPS lists the op's schemas, and an extension lacking one
+    of them (built from older sources) leaves the C++ backend unavailable."""
+    names = tuple(importlib.import_module(f"mzsr_fast.ops.{op}")._SCHEMAS)
+    assert dispatch.NATIVE_OPS[op] == names
+    if _extension.LOAD_ERROR is not None:
+        pytest.skip(_extension.LOAD_ERROR)
+    dispatch.unavailable_reason.cache_clear()
+    monkeypatch.setattr(_extension, "has_kernel", lambda name, key: name != names[-1])
+    try:
+        assert f"no CPU kernel for {names[-1]}: rebuild the extension" in dispatch.unavailable_reason("cpu", op, "cpu")
+    finally:
+        dispatch.unavailable_reason.cache_clear()
+
+
+@pytest.mark.parametrize("op", OPS)
 def test_triton_launchers_are_named_after_the_ops(op):
     reason = dispatch.unavailable_reason("triton", op, device_of("triton"))
     if reason is not None:

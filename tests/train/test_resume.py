@@ -154,7 +154,7 @@ def test_a_setting_newer_than_the_saved_run_counts_as_its_default():
     """Runs saved before a setting existed (holdout, val_crop) resume without
     --allow-config-change when the setting keeps its default."""
     from mzsr_fast.train import MetatrainConfig
-    from mzsr_fast.train.run import config_dict, config_differences, field_defaults
+    from mzsr_fast.train.settings import config_dict, config_differences, field_defaults
 
     config = MetatrainConfig("data", out="run")
     saved = {k: v for k, v in config_dict(config).items() if k != "holdout"}
