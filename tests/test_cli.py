@@ -149,14 +149,14 @@ def test_sr_main_job_with_shipped_default_model(tmp_path):
     assert metrics.psnr(sr, gt, 2) > metrics.psnr(bicubic, gt, 2) + 1.0
 
 
-@pytest.mark.parametrize("scale", [4])
-def test_sr_at_another_scale_picks_the_shipped_model_for_it(tmp_path, scale):
-    """`sr --scale 4` with no --model adapts the shipped direct_x4 and beats bicubic."""
+@pytest.mark.parametrize("scale,name", [(4, "direct_x4"), (3, "multiscale")])
+def test_sr_at_another_scale_picks_the_shipped_model_for_it(tmp_path, scale, name):
+    """`sr --scale 4` (3) with no --model adapts the shipped direct_x4 (multiscale) and beats bicubic."""
     from mzsr_fast import degrade, imresize, metrics, pretrained
     from mzsr_fast.degradation import load_kernel
     from mzsr_fast.io import write_image
 
-    assert pretrained.default_model("direct", scale) == "direct_x4"
+    assert pretrained.default_model("direct", scale) == name
     gt = read_image(example_path("example"))[:, :96, :96]
     write_image(tmp_path / "lr.png", degrade(gt, load_kernel("g_d_2.0")[0], scale))
     assert main(["sr", str(tmp_path / "lr.png"), "-o", str(tmp_path), "--kernel", "g_d_2.0", "--scale", str(scale),
@@ -166,13 +166,12 @@ def test_sr_at_another_scale_picks_the_shipped_model_for_it(tmp_path, scale):
     assert metrics.psnr(sr, gt, scale) > metrics.psnr(bicubic, gt, scale) + 1.0
 
 
-def test_sr_with_untrained_bundled_model_says_so(tmp_path, capsys):
-    from mzsr_fast.pretrained import bundled_models
+def test_sr_with_untrained_bundled_model_says_so(tmp_path, capsys, monkeypatch):
+    """A bundled name whose weights are not in the install (here: made absent)."""
+    from mzsr_fast import pretrained
 
-    untrained = [name for name, shipped in bundled_models().items() if not shipped]
-    if not untrained:
-        pytest.skip("every bundled model is shipped")
-    assert main(["sr", "example-lr", "-o", str(tmp_path), "--model", untrained[0]]) == 2
+    monkeypatch.setattr(pretrained, "_bundled_path", lambda name: tmp_path / f"{name}.safetensors")
+    assert main(["sr", "example-lr", "-o", str(tmp_path), "--model", "multiscale"]) == 2
     assert "not trained yet" in capsys.readouterr().err
 
 
