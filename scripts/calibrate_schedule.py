@@ -3,7 +3,7 @@ images (never on the test sets), and optionally store the best in the file.
 
 Usage:
   python scripts/calibrate_schedule.py MODEL.safetensors DATA_DIR [--holdout N] [--val-crop 192]
-      [--kernels g_d_2.0] [--steps 10] [--multipliers 0.25,0.5,1,2,4] [--write]
+      [--kernels g_d_2.0] [--scale S] [--steps 10] [--multipliers 0.25,0.5,1,2,4] [--write]
 
 The candidates are the model's current schedule scaled by each multiplier
 (candidates with a rate of 1 or more are left out). Each is scored by the mean
@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     parser.add_argument("--val-crop", type=int, default=192)
     parser.add_argument("--kernels", default=None, help="kernel presets (default: g_b_1.3 for bicubic models, "
                                                         "else g_d_2.0)")
+    parser.add_argument("--scale", type=int, help="the scale scored (default: the model's first)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--multipliers", default="0.25,0.5,1,2,4")
     parser.add_argument("--write", action="store_true", help="store the best schedule in MODEL")
@@ -55,7 +56,9 @@ def main(argv=None) -> int:
     holdout = args.holdout if args.holdout is not None else int(info.notes.get("holdout", 0))
     if holdout < 1:
         parser.error("--holdout: the model's run recorded no held-out split; give the split's size")
-    scale = info.scales[0] if info.scales else 2
+    scale = args.scale or (info.scales[0] if info.scales else 2)
+    if info.scales and scale not in info.scales:
+        parser.error(f"--scale: the model was trained for scales {info.scales}, got {scale}")
     kernels = args.kernels.split(",") if args.kernels else ["g_b_1.3" if info.mode == "bicubic" else "g_d_2.0"]
     images = load_images(holdout_paths(args.data_dir, holdout), scale,
                          min_lr_size=max(PRESETS[k].size for k in kernels), crop=args.val_crop)
@@ -74,7 +77,8 @@ def main(argv=None) -> int:
     print(f"best: x{best[2]:g} ({format_schedule(best[3])}), MZSR({args.steps}) {best[0]:.3f} dB on "
           f"{len(images)} held-out images, kernels {','.join(kernels)}")
     if args.write:
-        notes = dict(info.notes, calibration=f"x{best[2]:g} on {len(images)} held-out images of {args.data_dir}")
+        notes = dict(info.notes, calibration=f"x{best[2]:g} on {len(images)} held-out images of {args.data_dir} "
+                                             f"at scale {scale}")
         save_model(args.model, net, dataclasses.replace(info, notes=notes, own_schedule=best[3]))
         print(f"wrote the schedule into {args.model}")
     return 0
