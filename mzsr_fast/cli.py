@@ -360,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     import_tf.add_argument("-o", "--output", required=True, metavar="OUT.safetensors")
     import_tf.add_argument("--mode", choices=("direct", "bicubic"), default="direct",
                            help="subsampling the model adapts with (Bicubicx2: bicubic)")
-    import_tf.add_argument("--scales", default="2", help="scales the model is for, e.g. 2, 4 or 2,3,4")
+    import_tf.add_argument("--scales", default="2", help="scales the model is for: 2, 4 or 2,3,4 (direct), 2 (bicubic), "
+                           "as the reference's released models")
     import_tf.add_argument("--schedule", help="test-time learning rates per step, e.g. 0.02,0.01 (the last "
                                               "repeats; default: the reference's for this kind of model)")
     import_tf.add_argument("--force", action="store_true", help="overwrite OUT")

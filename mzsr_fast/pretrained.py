@@ -301,7 +301,8 @@ def import_tf_checkpoint(prefix, out, mode: str = "direct", scales: tuple[int, .
     """Convert a reference checkpoint into a model file that load_model, adapt,
     sr, eval and metatrain --init take. The file's metadata records the source,
     mode, scales and the test-time schedule (default: the reference's schedule
-    for that kind of model)."""
+    for that kind of model). mode and scales must be those of one of the
+    reference's released models (CATALOGUE): ValueError otherwise."""
     from .tf_checkpoint import resolve_prefix
 
     if mode not in ("direct", "bicubic"):
@@ -309,12 +310,17 @@ def import_tf_checkpoint(prefix, out, mode: str = "direct", scales: tuple[int, .
     scales = tuple(int(s) for s in scales)
     if not scales or any(s < 2 for s in scales):
         raise ValueError(f"scales: expected integers >= 2, got {scales!r}")
+    kinds = [kind.name for kind in CATALOGUE.values() if (kind.mode, kind.scales) == (mode, scales)]
+    if not kinds:
+        released = "; ".join(f"{k.mode} {','.join(map(str, k.scales))} ({k.name})" for k in CATALOGUE.values())
+        raise ValueError(f"mode, scales: the reference released no {mode} model for scales "
+                         f"{','.join(map(str, scales))}; expected one of: {released}")
+    kind = kinds[0]
     if schedule:
         schedule = parse_schedule(format_schedule(tuple(schedule)))
     prefix = resolve_prefix(prefix)
     net = MZSRNet()
     net.load_state_dict(load_tf_checkpoint(prefix))
-    kind = kind_for(mode, scales)
     info = ModelInfo(name or os.path.splitext(os.path.basename(os.fspath(out)))[0], kind, mode, scales,
                      notes={"source": f"TensorFlow checkpoint {os.path.basename(prefix)}"},
                      own_schedule=schedule or CATALOGUE[kind].schedule)

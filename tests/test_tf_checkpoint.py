@@ -233,6 +233,9 @@ def test_import_tf_cli_defaults_to_the_kinds_reference_schedule(tmp_path, bundle
     (["--schedule", "2"], "--schedule: expected learning rates in (0, 1)"),
     (["--scales", "a"], "--scales: expected integers"),
     (["--scales", "1"], "scales: expected integers >= 2"),
+    (["--mode", "bicubic", "--scales", "4"], "the reference released no bicubic model for scales 4; expected one of: "
+                                             "direct 2 (direct_x2); bicubic 2 (bicubic_x2)"),
+    (["--scales", "2,4"], "the reference released no direct model for scales 2,4"),
 ])
 def test_import_tf_cli_bad_arguments(tmp_path, bundle, capsys, extra, message):
     assert main(["import-tf", str(bundle), "-o", str(tmp_path / "o.safetensors"), *extra]) == 2
