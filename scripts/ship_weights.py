@@ -37,16 +37,16 @@ def main(argv=None) -> int:
     if not os.path.isdir(args.out):
         print(f"--out: {args.out} is not a folder", file=sys.stderr)
         return 2
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as error:  # safetensors raises its own error types
-        print(f"weights: {path} is not a safetensors file ({error})", file=sys.stderr)
+    try:  # load_model refuses, naming the file, what is not a readable model file
+        net, info = load_model(path)
+    except ValueError as error:
+        print(f"weights: {str(error).removeprefix('model: ')}", file=sys.stderr)
         return 2
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
     if meta.get("stage") == "pretrain" or not {"kind", "mode", "scales"} <= set(meta):
         print(f"weights: {path} is not a meta-training result (metadata {meta})", file=sys.stderr)
         return 2
-    net, info = load_model(path)
     want = bundled_info(args.name)
     got = (info.kind, info.mode, info.scales)
     if got != (want.kind, want.mode, want.scales):
