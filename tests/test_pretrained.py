@@ -64,3 +64,26 @@ def test_the_catalogue_states_each_model_once():
         assert (info.kind, info.mode, info.scales, info.schedule) == (name, kind.mode, kind.scales, kind.schedule)
         assert all(s in kind.scales or kind.name == "multiscale" for s in kind.task_scales)
     assert CATALOGUE["direct_x4"].schedule == (0.01, 0.005, 0.005, 0.005, 0.005, 0.001)
+
+
+# What each shipped model's card reports on Set5 (MZSR(10), dB, the card's own
+# table), less 0.05 dB: a model that scores lower has regressed, and shipping new
+# weights means updating the card and this table together.
+SET5_FLOORS = {  # name: (kernel preset, scale, MZSR(10) floor)
+    "direct_x2": ("g_d_2.0", 2, 35.00),
+    "bicubic_x2": ("g_b_1.3", 2, 35.12),
+    "direct_x4": ("g_d_2.0", 4, 29.70),
+    "multiscale": ("g_d_2.0", 3, 32.01),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_scores_what_its_card_says_and_adaptation_never_hurts(shared_dir, name):
+    from mzsr_fast.evaluation import evaluate
+
+    kernel, scale, floor = SET5_FLOORS[name]
+    scores = evaluate(str(shared_dir / "data" / "Set5"), kernel, scale, [0, 1, 10], model=name)
+    mean = {n: sum(s.psnr for s in scores if s.steps == n) / 5 for n in (0, 1, 10)}
+    assert mean[10] >= floor, mean
+    assert mean[10] >= mean[1] >= mean[0], mean
