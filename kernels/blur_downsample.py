@@ -314,13 +314,19 @@ def _out_size(h: int, w: int, stride: int) -> tuple[int, int]:
     return -(-h // stride), -(-w // stride)
 
 
-def _check_launch(x: torch.Tensor, stride: int) -> None:
+def _check_launch(x: torch.Tensor, stride: int, **others: torch.Tensor) -> None:
+    """x [B, C, H, W] on a device Triton runs on, stride >= 1, and the other
+    tensor arguments (by name) on x's device: a launcher never moves data
+    between devices."""
     if x.dim() != 4:
         raise ValueError(f"x: expected [B, C, H, W], got shape {tuple(x.shape)}")
     if stride < 1:
         raise ValueError(f"stride: expected an integer >= 1, got {stride}")
     if x.device.type not in ("cpu", "cuda"):
         raise ValueError(f"x: Triton runs on cpu (interpreter) or cuda tensors, got {x.device.type}")
+    for name, t in others.items():
+        if t.device != x.device:
+            raise ValueError(f"{name}: expected a tensor on x's device {x.device}, got {t.device}")
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -340,11 +346,11 @@ def _check_kernel3(x: torch.Tensor, kernel: torch.Tensor) -> None:
 def blur_downsample(x: torch.Tensor, kernel: torch.Tensor, stride: int) -> torch.Tensor:
     """x [B, C, H, W], kernel [1 or B, k, k] (k odd; 1: shared), stride >= 1 ->
     [B, C, ceil(H / stride), ceil(W / stride)] in x's dtype."""
-    _check_launch(x, stride)
+    _check_launch(x, stride, kernel=kernel)
     _check_kernel3(x, kernel)
     out_dtype, cdt = x.dtype, _compute_dtype(x)
     x = x.to(cdt).contiguous()
-    kernel = kernel.to(device=x.device, dtype=cdt).contiguous()
+    kernel = kernel.to(cdt).contiguous()
     b, c, h, w = x.shape
     k = kernel.shape[-1]
     ho, wo = _out_size(h, w, stride)
@@ -366,7 +372,7 @@ def gaussian_blur_downsample(x: torch.Tensor, theta: torch.Tensor, lambda1: torc
     """blur_downsample with the normalised anisotropic Gaussian of size x size
     (docs/method.md section 2) computed inside the kernel, never materialised.
     theta, lambda1, lambda2: [1] (shared) or [B], one shape."""
-    _check_launch(x, stride)
+    _check_launch(x, stride, theta=theta, lambda1=lambda1, lambda2=lambda2)
     if size < 1 or size % 2 == 0:
         raise ValueError(f"size: expected an odd positive kernel size, got {size}")
     params = (theta, lambda1, lambda2)
@@ -374,7 +380,7 @@ def gaussian_blur_downsample(x: torch.Tensor, theta: torch.Tensor, lambda1: torc
         if t.dim() != 1 or t.shape[0] not in (1, x.shape[0]) or t.shape != theta.shape:
             raise ValueError(f"{name}: expected [1] or [B] (B = {x.shape[0]}) like theta, got {tuple(t.shape)}")
     pdt = _param_dtype(*params)
-    theta, lambda1, lambda2 = (t.to(device=x.device, dtype=pdt).contiguous() for t in params)
+    theta, lambda1, lambda2 = (t.to(pdt).contiguous() for t in params)
     out_dtype, cdt = x.dtype, _compute_dtype(x)
     x = x.to(cdt).contiguous()
     b, c, h, w = x.shape
@@ -394,7 +400,7 @@ def blur_downsample_backward(grad_out: torch.Tensor, x: torch.Tensor, kernel: to
     """The gradients of blur_downsample(x, kernel, stride) for grad_out:
     (grad_x [B, C, H, W] in x's dtype, or empty when not need_x; grad_kernel
     [Bk, k, k] in kernel's dtype, or empty when not need_kernel)."""
-    _check_launch(x, stride)
+    _check_launch(x, stride, grad_out=grad_out, kernel=kernel)
     _check_kernel3(x, kernel)
     b, c, h, w = x.shape
     k = kernel.shape[-1]
@@ -402,12 +408,12 @@ def blur_downsample_backward(grad_out: torch.Tensor, x: torch.Tensor, kernel: to
     if tuple(grad_out.shape) != (b, c, ho, wo):
         raise ValueError(f"grad_out: expected shape {(b, c, ho, wo)}, got {tuple(grad_out.shape)}")
     cdt = _compute_dtype(x)
-    grad_out = grad_out.to(device=x.device, dtype=cdt).contiguous()
+    grad_out = grad_out.to(cdt).contiguous()
     acc = _acc_dtype(cdt)
     grad_x = x.new_empty(0)
     grad_kernel = kernel.new_empty(0)
     if need_x:
-        kernel_c = kernel.to(device=x.device, dtype=cdt).contiguous()
+        kernel_c = kernel.to(cdt).contiguous()
         gx = torch.empty(b, c, h, w, dtype=cdt, device=x.device)
         bh, bw, warps = block_sizes(h, w, x.device, max_tile=512)
         grid = (b * c, triton.cdiv(h, bh), triton.cdiv(w, bw))

@@ -86,6 +86,10 @@ def sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], rates: torch
     if not grads or all(g.numel() == 0 for g in grads):
         return outs
     device, dtype = grads[0].device, grads[0].dtype
+    named = [(f"grads[{i}]", g) for i, g in enumerate(grads)] + [(f"params[{i}]", p) for i, p in enumerate(params)]
+    for name, t in named + ([("rates", rates)] if rates is not None else []):
+        if t.device != device:  # a launcher never moves data between devices
+            raise ValueError(f"{name}: expected a tensor on grads[0]'s device {device}, got {t.device}")
     if device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
         wide = sgd_step([p.float() for p in params], [g.float() for g in grads], rates, alpha)
         return [w.to(dtype) for w in wide]

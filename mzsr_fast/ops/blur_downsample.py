@@ -209,14 +209,15 @@ def _register(ops: _Ops) -> None:
         need_x, *need_params = ctx.needs_input_grad[:4]
         create_graph = torch.is_grad_enabled()
         # The kernel rebuilt from the parameters (gaussian_weights, the formula
-        # of gaussian_kernel without its data-dependent checks) in their dtype,
-        # float32 at least, under autograd: from the saved parameters
-        # themselves when the gradients will be differentiated again, else
-        # from detached copies (a graph of its own, freed at once).
+        # of gaussian_kernel without its data-dependent checks) under autograd:
+        # from the saved parameters themselves when the gradients will be
+        # differentiated again, else from detached copies (a graph of its own,
+        # freed at once). Like the CPU forward, it is computed in float64 and
+        # rounded to the parameters' dtype (float32 at least).
         dtype = functools.reduce(torch.promote_types, (p.dtype for p in params), torch.float32)
         with torch.enable_grad():
             sources = [p if create_graph else p.detach().requires_grad_(need) for p, need in zip(params, need_params)]
-            kernel = gaussian_weights(*(s.to(dtype) for s in sources), size=ctx.size)
+            kernel = gaussian_weights(*(s.double() for s in sources), size=ctx.size).to(dtype)
         grad_x, grad_kernel = ops.backward(grad, x, kernel if create_graph else kernel.detach(), ctx.stride,
                                            need_x, any(need_params))
         wanted = [s for s, need in zip(sources, need_params) if need]
@@ -250,7 +251,11 @@ _FUSED = {"cpu": _NATIVE, "cuda": _NATIVE, "triton": _TRITON}
 # ---------------------------------------------------------------------------
 
 def _reference_blur(x, kernel3, stride):
-    return reference.blur(x, kernel3 if kernel3.shape[0] > 1 else kernel3[0], stride)
+    """reference.blur in the fused backends' arithmetic: float32 (float64 for
+    float64 x) with the kernel as given, the result rounded once to x's dtype."""
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    kernel = kernel3 if kernel3.shape[0] > 1 else kernel3[0]
+    return reference.blur(x.to(compute), kernel.to(compute), stride).to(x.dtype)
 
 
 def _apply(x4, blur_fn, scale: int, mode: str):
@@ -302,7 +307,7 @@ def anisotropic_blur_downsample(x: torch.Tensor, theta, lambda1, lambda2, size: 
     theta, lambda1, lambda2 = _check_gaussian_params(theta, lambda1, lambda2, x4.shape[0], x4)
     backend = dispatch.choose("blur_downsample", x4.device, backend)
     if backend == "torch":
-        blur = functools.partial(_reference_blur, x4, gaussian_weights(theta, lambda1, lambda2, size).to(x4.dtype))
+        blur = functools.partial(_reference_blur, x4, gaussian_weights(theta, lambda1, lambda2, size))
     else:
         blur = functools.partial(_FUSED[backend].gaussian, x4.contiguous(), theta.contiguous(),
                                  lambda1.contiguous(), lambda2.contiguous(), size)

@@ -172,3 +172,25 @@ def test_integer_arguments_are_not_specialised(module):
         assert integers <= listed, f"{fn.name}: {sorted(integers - listed)} are specialised"
         assert listed <= runtime, f"{fn.name}: {sorted(listed - runtime)} are not runtime arguments"
     assert kernels >= 1
+
+
+def test_launchers_never_move_data_between_devices():
+    """A tensor argument on another device than x (here the meta device) is
+    refused by name, for the direct calls that bypass mzsr_fast.ops' checks,
+    instead of being copied over silently."""
+    from mzsr_fast.kernels import sgd_step as ts
+
+    x = torch.rand(1, 1, 6, 6, device=DEVICE) + 0.5
+    other = torch.device("meta")
+    kernel = torch.full((1, 3, 3), 1 / 9, device=DEVICE)
+    with pytest.raises(ValueError, match="kernel: expected a tensor on x's device"):
+        tb.blur_downsample(x, kernel.to(other), 2)
+    with pytest.raises(ValueError, match="grad_out: expected a tensor on x's device"):
+        tb.blur_downsample_backward(torch.rand(1, 1, 3, 3, device=other), x, kernel, 2, True, True)
+    params = [torch.rand(1, device=DEVICE) + 0.5 for _ in range(3)]
+    with pytest.raises(ValueError, match="lambda1: expected a tensor on x's device"):
+        tb.gaussian_blur_downsample(x, params[0], params[1].to(other), params[2], 3, 2)
+    with pytest.raises(ValueError, match="rates: expected a tensor on grads\\[0\\]'s device"):
+        ts.sgd_step([], [x], torch.ones(1, 1, device=other), 1.0)
+    with pytest.raises(ValueError, match="params\\[0\\]: expected a tensor on grads\\[0\\]'s device"):
+        ts.sgd_step([x.to(other)], [x], None, 1.0)
