@@ -4,6 +4,9 @@ Usage: python scripts/ship_weights.py training/metatrain_direct_x2 direct_x2
        python scripts/ship_weights.py RUN/checkpoints/step-00000400.safetensors direct_x2
 
 A run folder ships its latest.safetensors; a .safetensors path ships that file.
+--init-iterations K: the run started (--init) from a meta-trained model that had
+already had K iterations; the shipped file then counts K + the run's own (its
+notes keep both: "step" the total, "init_iterations" K).
 
 Checks that the file is a meta-training result (not a pretraining one) for the
 kind the bundled name stands for (same kind, subsampling mode and scales as
@@ -28,7 +31,12 @@ def main(argv=None) -> int:
     parser.add_argument("name", choices=sorted(CATALOGUE), help="bundled model name")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "mzsr_fast", "weights"),
                         help="folder of the bundled models (default: the package's mzsr_fast/weights)")
+    parser.add_argument("--init-iterations", type=int, default=0, metavar="K",
+                        help="meta-training iterations the run's --init model had already had (default 0)")
     args = parser.parse_args(argv)
+    if args.init_iterations < 0:
+        print(f"--init-iterations: expected an integer >= 0, got {args.init_iterations}", file=sys.stderr)
+        return 2
     path = os.path.join(args.weights, "latest.safetensors") if os.path.isdir(args.weights) else args.weights
     if not os.path.isfile(path):
         print(f"weights: {path} does not exist (expected a metatrain run folder or a .safetensors file)",
@@ -53,10 +61,16 @@ def main(argv=None) -> int:
         print(f"weights: {path} trained {got}, but {args.name} is {(want.kind, want.mode, want.scales)}",
               file=sys.stderr)
         return 2
+    notes = dict(info.notes)
+    if args.init_iterations:
+        if not notes.get("step", "").isdigit():
+            print(f"--init-iterations: {path} records no iteration count to add it to", file=sys.stderr)
+            return 2
+        notes.update(step=str(args.init_iterations + int(notes["step"])), init_iterations=str(args.init_iterations))
     target = os.path.join(args.out, f"{args.name}.safetensors")
-    save_model(target, net, ModelInfo(args.name, want.kind, want.mode, want.scales, notes=info.notes,
+    save_model(target, net, ModelInfo(args.name, want.kind, want.mode, want.scales, notes=notes,
                                       own_schedule=info.own_schedule))
-    print(f"{args.name}: iteration {info.notes.get('step', '?')} of {path} -> {os.path.normpath(target)}")
+    print(f"{args.name}: iteration {notes.get('step', '?')} of {path} -> {os.path.normpath(target)}")
     return 0
 
 

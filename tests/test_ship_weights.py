@@ -44,6 +44,20 @@ def test_a_run_folder_ships_its_latest(tmp_path):
     assert load_model(tmp_path / "direct_x2.safetensors")[1].notes["step"] == "7"
 
 
+def test_init_iterations_are_counted(tmp_path, capsys):
+    """A run continued from a meta-trained model ships the total count, and the
+    earlier part separately; a file with no count to add to is refused."""
+    source = tmp_path / "step-00000350.safetensors"
+    _weights(source, kind="direct_x2", notes={"step": "350"})
+    assert _script()([str(source), "direct_x2", "--out", str(tmp_path), "--init-iterations", "400"]) == 0
+    notes = load_model(tmp_path / "direct_x2.safetensors")[1].notes
+    assert (notes["step"], notes["init_iterations"]) == ("750", "400")
+    _weights(source, kind="direct_x2")
+    assert _script()([str(source), "direct_x2", "--out", str(tmp_path), "--init-iterations", "400"]) == 2
+    assert "--init-iterations: " in capsys.readouterr().err
+    assert _script()([str(source), "direct_x2", "--out", str(tmp_path), "--init-iterations", "-1"]) == 2
+
+
 @pytest.mark.parametrize("case", ["missing", "other_kind", "pretrain", "not_safetensors", "no_out_folder"])
 def test_refusals(tmp_path, capsys, case):
     source, out = tmp_path / "w.safetensors", tmp_path
