@@ -202,6 +202,14 @@ def _crossscale(g: torch.Tensor, mode: str, scale: int, steps: int = 60) -> tupl
     return p, float(residual.detach())
 
 
+def combine(p_learned: torch.Tensor, p_cross: torch.Tensor, c=COMBINATION) -> torch.Tensor:
+    """The "combined" estimate from the two methods' p [..., 3]: p0 = c0 + c1 p0_learned + c2 p0_crossscale,
+    (p1, p2) = c3 (p1, p2)_crossscale + c4 (p1, p2)_learned. Returns [..., 3] float64."""
+    p_learned, p_cross = p_learned.double(), p_cross.double()
+    return torch.cat([c[0] + c[1] * p_learned[..., :1] + c[2] * p_cross[..., :1],
+                      c[3] * p_cross[..., 1:] + c[4] * p_learned[..., 1:]], -1)
+
+
 def random_kernel_params(n: int, generator: torch.Generator | None = None):
     """n kernels of the blind benchmark (and `eval --kernel random`): theta ~
     U[0, pi), lambda1 ~ U[0.2, 5], lambda2 ~ U[0.2, lambda1]; sharp kernels
@@ -271,10 +279,7 @@ def _estimate_one(x: torch.Tensor, name: str, scale: int, mode: str, method: str
         p, spread = _crossscale(g, mode, scale)
     else:
         p_learned, spread = _learned(g, mode)
-        p_cross, _ = _crossscale(g, mode, scale)
-        c = COMBINATION
-        p = torch.cat([(c[0] + c[1] * p_learned[:1] + c[2] * p_cross[:1]).to(p_learned.dtype),
-                       (c[3] * p_cross[1:] + c[4] * p_learned[1:]).to(p_learned.dtype)])
+        p = combine(p_learned, _crossscale(g, mode, scale)[0])
     theta, lambda1, lambda2 = (float(v) for v in gaussian_from_params(p.double()))
     return KernelEstimate(theta, lambda1, lambda2, mode, method, 1 / (1 + spread / CONFIDENCE_SCALE), spread)
 
