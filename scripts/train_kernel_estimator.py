@@ -7,7 +7,7 @@ blur + direct or bicubic x2 subsampling (mzsr_fast.degradation), rounding to
 error (the benchmark's metric, sum |k_est - k_true| over 21 x 21) plus a
 squared error on the matrix-log parameters, which has no angle ambiguity.
 
-    python scripts/train_kernel_estimator.py ../shared/data/train --minutes 20 \
+    python scripts/train_kernel_estimator.py ../shared/data/train --minutes 45 --param-weight 0.5 \
         --out mzsr_fast/weights/kernel_estimator.safetensors
 """
 from __future__ import annotations
