@@ -78,6 +78,7 @@ def orientation(x: torch.Tensor, window: int = 5) -> torch.Tensor:
     gy = 0.5 * (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1])
     j = nn.functional.avg_pool2d(torch.cat([gx * gx, gy * gy, gx * gy], 1), window, 1, window // 2,
                                  count_include_pad=False)
+    # The floor of the denominator makes z vanish on flat ground (x is contrast-normalised).
     return torch.stack([j[:, 0] - j[:, 1], 2 * j[:, 2]], 1) / (j[:, :1] + j[:, 1:2] + 1e-4)
 
 
@@ -121,6 +122,7 @@ class KernelNet(nn.Module):
         w = torch.softmax(self.attention(f.unflatten(2, x.shape[-2:])).flatten(1), 1)  # [B, N]
         z = orientation(x).flatten(2)  # [B, 2, N]
         z = z - torch.einsum("bkn,bn->bk", z, w)[..., None]
+        # The ridge keeps the slope finite where the image has edges of one orientation only.
         zz = torch.einsum("bkn,bln,bn->bkl", z, z, w) + 1e-2 * torch.eye(2, dtype=x.dtype, device=x.device)
         slope = torch.linalg.solve(zz, torch.einsum("bkn,bcn,bn->bkc", z, f, w))  # [B, 2, C]
         out = self.head(torch.cat([torch.einsum("bcn,bn->bc", f, w), bicubic.to(f.dtype)[:, None]], 1))
