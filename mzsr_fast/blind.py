@@ -56,8 +56,8 @@ MIN_TEXTURED_PIXELS = 64
 FALLBACK = {"direct": "g_d_2.0", "bicubic": "g_b_1.3"}
 # The combined estimate, p0 = c0 + c1 p0_learned + c2 p0_crossscale and (p1, p2) = c3 (p1, p2)_crossscale
 # + c4 (p1, p2)_learned, fitted by scripts/fit_kernel_combination.py (300 samples, seed 4) on synthetic
-# training data. The network's (p1, p2) are shrunk towards isotropy where it is unsure, hence c4 > 1.
-COMBINATION = (0.0261, 1.038, 0.0027, 0.1863, 1.1413)
+# training data: size from the network alone, shape mostly from it.
+COMBINATION = (-0.044, 1.0183, 0.0025, 0.1314, 0.9681)
 # Scale of KernelEstimate.confidence: a view disagreement of 0.05 in kernel L1 gives 0.5.
 CONFIDENCE_SCALE = 0.05
 
