@@ -11,7 +11,8 @@ bicubic subsampling (docs/method.md section 3). Three methods:
   variances 0.2..5 at any angle. It is run on the image and on its three
   other flips/transposes (whose kernels are the flipped/transposed kernel);
   the four answers are averaged, and how far they disagree sets the
-  confidence. It judges the kernel's size well but barely its shape.
+  confidence. It judges the kernel's size, and its elongation and angle
+  through the orientation slope of its features (_kernelnet.KernelNet).
 - "crossscale": image-specific, no training. The kernel is fitted by
   gradient descent through anisotropic_blur_downsample so that the LR image
   degraded once more (the "son") has the same directional power spectrum
@@ -19,9 +20,9 @@ bicubic subsampling (docs/method.md section 3). Three methods:
   For a power-law spectrum that match is reached at (1 - 1/s^2) times the
   true covariance, which is corrected for. It finds the angle and
   elongation well, the size less well (sharp kernels look blurrier).
-- "combined" (the default): the size from both, mostly the learned one, and
-  the shape from both, mostly the cross-scale one, with the least-squares
-  weights COMBINATION of scripts/fit_kernel_combination.py.
+- "combined" (the default): the size from the learned estimate, the shape
+  from both, mostly the learned one, with the least-squares weights
+  COMBINATION of scripts/fit_kernel_combination.py.
 
 benchmarks/bench_blind.py compares them (results in benchmarks/results/).
 """
@@ -55,8 +56,8 @@ MIN_TEXTURED_PIXELS = 64
 FALLBACK = {"direct": "g_d_2.0", "bicubic": "g_b_1.3"}
 # The combined estimate, p0 = c0 + c1 p0_learned + c2 p0_crossscale and (p1, p2) = c3 (p1, p2)_crossscale
 # + c4 (p1, p2)_learned, fitted by scripts/fit_kernel_combination.py (300 samples, seed 4) on synthetic
-# training data. The learned network's (p1, p2) are small but carry some signal, hence the large c4.
-COMBINATION = (-0.0115, 0.9076, 0.1016, 0.55, 17.7601)
+# training data: size from the network alone, shape mostly from it.
+COMBINATION = (-0.044, 1.0183, 0.0025, 0.1314, 0.9681)
 # Scale of KernelEstimate.confidence: a view disagreement of 0.05 in kernel L1 gives 0.5.
 CONFIDENCE_SCALE = 0.05
 
@@ -202,6 +203,14 @@ def _crossscale(g: torch.Tensor, mode: str, scale: int, steps: int = 60) -> tupl
     return p, float(residual.detach())
 
 
+def combine(p_learned: torch.Tensor, p_cross: torch.Tensor, c=COMBINATION) -> torch.Tensor:
+    """The "combined" estimate from the two methods' p [..., 3]: p0 = c0 + c1 p0_learned + c2 p0_crossscale,
+    (p1, p2) = c3 (p1, p2)_crossscale + c4 (p1, p2)_learned. Returns [..., 3] float64."""
+    p_learned, p_cross = p_learned.double(), p_cross.double()
+    return torch.cat([c[0] + c[1] * p_learned[..., :1] + c[2] * p_cross[..., :1],
+                      c[3] * p_cross[..., 1:] + c[4] * p_learned[..., 1:]], -1)
+
+
 def random_kernel_params(n: int, generator: torch.Generator | None = None):
     """n kernels of the blind benchmark (and `eval --kernel random`): theta ~
     U[0, pi), lambda1 ~ U[0.2, 5], lambda2 ~ U[0.2, lambda1]; sharp kernels
@@ -271,10 +280,7 @@ def _estimate_one(x: torch.Tensor, name: str, scale: int, mode: str, method: str
         p, spread = _crossscale(g, mode, scale)
     else:
         p_learned, spread = _learned(g, mode)
-        p_cross, _ = _crossscale(g, mode, scale)
-        c = COMBINATION
-        p = torch.cat([(c[0] + c[1] * p_learned[:1] + c[2] * p_cross[:1]).to(p_learned.dtype),
-                       (c[3] * p_cross[1:] + c[4] * p_learned[1:]).to(p_learned.dtype)])
+        p = combine(p_learned, _crossscale(g, mode, scale)[0])
     theta, lambda1, lambda2 = (float(v) for v in gaussian_from_params(p.double()))
     return KernelEstimate(theta, lambda1, lambda2, mode, method, 1 / (1 + spread / CONFIDENCE_SCALE), spread)
 

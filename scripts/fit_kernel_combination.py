@@ -1,22 +1,27 @@
-"""Fit the "combined" kernel estimate of mzsr_fast.blind on synthetic training data.
+"""Fit the "combined" kernel estimate of mzsr_fast.blind on synthetic training data,
+then score every method on the held-out training images.
 
-The learned CNN judges the kernel's size (p0 of the matrix-log parameters)
-well, the cross-scale spectral fit its shape and angle (p1, p2). This script
-degrades random crops of the training images (every tenth image left out,
-as in train_kernel_estimator.py) with kernels of the blind benchmark's
-distribution, runs both estimators, and fits by least squares
+This script degrades random crops of the training images (every tenth image
+left out, as in train_kernel_estimator.py) with kernels of the blind
+benchmark's distribution, runs the learned and the cross-scale estimators,
+and fits by least squares (mzsr_fast.blind.combine)
 
     p0 = c0 + c1 p0_learned + c2 p0_crossscale
     (p1, p2) = c3 (p1, p2)_crossscale + c4 (p1, p2)_learned
 
 (no offset in the shape part, so the result turns with the image). Prints
-the coefficients for blind.COMBINATION.
+the coefficients for blind.COMBINATION. Then, on the held-out images (whole,
+never seen in training or in this fit): one random kernel each and the four
+presets, the mean kernel L1 of assuming g_d_2.0, learned, cross-scale, and
+the combination with the shipped and with the new coefficients. Set5 and
+Set14 are left to benchmarks/bench_blind.py.
 
     python scripts/fit_kernel_combination.py ../shared/data/train --samples 300 --seed 4
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -25,10 +30,52 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from train_kernel_estimator import load_images  # noqa: E402
 
-from mzsr_fast.blind import _crossscale, _learned, random_kernel_params  # noqa: E402
+from mzsr_fast.blind import (COMBINATION, _crossscale, _kernel_of, _learned, combine, kernel_l1,  # noqa: E402
+                             random_kernel_params)
 from mzsr_fast._kernelnet import params_from_gaussian  # noqa: E402
-from mzsr_fast.degradation import degrade  # noqa: E402
+from mzsr_fast.degradation import PRESETS, degrade  # noqa: E402
 from mzsr_fast.gaussian import gaussian_kernel  # noqa: E402
+
+
+def _estimates(lr: torch.Tensor, mode: str) -> torch.Tensor:
+    """[1, 1, h, w] LR luma -> [6] (learned p, cross-scale p)."""
+    return torch.cat([_learned(lr.float(), mode)[0].double(), _crossscale(lr.float(), mode, 2)[0].double()])
+
+
+def _degraded(hr: torch.Tensor, theta, l1, l2, mode: str = "direct") -> torch.Tensor:
+    kernel = gaussian_kernel(torch.as_tensor(theta, dtype=torch.float64), l1, l2, 21)
+    return torch.round(degrade(hr, kernel, 2, mode=mode) * 255) / 255
+
+
+def fit(data: torch.Tensor) -> tuple[float, ...]:
+    """[n, 9] (learned p, cross-scale p, true p) -> the five coefficients."""
+    learned, cross, true = data[:, :3], data[:, 3:6], data[:, 6:]
+    a = torch.stack([torch.ones(len(data), dtype=data.dtype), learned[:, 0], cross[:, 0]], 1)
+    size = torch.linalg.lstsq(a, true[:, :1]).solution[:, 0]
+    b = torch.stack([torch.cat([cross[:, 1], cross[:, 2]]), torch.cat([learned[:, 1], learned[:, 2]])], 1)
+    shape = torch.linalg.lstsq(b, torch.cat([true[:, 1], true[:, 2]])[:, None]).solution[:, 0]
+    return tuple(round(float(c), 4) for c in (*size, *shape))
+
+
+def holdout_scores(images, coefficients: dict, seed: int) -> dict:
+    """Mean kernel L1 per kernel group ("random": one per image, and each preset) and method."""
+    g = torch.Generator().manual_seed(seed)
+    theta, l1, l2 = random_kernel_params(len(images), g)
+    scores = {}
+    for i, im in enumerate(images):
+        hr = im[None, :, :im.shape[-2] // 2 * 2, :im.shape[-1] // 2 * 2].double()
+        cases = [("random", float(theta[i]), float(l1[i]), float(l2[i]), "direct")]
+        cases += [(p.name, p.theta, p.lambda1, p.lambda2, p.mode) for p in PRESETS.values()]
+        for name, t, a, b, mode in cases:
+            true = gaussian_kernel(torch.tensor(t, dtype=torch.float64), a, b, 21)
+            e = _estimates(_degraded(hr, t, a, b, mode), mode)
+            errors = {"assume g_d_2.0": kernel_l1(PRESETS["g_d_2.0"].kernel, true),
+                      "learned": kernel_l1(_kernel_of(e[:3]), true), "crossscale": kernel_l1(_kernel_of(e[3:]), true)}
+            for label, c in coefficients.items():
+                errors[label] = kernel_l1(_kernel_of(combine(e[:3], e[3:], c)), true)
+            for method, err in errors.items():
+                scores.setdefault(name, {}).setdefault(method, []).append(err)
+    return {name: {m: round(sum(v) / len(v), 4) for m, v in per.items()} for name, per in scores.items()}
 
 
 def main() -> None:
@@ -40,7 +87,7 @@ def main() -> None:
     parser.add_argument("--save", help="also save the [samples, 9] (learned, cross-scale, true p) table here")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    images, _ = load_images(args.data, 48)
+    images, holdout = load_images(args.data, 48)
     g = torch.Generator().manual_seed(args.seed)
     theta, l1, l2 = random_kernel_params(args.samples, g)
     rows = []
@@ -50,21 +97,15 @@ def main() -> None:
         h, w = min(im.shape[-2], hr_size) // 2 * 2, min(im.shape[-1], hr_size) // 2 * 2
         top = int(torch.randint(0, im.shape[-2] - h + 1, (1,), generator=g))
         left = int(torch.randint(0, im.shape[-1] - w + 1, (1,), generator=g))
-        hr = im[None, :, top:top + h, left:left + w].double()
-        lr = torch.round(degrade(hr, gaussian_kernel(theta[i], l1[i], l2[i], 21), 2) * 255) / 255
-        learned, _ = _learned(lr.float(), "direct")
-        cross, _ = _crossscale(lr.float(), "direct", 2)
-        true = params_from_gaussian(theta[i], l1[i], l2[i])
-        rows.append(torch.cat([learned.double(), cross.double(), true.double()]))
+        lr = _degraded(im[None, :, top:top + h, left:left + w].double(), theta[i], l1[i], l2[i])
+        rows.append(torch.cat([_estimates(lr, "direct"), params_from_gaussian(theta[i], l1[i], l2[i]).double()]))
     data = torch.stack(rows)
-    learned, cross, true = data[:, :3], data[:, 3:6], data[:, 6:]
-    a = torch.stack([torch.ones(len(data)), learned[:, 0], cross[:, 0]], 1).double()
-    size = torch.linalg.lstsq(a, true[:, :1]).solution[:, 0]
-    b = torch.stack([torch.cat([cross[:, 1], cross[:, 2]]), torch.cat([learned[:, 1], learned[:, 2]])], 1)
-    shape = torch.linalg.lstsq(b, torch.cat([true[:, 1], true[:, 2]])[:, None]).solution[:, 0]
-    print("COMBINATION =", tuple(round(float(c), 4) for c in (*size, *shape)))
     if args.save:
         torch.save(data, args.save)
+    coefficients = fit(data)
+    print("COMBINATION =", coefficients, flush=True)
+    scores = holdout_scores(holdout, {"combined (shipped)": COMBINATION, "combined (new)": coefficients}, args.seed)
+    print(json.dumps({"holdout_images": len(holdout), "mean_kernel_l1": scores}, indent=1))
 
 
 if __name__ == "__main__":
