@@ -308,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--kernel", default="auto",
                     help=kernel_help + ", or 'auto' (default): estimate each image's kernel (x2) and print it")
     sr.add_argument("--steps", default="10",
-                    help="adaptation steps n of MZSR(n); comma-separated for one output per n, e.g. 0,1,10")
+                    help="adaptation steps n of MZSR(n) (default 10: the shipped x2 models are meta-trained for "
+                         "adaptation and poor without it); comma-separated for one output per n, e.g. 0,1,10")
     sr.add_argument("--model", help="bundled model name or .safetensors path (default: the shipped model for "
                                     "the kernel's subsampling mode and the scale; direct_x2 when none fits)")
     sr.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")

@@ -70,8 +70,8 @@ def test_the_catalogue_states_each_model_once():
 # table), less 0.05 dB: a model that scores lower has regressed, and shipping new
 # weights means updating the card and this table together.
 SET5_FLOORS = {  # name: (kernel preset, scale, MZSR(10) floor)
-    "direct_x2": ("g_d_2.0", 2, 35.00),
-    "bicubic_x2": ("g_b_1.3", 2, 35.12),
+    "direct_x2": ("g_d_2.0", 2, 35.75),
+    "bicubic_x2": ("g_b_1.3", 2, 36.02),
     "direct_x4": ("g_d_2.0", 4, 29.70),
     "multiscale": ("g_d_2.0", 3, 32.01),
 }
