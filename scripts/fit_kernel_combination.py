@@ -33,7 +33,8 @@ from train_kernel_estimator import load_images  # noqa: E402
 from mzsr_fast.blind import (COMBINATION, _crossscale, _kernel_of, _learned, combine, kernel_l1,  # noqa: E402
                              random_kernel_params)
 from mzsr_fast._kernelnet import params_from_gaussian  # noqa: E402
-from mzsr_fast.degradation import PRESETS, degrade  # noqa: E402
+from mzsr_fast.degradation import PRESETS  # noqa: E402
+from mzsr_fast.evaluation import degraded_lr  # noqa: E402
 from mzsr_fast.gaussian import gaussian_kernel  # noqa: E402
 
 
@@ -43,8 +44,8 @@ def _estimates(lr: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 def _degraded(hr: torch.Tensor, theta, l1, l2, mode: str = "direct") -> torch.Tensor:
-    kernel = gaussian_kernel(torch.as_tensor(theta, dtype=torch.float64), l1, l2, 21)
-    return torch.round(degrade(hr, kernel, 2, mode=mode) * 255) / 255
+    """The x2 LR of hr [1, 1, H, W] as the benchmark makes it (evaluation.degraded_lr)."""
+    return degraded_lr(hr, gaussian_kernel(torch.as_tensor(theta, dtype=torch.float64), l1, l2, 21), 2, mode)
 
 
 def fit(data: torch.Tensor) -> tuple[float, ...]:
