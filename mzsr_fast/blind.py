@@ -57,7 +57,7 @@ FALLBACK = {"direct": "g_d_2.0", "bicubic": "g_b_1.3"}
 # The combined estimate, p0 = c0 + c1 p0_learned + c2 p0_crossscale and (p1, p2) = c3 (p1, p2)_crossscale
 # + c4 (p1, p2)_learned, fitted by scripts/fit_kernel_combination.py (300 samples, seed 4) on synthetic
 # training data: size from the network alone, shape mostly from it.
-COMBINATION = (-0.044, 1.0183, 0.0025, 0.1314, 0.9681)
+COMBINATION = (-0.0417, 1.0102, 0.0073, 0.096, 0.9393)
 # Scale of KernelEstimate.confidence: a view disagreement of 0.05 in kernel L1 gives 0.5.
 CONFIDENCE_SCALE = 0.05
 

@@ -11,7 +11,7 @@ and fits by least squares (mzsr_fast.blind.combine)
 
 (no offset in the shape part, so the result turns with the image). Prints
 the coefficients for blind.COMBINATION. Then, on the held-out images (whole,
-never seen in training or in this fit): one random kernel each and the four
+never seen in training or in this fit): one random kernel each (--holdout-kernels N: N each) and the four
 presets, the mean kernel L1 of assuming g_d_2.0, learned, cross-scale, and
 the combination with the shipped and with the new coefficients. Set5 and
 Set14 are left to benchmarks/bench_blind.py.
@@ -58,14 +58,14 @@ def fit(data: torch.Tensor) -> tuple[float, ...]:
     return tuple(round(float(c), 4) for c in (*size, *shape))
 
 
-def holdout_scores(images, coefficients: dict, seed: int) -> dict:
-    """Mean kernel L1 per kernel group ("random": one per image, and each preset) and method."""
+def holdout_scores(images, coefficients: dict, seed: int, random_kernels: int = 1) -> dict:
+    """Mean kernel L1 per kernel group ("random": random_kernels per image, and each preset) and method."""
     g = torch.Generator().manual_seed(seed)
-    theta, l1, l2 = random_kernel_params(len(images), g)
+    theta, l1, l2 = (v.view(random_kernels, len(images)) for v in random_kernel_params(random_kernels * len(images), g))
     scores = {}
     for i, im in enumerate(images):
         hr = im[None, :, :im.shape[-2] // 2 * 2, :im.shape[-1] // 2 * 2].double()
-        cases = [("random", float(theta[i]), float(l1[i]), float(l2[i]), "direct")]
+        cases = [("random", float(theta[j, i]), float(l1[j, i]), float(l2[j, i]), "direct") for j in range(random_kernels)]
         cases += [(p.name, p.theta, p.lambda1, p.lambda2, p.mode) for p in PRESETS.values()]
         for name, t, a, b, mode in cases:
             true = gaussian_kernel(torch.tensor(t, dtype=torch.float64), a, b, 21)
@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--lr-size", type=int, default=160, help="LR crop size (smaller images: whole)")
     parser.add_argument("--seed", type=int, default=4)
+    parser.add_argument("--holdout-kernels", type=int, default=1,
+                        help="random kernels per held-out image (more: a less noisy comparison)")
     parser.add_argument("--save", help="also save the [samples, 9] (learned, cross-scale, true p) table here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -105,7 +107,8 @@ def main() -> None:
         torch.save(data, args.save)
     coefficients = fit(data)
     print("COMBINATION =", coefficients, flush=True)
-    scores = holdout_scores(holdout, {"combined (shipped)": COMBINATION, "combined (new)": coefficients}, args.seed)
+    scores = holdout_scores(holdout, {"combined (shipped)": COMBINATION, "combined (new)": coefficients}, args.seed,
+                            args.holdout_kernels)
     print(json.dumps({"holdout_images": len(holdout), "mean_kernel_l1": scores}, indent=1))
 
 
