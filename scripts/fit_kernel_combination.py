@@ -11,9 +11,10 @@ and fits by least squares (mzsr_fast.blind.combine)
 
 (no offset in the shape part, so the result turns with the image). Prints
 the coefficients for blind.COMBINATION. Then, on the held-out images (whole,
-never seen in training or in this fit): one random kernel each (--holdout-kernels N: N each) and the four
-presets, the mean kernel L1 of assuming g_d_2.0, learned, cross-scale, and
-the combination with the shipped and with the new coefficients. Set5 and
+never seen in training or in this fit): one random kernel each
+(--holdout-kernels N: N each) and the four presets, the mean kernel L1 of
+assuming g_d_2.0, learned, cross-scale, and the combination with the
+shipped and with the new coefficients. Set5 and
 Set14 are left to benchmarks/bench_blind.py.
 
     python scripts/fit_kernel_combination.py ../shared/data/train --samples 300 --seed 4
@@ -61,11 +62,13 @@ def fit(data: torch.Tensor) -> tuple[float, ...]:
 def holdout_scores(images, coefficients: dict, seed: int, random_kernels: int = 1) -> dict:
     """Mean kernel L1 per kernel group ("random": random_kernels per image, and each preset) and method."""
     g = torch.Generator().manual_seed(seed)
-    theta, l1, l2 = (v.view(random_kernels, len(images)) for v in random_kernel_params(random_kernels * len(images), g))
+    draws = random_kernel_params(random_kernels * len(images), g)
+    theta, l1, l2 = (v.view(random_kernels, len(images)) for v in draws)  # [kernel j, image i]
     scores = {}
     for i, im in enumerate(images):
         hr = im[None, :, :im.shape[-2] // 2 * 2, :im.shape[-1] // 2 * 2].double()
-        cases = [("random", float(theta[j, i]), float(l1[j, i]), float(l2[j, i]), "direct") for j in range(random_kernels)]
+        cases = [("random", float(theta[j, i]), float(l1[j, i]), float(l2[j, i]), "direct")
+                 for j in range(random_kernels)]
         cases += [(p.name, p.theta, p.lambda1, p.lambda2, p.mode) for p in PRESETS.values()]
         for name, t, a, b, mode in cases:
             true = gaussian_kernel(torch.tensor(t, dtype=torch.float64), a, b, 21)
