@@ -29,7 +29,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from train_kernel_estimator import load_images  # noqa: E402
+from train_kernel_estimator import VAL_MIN_LR, load_images  # noqa: E402
 
 from mzsr_fast.blind import (COMBINATION, _crossscale, _kernel_of, _learned, combine, kernel_l1,  # noqa: E402
                              random_kernel_params)
@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--save", help="also save the [samples, 9] (learned, cross-scale, true p) table here")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    images, holdout = load_images(args.data, 48)
+    images, holdout = load_images(args.data, VAL_MIN_LR)
     g = torch.Generator().manual_seed(args.seed)
     theta, l1, l2 = random_kernel_params(args.samples, g)
     rows = []

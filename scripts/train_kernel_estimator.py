@@ -6,6 +6,9 @@ blur + direct or bicubic x2 subsampling (mzsr_fast.degradation), rounding to
 8 bits. Every tenth image is held out for validation. The loss is the kernel L1
 error (the benchmark's metric, sum |k_est - k_true| over 21 x 21) plus a
 squared error on the matrix-log parameters, which has no angle ambiguity.
+Validation: the held-out images whole, as the estimator is used, each with
+VAL_KERNELS random kernels of the blind benchmark's distribution (direct x2,
+fixed seed), one network view (blind.estimate_kernel averages four).
 
     python scripts/train_kernel_estimator.py ../shared/data/train --minutes 45 --param-weight 0.5 \
         --out mzsr_fast/weights/kernel_estimator.safetensors
@@ -22,12 +25,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mzsr_fast._kernelnet import KernelNet, kernels_from_params, luma, params_from_gaussian
+from mzsr_fast.blind import random_kernel_params
+from mzsr_fast.evaluation import degraded_lr
 from mzsr_fast.gaussian import gaussian_kernel
 from mzsr_fast.io import IMAGE_EXTENSIONS, read_image
 from mzsr_fast.ops.blur_downsample import blur_downsample
 
 MARGIN = 8  # HR pixels on each side that are cropped away after degradation (no synthetic border)
 VARIANCE = (0.2, 5.0)
+VAL_KERNELS = 2  # random kernels per held-out image
+VAL_MIN_LR = 48  # held-out images need an LR at least this large on each side
 
 
 def load_images(root: str, patch: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -83,6 +90,18 @@ def make_batch(images, n: int, patch: int, g: torch.Generator, bicubic_fraction:
     return lr.float(), bicubic, theta, l1, l2
 
 
+def validation_set(images, seed: int = 1234) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(lr [1, 1, h, w], theta, lambda1, lambda2 [1]) for each image (whole, luma [1, H, W]) and VAL_KERNELS
+    kernels of blind.random_kernel_params, degraded as the blind benchmark does (direct x2, 8 bits)."""
+    theta, l1, l2 = random_kernel_params(VAL_KERNELS * len(images), torch.Generator().manual_seed(seed))
+    cases = []
+    for i, im in enumerate(images * VAL_KERNELS):
+        hr = im[None, :, :im.shape[-2] // 2 * 2, :im.shape[-1] // 2 * 2]
+        lr = degraded_lr(hr, gaussian_kernel(theta[i], float(l1[i]), float(l2[i]), 21), 2)
+        cases.append((lr.float(), theta[i:i + 1], l1[i:i + 1], l2[i:i + 1]))
+    return cases
+
+
 def kernel_l1(p: torch.Tensor, theta, l1, l2) -> torch.Tensor:
     """[n] sum |k_est - k_true| over 21 x 21."""
     true = gaussian_kernel(theta, l1, l2, 21).float()
@@ -106,10 +125,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    train_images, val_images = load_images(args.data, args.patch)
-    g_val = torch.Generator().manual_seed(1234)
-    # Validation always on 48-px patches, so runs with other patch sizes compare.
-    val = [make_batch(val_images, 64, 48, g_val, bicubic_fraction=0.0) for _ in range(8)]
+    train_images = load_images(args.data, args.patch)[0]
+    val = validation_set(load_images(args.data, VAL_MIN_LR)[1])
+    direct = torch.tensor([False])
     g = torch.Generator().manual_seed(args.seed)
     net = KernelNet()
     if args.init:
@@ -121,7 +139,7 @@ def main() -> None:
     def validate() -> float:
         net.eval()
         with torch.no_grad():
-            errors = torch.cat([kernel_l1(net(lr, b), t, l1, l2) for lr, b, t, l1, l2 in val])
+            errors = torch.cat([kernel_l1(net(lr, direct), t, l1, l2) for lr, t, l1, l2 in val])
         net.train()
         return float(errors.mean())
 
