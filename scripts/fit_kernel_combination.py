@@ -29,24 +29,18 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from train_kernel_estimator import VAL_MIN_LR, load_images  # noqa: E402
+from train_kernel_estimator import VAL_MIN_LR, benchmark_lr, load_images  # noqa: E402
 
 from mzsr_fast.blind import (COMBINATION, _crossscale, _kernel_of, _learned, combine, kernel_l1,  # noqa: E402
                              random_kernel_params)
 from mzsr_fast._kernelnet import params_from_gaussian  # noqa: E402
 from mzsr_fast.degradation import PRESETS  # noqa: E402
-from mzsr_fast.evaluation import degraded_lr  # noqa: E402
 from mzsr_fast.gaussian import gaussian_kernel  # noqa: E402
 
 
 def _estimates(lr: torch.Tensor, mode: str) -> torch.Tensor:
     """[1, 1, h, w] LR luma -> [6] (learned p, cross-scale p)."""
     return torch.cat([_learned(lr.float(), mode)[0].double(), _crossscale(lr.float(), mode, 2)[0].double()])
-
-
-def _degraded(hr: torch.Tensor, theta, l1, l2, mode: str = "direct") -> torch.Tensor:
-    """The x2 LR of hr [1, 1, H, W] as the benchmark makes it (evaluation.degraded_lr)."""
-    return degraded_lr(hr, gaussian_kernel(torch.as_tensor(theta, dtype=torch.float64), l1, l2, 21), 2, mode)
 
 
 def fit(data: torch.Tensor) -> tuple[float, ...]:
@@ -66,13 +60,13 @@ def holdout_scores(images, coefficients: dict, seed: int, random_kernels: int = 
     theta, l1, l2 = (v.view(random_kernels, len(images)) for v in draws)  # [kernel j, image i]
     scores = {}
     for i, im in enumerate(images):
-        hr = im[None, :, :im.shape[-2] // 2 * 2, :im.shape[-1] // 2 * 2].double()
+        hr = im[None].double()
         cases = [("random", float(theta[j, i]), float(l1[j, i]), float(l2[j, i]), "direct")
                  for j in range(random_kernels)]
         cases += [(p.name, p.theta, p.lambda1, p.lambda2, p.mode) for p in PRESETS.values()]
         for name, t, a, b, mode in cases:
             true = gaussian_kernel(torch.tensor(t, dtype=torch.float64), a, b, 21)
-            e = _estimates(_degraded(hr, t, a, b, mode), mode)
+            e = _estimates(benchmark_lr(hr, t, a, b, mode), mode)
             errors = {"assume g_d_2.0": kernel_l1(PRESETS["g_d_2.0"].kernel, true),
                       "learned": kernel_l1(_kernel_of(e[:3]), true), "crossscale": kernel_l1(_kernel_of(e[3:]), true)}
             for label, c in coefficients.items():
@@ -103,7 +97,7 @@ def main() -> None:
         h, w = min(im.shape[-2], hr_size) // 2 * 2, min(im.shape[-1], hr_size) // 2 * 2
         top = int(torch.randint(0, im.shape[-2] - h + 1, (1,), generator=g))
         left = int(torch.randint(0, im.shape[-1] - w + 1, (1,), generator=g))
-        lr = _degraded(im[None, :, top:top + h, left:left + w].double(), theta[i], l1[i], l2[i])
+        lr = benchmark_lr(im[None, :, top:top + h, left:left + w].double(), theta[i], l1[i], l2[i])
         rows.append(torch.cat([_estimates(lr, "direct"), params_from_gaussian(theta[i], l1[i], l2[i]).double()]))
     data = torch.stack(rows)
     if args.save:

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from mzsr_fast._kernelnet import KernelNet, kernels_from_params, luma, params_from_gaussian
 from mzsr_fast.blind import random_kernel_params
-from mzsr_fast.evaluation import degraded_lr
+from mzsr_fast.evaluation import degraded_lr, modcrop
 from mzsr_fast.gaussian import gaussian_kernel
 from mzsr_fast.io import IMAGE_EXTENSIONS, read_image
 from mzsr_fast.ops.blur_downsample import blur_downsample
@@ -90,16 +90,19 @@ def make_batch(images, n: int, patch: int, g: torch.Generator, bicubic_fraction:
     return lr.float(), bicubic, theta, l1, l2
 
 
+def benchmark_lr(hr: torch.Tensor, theta, lambda1, lambda2, mode: str = "direct") -> torch.Tensor:
+    """The x2 LR of hr [1, 1, H, W] (cropped to even sides) as the blind benchmark makes it
+    (evaluation.degraded_lr: float64, 8 bits) with the kernel (theta, lambda1, lambda2)."""
+    kernel = gaussian_kernel(torch.as_tensor(theta, dtype=torch.float64), lambda1, lambda2, 21)
+    return degraded_lr(modcrop(hr, 2), kernel, 2, mode)
+
+
 def validation_set(images, seed: int = 1234) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(lr [1, 1, h, w], theta, lambda1, lambda2 [1]) for each image (whole, luma [1, H, W]) and VAL_KERNELS
     kernels of blind.random_kernel_params, degraded as the blind benchmark does (direct x2, 8 bits)."""
     theta, l1, l2 = random_kernel_params(VAL_KERNELS * len(images), torch.Generator().manual_seed(seed))
-    cases = []
-    for i, im in enumerate(images * VAL_KERNELS):
-        hr = im[None, :, :im.shape[-2] // 2 * 2, :im.shape[-1] // 2 * 2]
-        lr = degraded_lr(hr, gaussian_kernel(theta[i], float(l1[i]), float(l2[i]), 21), 2)
-        cases.append((lr.float(), theta[i:i + 1], l1[i:i + 1], l2[i:i + 1]))
-    return cases
+    return [(benchmark_lr(im[None], theta[i], float(l1[i]), float(l2[i])).float(), theta[i:i + 1], l1[i:i + 1],
+             l2[i:i + 1]) for i, im in enumerate(images * VAL_KERNELS)]
 
 
 def kernel_l1(p: torch.Tensor, theta, l1, l2) -> torch.Tensor:
