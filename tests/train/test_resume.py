@@ -3,6 +3,7 @@ with deterministic cuDNN and no TF32), stop signals, changed settings
 refused, the log kept consistent."""
 import csv
 import os
+import shutil
 import signal
 
 import pytest
@@ -161,3 +162,27 @@ def test_a_setting_newer_than_the_saved_run_counts_as_its_default():
     assert config_differences(saved, config_dict(config), defaults=field_defaults(config)) == []
     config.holdout = 5
     assert config_differences(saved, config_dict(config), defaults=field_defaults(config)) == ["holdout: 0 -> 5"]
+
+
+def test_a_committed_run_resumes_elsewhere_without_its_init_file(image_dir, tmp_path, capsys):
+    """A run moved to another folder (a fresh clone) whose --init file is gone
+    resumes from its checkpoint with its card's command, with or without --init."""
+    init = tmp_path / "init.safetensors"
+    pretrain(tiny_pretrain(image_dir, tmp_path / "pre", iterations=1))
+    os.replace(tmp_path / "pre" / "latest.safetensors", init)
+    base = ["metatrain", str(image_dir), "--patch-size", "16", "--meta-batch", "2", "--task-batch", "2",
+            "--inner-steps", "2", "--threads", "1", "--no-progress", "--device", "cpu", "--checkpoint-every", "1"]
+    first = tmp_path / "first"
+    assert main(base + ["--out", str(first), "--init", str(init), "--iterations", "1"]) == 0
+    moved = tmp_path / "clone" / "run"
+    shutil.copytree(first, moved)
+    init.unlink()
+    # the recorded --init path no longer exists: not loaded, not a changed setting
+    assert main(base + ["--out", str(moved), "--init", str(init), "--iterations", "2", "--resume-or-start"]) == 0
+    assert main(base + ["--out", str(moved), "--iterations", "3", "--resume"]) == 0
+    assert "changed setting" not in capsys.readouterr().err
+    assert [c.step for c in CheckpointManager(moved).list()][-1] == 3
+    # starting a new run still needs the init weights
+    assert main(base + ["--out", str(tmp_path / "new"), "--iterations", "1", "--resume-or-start"]) == 2
+    assert "--init: " in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "new"), "--iterations", "1"]) == 2
