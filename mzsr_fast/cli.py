@@ -92,19 +92,26 @@ def _stem(path: str) -> str:
 
 
 class _Progress:
-    """on_step callback for adapt: a line on stderr per step once the work on
-    an image has run PROGRESS_EVERY seconds without one, so only long work shows."""
+    """on_step / on_tile callback for adapt: a line on stderr once the work on
+    an image has run PROGRESS_EVERY seconds without one, so only long work
+    shows; each line gives the phase's estimated time left."""
 
     def __init__(self):
-        self.key, self.last = None, 0.0
+        self.key, self.start, self.last = None, 0.0, 0.0
 
-    def __call__(self, label: str, done: int, total: int) -> None:
+    def __call__(self, label: str, done: int, total: int, what: str = "step") -> None:
         now = time.perf_counter()
-        if label != self.key:  # a new image or n: its clock starts at its first step
-            self.key, self.last = label, now
+        if (label, what) != self.key:  # a new image, n or phase: its clock starts at its first unit
+            self.key, self.start, self.last = (label, what), now, now
         elif now - self.last >= PROGRESS_EVERY and done < total:
-            print(f"  {label}: step {done}/{total}", file=sys.stderr, flush=True)
+            left = (now - self.start) / max(done - 1, 1) * (total - done)
+            print(f"  {label}: {what} {done}/{total}, about {_duration(left)} left", file=sys.stderr, flush=True)
             self.last = now
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
 # Seconds of work on one image before its adaptation steps are shown.
@@ -150,6 +157,21 @@ def _steps_list(text: str) -> list[int]:
     return steps
 
 
+def _adapt_pixels(text: str) -> int:
+    """--adapt-pixels: 'all' (0: whole images) or a number of pixels."""
+    if text == "all":
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels or 'all', got {text!r}") from None
+
+
+def _budget(args) -> dict:
+    """adapt's adapt_pixels from --adapt-pixels (nothing when not given: the package default)."""
+    return {} if args.adapt_pixels is None else {"adapt_pixels": args.adapt_pixels}
+
+
 def cmd_sr(args) -> None:
     from ._checks import size_text
     from .adapt import UnadaptedModelWarning, adapt
@@ -189,8 +211,10 @@ def cmd_sr(args) -> None:
                     warnings.simplefilter("ignore", UnadaptedModelWarning)  # said once, above
                     sr = adapt(lr, kernel, args.scale, steps=n, model=net,
                                precision=args.precision, backprojection=args.backprojection, tile=args.tile,
-                               backend=args.backend, cuda_graph=args.cuda_graph,
-                               on_step=lambda done, total, n=n: progress(f"{path} MZSR({n})", done, total))
+                               backend=args.backend, cuda_graph=args.cuda_graph, seed=args.seed,
+                               on_step=lambda done, total, n=n: progress(f"{path} MZSR({n})", done, total),
+                               on_tile=lambda done, total, n=n: progress(f"{path} MZSR({n})", done, total, "tile"),
+                               **_budget(args))
             except ValueError as error:  # name the image
                 raise UsageError(f"{path}: {str(error).removeprefix('lr: ')}") from None
             seconds = time.perf_counter() - start
@@ -237,7 +261,7 @@ def cmd_eval(args) -> None:
     scores = evaluate(args.gt, args.kernel, args.scale, steps, method=args.method, lr_dir=args.lr,
                       model=args.model, device=device, on_image=on_image, precision=args.precision,
                       on_step=lambda image, n, done, total: progress(f"{image} MZSR({n})", done, total),
-                      seed=args.seed, estimate_kernel=args.estimate_kernel)
+                      seed=args.seed, estimate_kernel=args.estimate_kernel, **_budget(args))
     kernel = f"random (seed {args.seed or 0})" if args.kernel == "random" else args.kernel
     title = f"{args.method} x{args.scale}, kernel {kernel}, GT {args.gt}" + (f", LR {args.lr}" if args.lr else "")
     title += ", with estimated kernels (mzsr-est)" if args.estimate_kernel else ""
@@ -320,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
     sr.add_argument("--tile", type=int, help="final inference on tiles of this many output pixels (default: "
                                              "1024; bounds its memory, same result)")
+    budget_help = ("pixel budget of an adaptation step: an LR image of more pixels is adapted on windows of at "
+                   "most N pixels in all, redrawn every step (see the README); 'all' adapts on the whole image")
+    sr.add_argument("--adapt-pixels", type=_adapt_pixels, metavar="N|all", help=budget_help + " (default 65536)")
+    sr.add_argument("--seed", type=int, default=0, help="seed of the budget's window draw (default 0)")
     sr.add_argument("--backprojection", action="store_true", help="4 iterations of back-projection")
     sr.add_argument("--device")
     sr.add_argument("--backend", choices=("cpu", "cuda", "triton", "torch"))
@@ -343,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--method", choices=("mzsr", "bicubic", "zssr"), default="mzsr")
     evaluate.add_argument("--model", help="bundled model name or .safetensors path")
     evaluate.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
+    evaluate.add_argument("--adapt-pixels", type=_adapt_pixels, default=0, metavar="N|all",
+                          help=budget_help + " (default all: the paper's protocol)")
     evaluate.add_argument("-o", "--output", metavar="OUTDIR", help="write results.md/.csv/.json here")
     evaluate.add_argument("--device")
     evaluate.set_defaults(run=cmd_eval)

@@ -59,9 +59,10 @@ def degraded_lr(gt: torch.Tensor, kernel: torch.Tensor, scale: int, mode: str | 
 
 
 def super_resolve(lr: torch.Tensor, kernel, scale: int, steps: int, method: str = "mzsr", model=None,
-                  on_step=None, size=None, **adapt_options) -> torch.Tensor:
+                  on_step=None, size=None, adapt_pixels: int = 0, **adapt_options) -> torch.Tensor:
     """SR [C, sH, sW] of an LR image [C, H, W] by method ("mzsr": MZSR(steps)
-    through adapt; "zssr": ZSSR with at most steps steps; "bicubic": resized
+    through adapt, on the whole image unless adapt_pixels gives a budget, as
+    the paper adapts; "zssr": ZSSR with at most steps steps; "bicubic": resized
     to size, default s times the LR's), rounded to 8 bits as the protocol
     scores it (docs/method.md section 8). Float64."""
     if method == "bicubic":
@@ -71,7 +72,8 @@ def super_resolve(lr: torch.Tensor, kernel, scale: int, steps: int, method: str 
     else:
         with warnings.catch_warnings():  # MZSR(0) is scored on purpose: it is a column of the paper's tables
             warnings.simplefilter("ignore", UnadaptedModelWarning)
-            sr = adapt(lr.float(), kernel, scale, steps=steps, model=model, on_step=on_step, **adapt_options)
+            sr = adapt(lr.float(), kernel, scale, steps=steps, model=model, on_step=on_step,
+                       adapt_pixels=adapt_pixels, **adapt_options)
     return quantise(sr.double())
 
 
@@ -133,6 +135,7 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
     "random": each image gets its own kernel drawn from the blind benchmark's
     distribution with `seed` (default 0), recorded in Score.kernel.
     model: as adapt's (None: the bundled model for the preset's mode and scale).
+    adapt_options: adapt's (adapt_pixels: default 0, the whole image, as the paper adapts).
     steps: n of MZSR(n); for zssr the maximum training steps (ZSSR: 3000).
     estimate_kernel (mzsr only): also adapt with the kernel estimated from each
     LR image (mzsr_fast.blind, the model's subsampling mode) and report those
