@@ -50,7 +50,7 @@ def _input_paths(args) -> list[str]:
     is reported on stderr and left out, and args.failed is set (exit code 2)."""
     from .io import IMAGE_EXTENSIONS, check_image
 
-    paths: dict[str, str] = {}  # real path -> the path as named
+    seen, readable = set(), []  # real paths, the readable ones as named
     for item in args.inputs:
         if item in EXAMPLES:
             found = [example_path(item)]
@@ -64,15 +64,15 @@ def _input_paths(args) -> list[str]:
             _skip(args, f"{item}: no such file or folder")
             found = []
         for path in found:
-            paths.setdefault(os.path.realpath(path), path)
-    readable = []
-    for path in paths.values():
-        try:
-            check_image(path)
-        except (ValueError, OSError) as error:
-            _skip(args, str(error))
-        else:
-            readable.append(path)
+            if os.path.realpath(path) in seen:
+                continue
+            seen.add(os.path.realpath(path))
+            try:
+                check_image(path)
+            except (ValueError, OSError) as error:
+                _skip(args, str(error))
+            else:
+                readable.append(path)
     return readable
 
 

@@ -48,7 +48,7 @@ def state_dict_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str
             return f"{name} is missing"
         if state[name].shape != tensor.shape:
             return f"{name} has shape {list(state[name].shape)}, expected {list(tensor.shape)}"
-    unknown = [name for name in state if name not in expected]
+    unknown = sorted(name for name in state if name not in expected)
     if unknown:
         more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
         return f"{unknown[0]} is not a tensor of {type(model).__name__}{more}"
