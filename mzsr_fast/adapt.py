@@ -21,11 +21,15 @@ from . import _checks, _tf32
 from .degradation import degrade, load_kernel
 from .maml import LOSSES, sgd_update_, stacked_forward
 from .model import PARAMETER_NAMES
-from .pretrained import ModelInfo, mode_mismatch, resolve_model
+from .pretrained import ModelInfo, mode_mismatch, resolve_model, unadapted_warning
 from .resize import imresize
 
-__all__ = ["adapt", "learning_rates", "forward_tiled", "back_projection", "available_memory", "RECEPTIVE_RADIUS",
+__all__ = ["adapt", "UnadaptedModelWarning", "learning_rates", "forward_tiled", "back_projection", "available_memory", "RECEPTIVE_RADIUS",
            "AUTO_TILE"]
+
+class UnadaptedModelWarning(UserWarning):
+    """steps=0 with a meta-learned model, which is meant to be adapted."""
+
 
 # Eight 3x3 convolutions: an output pixel sees 8 pixels on each side.
 RECEPTIVE_RADIUS = 8
@@ -338,6 +342,9 @@ def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None,
     mismatch = mode_mismatch(kernel_mode, info) if mode is None and steps > 0 else None
     if mismatch:
         warnings.warn(mismatch, UserWarning, stacklevel=2)
+    unadapted = unadapted_warning(info) if steps == 0 else None
+    if unadapted:
+        warnings.warn(unadapted, UnadaptedModelWarning, stacklevel=2)
     mode = mode or info.mode
     if mode not in ("direct", "bicubic"):
         raise ValueError(f"mode: expected 'direct' or 'bicubic', got {mode!r}")

@@ -232,11 +232,11 @@ def _steps_list(text: str) -> list[int]:
 
 def cmd_sr(args) -> None:
     from ._checks import size_text
-    from .adapt import adapt
+    from .adapt import UnadaptedModelWarning, adapt
     from .blind import estimate_kernel
     from .degradation import PRESETS
     from .io import write_like
-    from .pretrained import resolve_model
+    from .pretrained import resolve_model, unadapted_warning
 
     steps = _steps_list(args.steps)
     device = _device(args.device)
@@ -253,6 +253,9 @@ def cmd_sr(args) -> None:
         return os.path.join(out_dir, f"{_stem(path).removesuffix(f'_x{args.scale}')}_x{args.scale}_mzsr{n}.png")
 
     _check_outputs([(path, out_path(path, n)) for path in paths for n in steps], args.force)
+    unadapted = unadapted_warning(info) if 0 in steps else None
+    if unadapted:  # once for the run, not once per image
+        warnings.warn(unadapted, UnadaptedModelWarning, stacklevel=1)
     progress = _Progress()
     for index, path in enumerate(paths, 1):
         lr = _read_input(args, path)
@@ -267,10 +270,12 @@ def cmd_sr(args) -> None:
         for n in steps:
             start = time.perf_counter()
             try:
-                sr = adapt(lr, kernel, args.scale, steps=n, model=net,
-                           precision=args.precision, backprojection=args.backprojection, tile=args.tile,
-                           backend=args.backend, cuda_graph=args.cuda_graph,
-                           on_step=lambda done, total, n=n: progress(f"{path} MZSR({n})", done, total))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UnadaptedModelWarning)  # said once, above
+                    sr = adapt(lr, kernel, args.scale, steps=n, model=net,
+                               precision=args.precision, backprojection=args.backprojection, tile=args.tile,
+                               backend=args.backend, cuda_graph=args.cuda_graph,
+                               on_step=lambda done, total, n=n: progress(f"{path} MZSR({n})", done, total))
             except ValueError as error:  # name the image
                 raise UsageError(f"{path}: {str(error).removeprefix('lr: ')}") from None
             seconds = time.perf_counter() - start

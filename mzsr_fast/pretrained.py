@@ -18,7 +18,7 @@ from .model import PARAMETER_NAMES, MZSRNet, state_dict_mismatch
 
 __all__ = ["ModelKind", "CATALOGUE", "ModelInfo", "bundled_info", "load_model", "save_model", "bundled_models",
            "default_model", "resolve_model", "mode_mismatch", "load_tf_checkpoint", "import_tf_checkpoint",
-           "kind_for", "parse_schedule", "format_schedule", "is_per_tensor", "Schedule"]
+           "kind_for", "is_meta_learned", "unadapted_warning", "parse_schedule", "format_schedule", "is_per_tensor", "Schedule"]
 
 
 # A test-time schedule: one entry per step, the last repeating. Either every
@@ -145,6 +145,22 @@ def default_model(mode: str | None = None, scale: int | None = None) -> str:
 def resolve_model(model, mode: str | None, scale: int | None, device=None) -> tuple[MZSRNet, "ModelInfo"]:
     """load_model(model), where None stands for default_model(mode, scale)."""
     return load_model(default_model(mode, scale) if model is None else model, device=device)
+
+
+def is_meta_learned(info: "ModelInfo") -> bool:
+    """Whether the model was meta-trained for test-time adaptation (a bundled
+    model, or a file written by the meta-trainer): poor until adapted."""
+    return info.name in CATALOGUE or info.name.startswith("metatrain-")
+
+
+def unadapted_warning(info: "ModelInfo") -> str | None:
+    """Why MZSR(0) with this model is a poor choice, or None when it is not
+    meta-learned (a pretrained network is good as it is)."""
+    if not is_meta_learned(info):
+        return None
+    return (f"steps=0: the model {info.name!r} is meta-learned to be adapted and is poor without adaptation "
+            f"(often below plain bicubic upsampling); use steps >= 1 (1 for the lowest latency, 10 for the "
+            f"best quality), or bicubic upsampling if no adaptation is wanted")
 
 
 def mode_mismatch(kernel_mode: str | None, info: "ModelInfo") -> str | None:

@@ -414,3 +414,16 @@ def test_eval_seconds_are_what_the_user_waits_scoring_included(tmp_path, monkeyp
     monkeypatch.setattr(metrics, "psnr_ssim", lambda *args: time.sleep(0.25) or scoring(*args))
     [score] = evaluation.evaluate(str(tmp_path / "gt"), "g_d_2.0", 2, [0], method="bicubic")
     assert score.seconds >= 0.25
+
+
+def test_sr_steps_0_with_a_meta_learned_model_warns_once_for_the_run(tmp_path, recwarn):
+    for name in ("a", "b"):
+        _rgb(tmp_path / f"{name}.png", 24, 26)
+    assert main(["sr", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "o"), "--steps", "0,1",
+                 "--kernel", "g_d_2.0", "--model", "direct_x2"]) == 0
+    said = [str(w.message) for w in recwarn if w.category.__name__ == "UnadaptedModelWarning"]
+    assert len(said) == 1 and said[0].startswith("steps=0: the model 'direct_x2' is meta-learned"), said
+    recwarn.clear()
+    assert main(["sr", str(tmp_path / "a.png"), "-o", str(tmp_path / "p"), "--steps", "1", "--kernel", "g_d_2.0",
+                 "--model", "direct_x2"]) == 0
+    assert not [w for w in recwarn if w.category.__name__ == "UnadaptedModelWarning"]

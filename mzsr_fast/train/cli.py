@@ -113,7 +113,15 @@ def cmd_pretrain(args) -> None:
 
 
 def cmd_metatrain(args) -> None:
+    from .checkpoints import CheckpointManager
     from .metatrain import MetatrainConfig, metatrain
+    if args.init is None:  # only a resumed run may do without: it takes its checkpoint's weights
+        if not (args.resume or args.resume_or_start):
+            raise ValueError("--init: the pretrained weights to start from are required (a resumed run, "
+                             "--resume or --resume-or-start, takes its checkpoint's instead)")
+        if args.resume_or_start and not CheckpointManager(args.out).list():
+            raise ValueError(f"--init: {args.out} has no checkpoint to resume from, so a new run starts there "
+                             f"and needs the pretrained weights to start from")
     config = _config(MetatrainConfig, args, order=1 if args.first_order else None)
     _finish("metatrain", metatrain(config))
 
@@ -140,8 +148,9 @@ def register_train_commands(commands) -> None:
         description="Meta-transfer learning: tasks of one random blur kernel each, inner SGD steps on a "
                     "support set, MAML++ multi-step loss on the query set, meta Adam.")
     _common(meta, checkpoint_every=1000, log_every=10)
-    meta.add_argument("--init", required=True, metavar="PRETRAINED",
-                      help="pretrained weights (.safetensors or a pretraining run folder)")
+    meta.add_argument("--init", metavar="PRETRAINED",
+                      help="pretrained weights (.safetensors or a pretraining run folder) a new run starts from; "
+                           "a resumed run takes its checkpoint's and neither loads nor needs this file")
     meta.add_argument("--variant", choices=sorted(CATALOGUE), help="direct_x2 (default), bicubic_x2, direct_x4 or "
                       "multiscale (scale per task from 2.0, 2.2, ..., 4.0)")
     meta.add_argument("--meta-batch", type=_positive_int, help="tasks per meta-iteration, all processes (default 5)")
