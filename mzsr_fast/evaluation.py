@@ -8,10 +8,12 @@ import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from io import StringIO
 
 import torch
 
 from . import metrics
+from ._files import atomic_write
 from .adapt import UnadaptedModelWarning, adapt
 from .degradation import degrade, load_kernel
 from .io import IMAGE_EXTENSIONS, check_image, read_image
@@ -126,7 +128,8 @@ def _lr_kernels(gt_paths: list[str], kernel, seed: int | None, lr_dir: str | Non
 
 def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "mzsr",
              lr_dir: str | None = None, model=None, device=None, on_image=None, on_step=None,
-             seed: int | None = None, estimate_kernel: bool = False, **adapt_options) -> list[Score]:
+             seed: int | None = None, estimate_kernel: bool = False, on_bad_input=None,
+             **adapt_options) -> list[Score]:
     """Score every GT image of gt_dir; one Score per (image, steps value).
 
     LR inputs are read from lr_dir, else made by degrading the GT (cropped to a
@@ -143,6 +146,9 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
     on_image(score) is called after each Score, on_step(image, n, done, total)
     after each adaptation step of MZSR(n) (progress within an image). Every
     file is found and opened before any work; errors name the image.
+    on_bad_input(error): called, instead of raising, for each image file that
+    cannot be read (its header, checked before any work, or its data, when
+    read); that GT image is then left out and the others are scored.
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
@@ -159,23 +165,34 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
         if mismatch:
             warnings.warn(mismatch, UserWarning, stacklevel=2)
         estimate_mode = info.mode if estimate_kernel else None
-    # Every input is found and its header read before any work: a bad file stops the run at once.
+    # Every input is found and its header read before any work: a bad file stops the
+    # run at once, or without on_bad_input is reported there and left out.
     lr_files = _image_files(lr_dir, "--lr") if lr_dir is not None else []
     pairs = [(gt_path, _matching_lr(gt_path, lr_files, lr_dir, scale) if lr_dir is not None else None)
              for gt_path in gt_files]
+    unreadable = set()
     for gt_path, lr_path in pairs:
-        check_image(gt_path)
-        if lr_path is not None:
-            check_image(lr_path)
+        for path in (gt_path, lr_path) if lr_path is not None else (gt_path,):
+            try:
+                check_image(path)
+            except (ValueError, OSError) as error:
+                if on_bad_input is None:
+                    raise
+                on_bad_input(error)
+                unreadable.add(gt_path)
     scores = []
     for (gt_path, lr_path), image_kernel in zip(pairs, kernels):
+        if gt_path in unreadable:
+            continue
         try:
             scores += _score_image(gt_path, lr_path, image_kernel, scale, steps, method, model, device, on_image,
                                    on_step, estimate_mode, adapt_options)
         except ValueError as error:
-            if str(error).startswith((gt_path, str(lr_path))):  # read_image's errors name the file already
+            if not str(error).startswith((gt_path, str(lr_path))):
+                raise ValueError(f"{gt_path}: {error}") from None
+            if on_bad_input is None:  # read_image's errors name the file already
                 raise
-            raise ValueError(f"{gt_path}: {error}") from None
+            on_bad_input(error)
     return scores
 
 
@@ -247,14 +264,13 @@ def format_markdown(scores: list[Score], title: str = "") -> str:
 
 
 def write_report(out_dir: str, scores: list[Score], title: str) -> None:
-    """results.md, results.csv and results.json in out_dir."""
+    """results.md, results.csv and results.json in out_dir, each written atomically."""
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(format_markdown(scores, title))
+    atomic_write(os.path.join(out_dir, "results.md"), format_markdown(scores, title).encode())
     rows = [asdict(s) for s in scores + _means(scores)]
-    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump({"title": title, "scores": rows}, f, indent=2)
+    table = StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(os.path.join(out_dir, "results.csv"), table.getvalue().encode())
+    atomic_write(os.path.join(out_dir, "results.json"), json.dumps({"title": title, "scores": rows}, indent=2).encode())

@@ -1,11 +1,6 @@
-"""The model catalogue, and bundled and saved MZSR models: weights
-(safetensors) plus what the meta-test needs to know about them (subsampling
-mode, scales, learning-rate schedule).
-
-CATALOGUE is the one table of the paper's four models (method.md sections 7-8):
-each kind's subsampling, the scales it serves, the reference's test-time
-schedule, and what meta-training draws and validates for it. The trainer's
-variants, the bundled models and the command line all read it."""
+"""Bundled and saved MZSR models: weights (safetensors) plus what the meta-test
+needs to know about them (subsampling mode, scales, learning-rate schedule),
+and the catalogue of the paper's four models (mzsr_fast.catalogue)."""
 from __future__ import annotations
 
 import os
@@ -14,38 +9,16 @@ from importlib import resources
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as save_safetensors
 
-from .model import PARAMETER_NAMES, MZSRNet
+from ._files import atomic_write
+from .catalogue import CATALOGUE, ModelKind
+from .model import PARAMETER_NAMES, MZSRNet, state_dict_mismatch
 
 __all__ = ["ModelKind", "CATALOGUE", "ModelInfo", "bundled_info", "load_model", "save_model", "bundled_models",
            "default_model", "resolve_model", "mode_mismatch", "load_tf_checkpoint", "import_tf_checkpoint",
            "kind_for", "is_meta_learned", "unadapted_warning", "parse_schedule", "format_schedule", "is_per_tensor", "Schedule"]
-
-
-@dataclass(frozen=True)
-class ModelKind:
-    """One model of the paper. mode: subsampling of its degradations; scales:
-    the integer scales it serves (the first is the one it is validated at);
-    schedule: the reference's test-time learning rates per step, the last
-    repeating; task_scales: the scales meta-training draws a task's from;
-    val_kernels: the presets its training validates on."""
-
-    name: str
-    mode: str
-    scales: tuple[int, ...]
-    schedule: tuple[float, ...]
-    task_scales: tuple[float, ...]
-    val_kernels: tuple[str, ...]
-
-
-CATALOGUE = {kind.name: kind for kind in (
-    ModelKind("direct_x2", "direct", (2,), (0.02, 0.01, 0.01, 0.01, 0.005), (2.0,), ("g_d_2.0",)),
-    ModelKind("bicubic_x2", "bicubic", (2,), (0.01, 0.01, 0.01, 0.001, 0.001), (2.0,), ("g_b_1.3",)),
-    ModelKind("direct_x4", "direct", (4,), (0.01, 0.005, 0.005, 0.005, 0.005, 0.001), (4.0,), ("g_d_2.0",)),
-    ModelKind("multiscale", "direct", (2, 3, 4), (0.01, 0.01, 0.01, 0.005, 0.005),
-              tuple(round(2.0 + 0.2 * i, 1) for i in range(11)), ("g_d_2.0",)),
-)}
 
 
 # A test-time schedule: one entry per step, the last repeating. Either every
@@ -205,14 +178,7 @@ def save_model(path, net: MZSRNet, info: ModelInfo) -> None:
     """Write the weights and info to a safetensors file (no pickle), atomically:
     a crash leaves the old file or the new one, never a torn one."""
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    path = os.fspath(path)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    try:
-        save_file(state, temporary, metadata=info.metadata())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    atomic_write(path, save_safetensors(state, metadata=info.metadata()))
 
 
 def load_model(model=None, device=None) -> tuple[MZSRNet, ModelInfo]:
@@ -248,10 +214,10 @@ def load_model(model=None, device=None) -> tuple[MZSRNet, ModelInfo]:
         if not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"model: {path}: {key} holds NaN or infinite values")
     net = MZSRNet()
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"model: {path}: weights do not fit MZSRNet ({error})") from None
+    mismatch = state_dict_mismatch(net, state)
+    if mismatch is not None:
+        raise ValueError(f"model: {path}: weights do not fit MZSRNet: {mismatch}")
+    net.load_state_dict(state)
     info = ModelInfo.from_metadata(meta, os.path.splitext(os.path.basename(path))[0], source=path)
     if name in CATALOGUE:  # what the name stands for, with the file's notes and schedule
         info = replace(bundled_info(name), notes=info.notes, own_schedule=info.own_schedule)

@@ -32,7 +32,6 @@ import io
 import os
 import random
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 
@@ -40,61 +39,19 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from .._files import TEMP_PREFIX, atomic_write, fsync_dir
+from ..model import state_dict_mismatch
+
 __all__ = ["atomic_write", "fsync_dir", "Checkpoint", "CheckpointManager", "rng_state", "set_rng_state",
            "weights_bytes", "load_weights", "resolve_weights", "load_into", "TEMP_PREFIX", "NonFiniteError",
            "first_non_finite", "state_bytes", "read_state"]
 
-TEMP_PREFIX = ".tmp-"
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp makes 0600
 STATE_FORMAT = 2
 STATE_HEADER = f"mzsr_fast checkpoint state, format {STATE_FORMAT}, sha256 ".encode()
 UNVERIFIED_FORMAT = 1  # the bare torch.save(state), before state checksums
 _ZIP_MAGIC = b"PK\x03\x04"  # how a torch.save file starts
 _NAME = re.compile(r"^step-(\d{8,})\.state\.pt$")
 _WEIGHTS_NAME = re.compile(r"^step-(\d{8,})\.safetensors$")
-
-
-def fsync_dir(path) -> None:
-    """fsync a folder so a rename inside it survives a power cut (no-op where unsupported)."""
-    try:
-        fd = os.open(os.fspath(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path, data: bytes) -> None:
-    """Write data to path so that path holds either its old content or all of data."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
-    try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(folder)
 
 
 class NonFiniteError(ValueError):
@@ -157,10 +114,10 @@ def load_into(model: torch.nn.Module, path) -> None:
     bad = first_non_finite(weights)
     if bad is not None:
         raise NonFiniteError(f"{path}: {bad} holds NaN or infinite values; expected finite weights")
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as error:
-        raise ValueError(f"{path}: weights do not fit {type(model).__name__} ({error})") from None
+    mismatch = state_dict_mismatch(model, weights)
+    if mismatch is not None:
+        raise ValueError(f"{path}: weights do not fit {type(model).__name__}: {mismatch}")
+    model.load_state_dict(weights)
 
 
 def rng_state() -> dict:

@@ -4,7 +4,7 @@
     mzsr-fast metatrain DATA_DIR --init PRETRAINED --out RUN_DIR [options]
     torchrun --nproc_per_node=N -m mzsr_fast.cli metatrain ...   (data parallel)
 
-A stopped run (Ctrl-C, SIGTERM) saves a checkpoint and exits with code 1;
+A stopped run (Ctrl-C, SIGTERM) saves a checkpoint and exits with code 130;
 the same command with --resume continues it exactly (--resume-or-start: the
 same command also makes the first start). Exit code 2: bad settings or data,
 a run folder in use by another process, --resume without a readable
@@ -98,7 +98,7 @@ def _finish(kind: str, result) -> None:
     import sys
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     if result.interrupted:
-        # the checkpoint is saved; exit code 1 tells a scheduler the run is not finished
+        # the checkpoint is saved; main's exit code 130 tells a scheduler the run is not finished
         if main_rank:
             print(f"mzsr-fast {kind}: stopped at iteration {result.step}; resume with the same command and "
                   f"--resume", file=sys.stderr)
@@ -142,7 +142,7 @@ def register_train_commands(commands) -> None:
     pre.add_argument("--init", help="start from these weights (.safetensors or a run folder)")
     pre.set_defaults(run=cmd_pretrain)
 
-    from ..pretrained import CATALOGUE
+    from ..catalogue import CATALOGUE
     meta = commands.add_parser(
         "metatrain", help="meta-transfer learning with MAML (docs/method.md section 7)",
         description="Meta-transfer learning: tasks of one random blur kernel each, inner SGD steps on a "
