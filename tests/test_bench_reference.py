@@ -132,8 +132,15 @@ def test_the_worker_exchanges_images_and_restores_before_each_request(tmp_path, 
         worker.close()
 
 
+def test_the_ratio_pairs_each_round_s_two_runs():
+    # the rounds say 0.25, 0.5, 0.9 (median 0.5); a ratio of the medians would say 1 / 4
+    assert bench.paired_ratio([1.0, 1.0, 9.0], [4.0, 2.0, 10.0]) == 0.5
+    with pytest.raises(ValueError):
+        bench.paired_ratio([1.0], [1.0, 2.0])
+
+
 def test_a_report_row_gives_medians_ratio_and_difference():
-    row = bench.format_row("butterfly", (3, 128, 128), 10, "bf16", [1.0, 3.0, 2.0], [4.0, 5.0, 6.0],
+    row = bench.format_row("butterfly", (3, 128, 128), 10, "bf16", [1.0, 1.0, 9.0], [4.0, 2.0, 10.0],
                            [3.0, 4.0, 5.0], 7.7e-7)
-    assert row == "| butterfly 128x128 | MZSR(10) | bf16 | 2.000 s | 5.000 s (4.000 s in TF) | 0.40 | 7.7e-07 |"
+    assert row == "| butterfly 128x128 | MZSR(10) | bf16 | 1.000 s | 4.000 s (4.000 s in TF) | 0.50 | 7.7e-07 |"
     assert row.count("|") == bench.HEADER.splitlines()[0].count("|")
