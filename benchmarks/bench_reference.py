@@ -184,18 +184,20 @@ def reference():
         found = reference_setup()
     except Unavailable as why:
         pytest.skip(str(why))
-    worker = ReferenceWorker(found, mzsr_fast.preset(KERNEL).kernel.numpy(), SCALE, METHOD)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as folder:
         model = os.path.join(folder, "reference.safetensors")
         import_tf_checkpoint(found.checkpoint, model, mode="direct", scales=(SCALE,))
         net, info = load_model(model)
     assert info.schedule == CATALOGUE[MODEL_KIND].schedule
-    print(f"\nreference: {found.checkpoint}, TensorFlow {worker.version}, one thread each\n{HEADER}")
-    yield worker, net, found
-    torch.set_num_threads(threads)
-    worker.close()
+    worker = ReferenceWorker(found, mzsr_fast.preset(KERNEL).kernel.numpy(), SCALE, METHOD)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        print(f"\nreference: {found.checkpoint}, TensorFlow {worker.version}, one thread each\n{HEADER}")
+        yield worker, net, found
+    finally:
+        torch.set_num_threads(threads)
+        worker.close()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
