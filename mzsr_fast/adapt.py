@@ -560,14 +560,14 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
         raise ValueError("adapt_pixels: 0 (whole images) with share=True needs images of one size; give a pixel "
                          "budget, e.g. the default")
     if isinstance(kernel, str) and kernel == "auto":
-        net, info = resolve_model(model, mode, scale)
+        net, info = resolve_model(model, mode, scale, steps=steps)
         kernels, kernel_mode = _estimated_kernels(images, scale, mode or info.mode, share), None
     else:
         if share and isinstance(kernel, torch.Tensor) and kernel.dim() == 3:
             raise ValueError(f"kernel: share=True adapts all images with one kernel [k, k], got "
                              f"{kernel.shape[0]} kernels")
         kernels, kernel_mode = _kernels(kernel, len(images))
-        net, info = resolve_model(model, mode or kernel_mode, scale)
+        net, info = resolve_model(model, mode or kernel_mode, scale, steps=steps)
     if info.scales and scale not in info.scales:
         raise ValueError(f"scale: the model {info.name!r} was trained for scales {info.scales}, got {scale}")
     mismatch = mode_mismatch(kernel_mode, info) if mode is None and steps > 0 else None

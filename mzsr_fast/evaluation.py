@@ -159,8 +159,10 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
     kernel_mode = kernels[0][1]
     device = torch.device(device or "cpu")
     estimate_mode = None
-    if method == "mzsr":  # once, not per image; None: the bundled model for the kernel's mode and scale
-        model, info = resolve_model(model, kernel_mode, scale, device=device)
+    models = {n: model for n in steps}
+    if method == "mzsr":  # once, not per image; None: the bundled model for the kernel's mode, scale and steps
+        models = {n: resolve_model(model, kernel_mode, scale, device=device, steps=n)[0] for n in steps}
+        info = models[max(steps)].model_info
         mismatch = mode_mismatch(kernel_mode, info) if max(steps) > 0 else None
         if mismatch:
             warnings.warn(mismatch, UserWarning, stacklevel=2)
@@ -185,7 +187,7 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
         if gt_path in unreadable:
             continue
         try:
-            scores += _score_image(gt_path, lr_path, image_kernel, scale, steps, method, model, device, on_image,
+            scores += _score_image(gt_path, lr_path, image_kernel, scale, steps, method, models, device, on_image,
                                    on_step, estimate_mode, adapt_options)
         except ValueError as error:
             if not str(error).startswith((gt_path, str(lr_path))):
@@ -196,7 +198,7 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
     return scores
 
 
-def _score_image(gt_path, lr_path, image_kernel, scale, steps, method, model, device, on_image, on_step,
+def _score_image(gt_path, lr_path, image_kernel, scale, steps, method, models, device, on_image, on_step,
                  estimate_mode, adapt_options) -> list[Score]:
     """evaluate's Scores of one GT image (and its LR file, or None: degrade the
     GT with image_kernel, a (kernel, mode, label) of _lr_kernels). With
@@ -221,7 +223,7 @@ def _score_image(gt_path, lr_path, image_kernel, scale, steps, method, model, de
     for n in ([0] if method == "bicubic" else steps):
         for run_method, run_kernel, run_label, run_l1 in runs:
             step_hook = (lambda done, total, n=n: on_step(name, n, done, total)) if on_step else None
-            sr = super_resolve(lr, run_kernel, scale, n, method, model, step_hook, size=gt.shape[-2:],
+            sr = super_resolve(lr, run_kernel, scale, n, method, models.get(n), step_hook, size=gt.shape[-2:],
                                **adapt_options)
             psnr, ssim = metrics.psnr_ssim(sr, gt, scale)
             now = time.perf_counter()

@@ -427,3 +427,31 @@ def test_sr_steps_0_with_a_meta_learned_model_warns_once_for_the_run(tmp_path, r
     assert main(["sr", str(tmp_path / "a.png"), "-o", str(tmp_path / "p"), "--steps", "1", "--kernel", "g_d_2.0",
                  "--model", "direct_x2"]) == 0
     assert not [w for w in recwarn if w.category.__name__ == "UnadaptedModelWarning"]
+
+
+def test_sr_adapt_pixels_all_or_a_budget_and_bad_values(tmp_path, model_file, capsys):
+    _rgb(tmp_path / "a.png", 60, 64)
+    base = ["sr", str(tmp_path / "a.png"), "--steps", "2", "--kernel", "g_d_2.0", "--model", model_file]
+    assert main(base + ["-o", str(tmp_path / "all"), "--adapt-pixels", "all"]) == 0
+    assert main(base + ["-o", str(tmp_path / "fits"), "--adapt-pixels", str(60 * 64)]) == 0
+    assert main(base + ["-o", str(tmp_path / "budget"), "--adapt-pixels", "1024", "--seed", "3"]) == 0
+    whole = read_image(tmp_path / "all" / "a_x2_mzsr2.png")
+    assert torch.equal(read_image(tmp_path / "fits" / "a_x2_mzsr2.png"), whole)  # within the budget: whole
+    assert not torch.equal(read_image(tmp_path / "budget" / "a_x2_mzsr2.png"), whole)
+    capsys.readouterr()
+    assert main(base + ["-o", str(tmp_path / "bad"), "--adapt-pixels", "many"]) == 2
+    assert "--adapt-pixels: expected a number of pixels or 'all', got 'many'" in capsys.readouterr().err
+    assert main(base + ["-o", str(tmp_path / "bad"), "--adapt-pixels", "100"]) == 2
+    assert "adapt_pixels: expected 0 (whole images) or an integer >= 1024, got 100" in capsys.readouterr().err
+
+
+def test_sr_share_adaptation_writes_every_frame_with_one_estimated_kernel(tmp_path, model_file, capsys):
+    frames = [tmp_path / f"frame{i}.png" for i in range(3)]
+    for i, frame in enumerate(frames):
+        _rgb(frame, 40 + i, 44, seed=i)
+    assert main(["sr", *map(str, frames), "-o", str(tmp_path / "o"), "--steps", "1", "--share-adaptation",
+                 "--model", model_file]) == 0
+    out = capsys.readouterr().out
+    assert out.count("estimated shared kernel") == 1 and "3 images MZSR(1):" in out
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [f"frame{i}_x2_mzsr1.png" for i in range(3)]
+    assert read_image(tmp_path / "o" / "frame2_x2_mzsr1.png").shape == (3, 84, 88)
