@@ -285,19 +285,28 @@ def cmd_sr(args) -> None:
     progress = _Progress()
 
     def super_resolve(lr, kernel, n: int, label: str, **options):
-        start = time.perf_counter()
+        """adapt's SR, and the seconds of its two phases: "adaptation" (the son and the steps) and "inference"."""
+        start = adapted = time.perf_counter()
+
+        def on_step(done, total):
+            nonlocal adapted
+            adapted = time.perf_counter()
+            progress(f"{label} MZSR({n})", done, total)
+
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UnadaptedModelWarning)  # said once, above
                 sr = adapt(lr, kernel, args.scale, steps=n, model=models[n][0],
                            precision=args.precision, backprojection=args.backprojection, tile=args.tile,
-                           backend=args.backend, cuda_graph=args.cuda_graph, seed=args.seed,
-                           on_step=lambda done, total: progress(f"{label} MZSR({n})", done, total),
+                           backend=args.backend, cuda_graph=args.cuda_graph, seed=args.seed, on_step=on_step,
                            on_tile=lambda done, total: progress(f"{label} MZSR({n})", done, total, "tile"),
                            **_budget(args), **options)
         except ValueError as error:  # name the image
             raise UsageError(f"{label}: {str(error).removeprefix('lr: ')}") from None
-        return sr, time.perf_counter() - start
+        return sr, {"adaptation": adapted - start, "inference": time.perf_counter() - adapted}
+
+    def phases(seconds: dict) -> str:
+        return f"{sum(seconds.values()):.2f} s: " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items())
 
     if args.share_adaptation:  # one kernel and one adaptation for all of them, then each image's inference
         read = [(path, lr.to(device)) for path in paths if (lr := _read_input(args, path)) is not None]
@@ -311,10 +320,12 @@ def cmd_sr(args) -> None:
             kernel = estimate.kernel
         for n in steps:
             srs, seconds = super_resolve([lr for _, lr in read], kernel, n, label, share=True)
+            start = time.perf_counter()
             for index, ((path, _), sr) in enumerate(zip(read, srs), 1):
                 write_like(out_path(path, n), sr, path)
                 print(f"[{index}/{len(read)}] {path} -> {out_path(path, n)} ({size_text(sr.shape)})")
-            print(f"{label} MZSR({n}): {seconds:.2f} s")
+            seconds["writing"] = time.perf_counter() - start
+            print(f"{label} MZSR({n}): {phases(seconds)}")
         return
     for index, path in enumerate(paths, 1):
         lr = _read_input(args, path)
@@ -329,8 +340,10 @@ def cmd_sr(args) -> None:
         for n in steps:
             sr, seconds = super_resolve(lr, kernel, n, path)
             out = out_path(path, n)
+            start = time.perf_counter()
             write_like(out, sr, path)
-            print(f"[{index}/{len(paths)}] {path} -> {out} ({size_text(sr.shape)}, {seconds:.2f} s)")
+            seconds["writing"] = time.perf_counter() - start
+            print(f"[{index}/{len(paths)}] {path} -> {out} ({size_text(sr.shape)}, {phases(seconds)})")
 
 
 def cmd_estimate_kernel(args) -> None:
