@@ -101,7 +101,7 @@ def test_random_anisotropic_kernels_recovered(butterfly):
 
 
 @pytest.mark.parametrize("scale,tolerance", [
-    # Measured on this image: x3 0.0XX (assuming g_d_2.0: 0.44), x4 0.1XX (0.60).
+    # Measured on this image: x3 0.094 (assuming g_d_2.0: 0.44), x4 0.110 (0.60).
     (3, 0.2),
     (4, 0.25),
 ])
@@ -249,6 +249,21 @@ def test_cli_eval_random_kernels_with_estimate(tmp_path, capsys, butterfly):
     theta, l1, l2 = random_kernel_params(2, torch.Generator().manual_seed(3))
     assert true[0]["kernel"] == f"{float(theta[0]):.4f},{float(l1[0]):.4f},{float(l2[0]):.4f}"
     assert "kernel random (seed 3)" in capsys.readouterr().out
+
+
+def test_cli_eval_random_kernels_at_x3_come_from_its_distribution(tmp_path, butterfly):
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    array = np.round(butterfly[:, :96, :96].numpy().transpose(1, 2, 0) * 255).astype(np.uint8)
+    Image.fromarray(array).save(gt / "a.png")
+    args = ["eval", "--gt", str(gt), "--kernel", "random", "--seed", "3", "--scale", "3", "--steps", "0",
+            "--estimate-kernel", "-o", str(tmp_path / "out")]
+    assert main(args) == 0
+    scores = json.load(open(tmp_path / "out" / "results.json"))["scores"]
+    (true,) = [s for s in scores if s["method"] == "mzsr" and s["image"] != "mean"]
+    theta, l1, l2 = random_kernel_params(1, torch.Generator().manual_seed(3), 3)
+    assert true["kernel"] == f"{float(theta[0]):.4f},{float(l1[0]):.4f},{float(l2[0]):.4f}"
+    assert all(s["kernel_l1"] is not None for s in scores if s["method"] == "mzsr-est")
 
 
 @pytest.mark.parametrize("args,message", [
