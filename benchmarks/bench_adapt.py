@@ -1,12 +1,18 @@
 """MZSR(n) latency: the whole pipeline (degrade, resize, n adaptation steps,
 final inference) against a plain eager PyTorch implementation of the same
-steps, in the same run, with a per-stage breakdown.
+steps and against the bare network passes, with the stages timed apart.
 
-On CUDA (when present) also with the adaptation step captured as a CUDA graph.
+Rows of the group "MZSR(n) DEVICE 256x256 x2": ours in fp32 and bf16 (on CUDA,
+also with the adaptation step captured as a CUDA graph: "ours_graph"), the
+plain way in fp32 ("plain fp32") and the bare network passes in each precision
+("bare_network"); each of ours's speed-up over the plain way and over the bare
+passes is printed after pytest-benchmark's table (timing.py). The degradation
+and the resizes are rows of "adapt stages DEVICE".
 
 Run: pytest benchmarks/bench_adapt.py --benchmark-only -s
 """
 import copy
+from functools import cache
 
 import pytest
 import torch
@@ -16,7 +22,7 @@ import mzsr_fast
 from mzsr_fast.adapt import learning_rates
 from mzsr_fast.pretrained import CATALOGUE
 from mzsr_fast.reference.blur_downsample import blur
-from timing import timed
+from timing import row, sync
 
 LR_SIZE = 256
 SCALE = 2
@@ -54,49 +60,58 @@ def bare_network_passes(lr, steps, net, precision):
         mzsr_fast.functional_forward(named, big)
 
 
-def _time(fn, device, repeats=2):
-    fn()
-    return min(timed(fn, device) for _ in range(repeats))
-
-
-VARIANTS = [("cpu", False), ("cuda", False), ("cuda", True)]
-
-
-@pytest.fixture(scope="module", params=VARIANTS, ids=["cpu", "cuda", "cuda-graph"])
-def setup(request):
-    device, cuda_graph = request.param
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
+@cache
+def _problem(device: str):
+    """(net, lr [1, 3, 256, 256], g_d_2.0 kernel) on device."""
     torch.manual_seed(0)
     net = mzsr_fast.MZSRNet().to(device)
     lr = torch.rand(1, 3, LR_SIZE, LR_SIZE, device=device)
-    return net, lr, mzsr_fast.preset("g_d_2.0").kernel.float().to(device), cuda_graph
+    return net, lr, mzsr_fast.preset("g_d_2.0").kernel.float().to(device)
+
+
+def _needs(device: str):
+    return [pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")] if device == "cuda" else []
+
+
+def _rows():
+    """(device, implementation, precision): ours_graph on CUDA only, plain in fp32 only."""
+    rows = []
+    for device in ("cpu", "cuda"):
+        for impl in ("ours", "ours_graph", "plain", "bare_network"):
+            for precision in ("fp32",) if impl == "plain" else ("fp32", "bf16"):
+                if impl != "ours_graph" or device == "cuda":
+                    rows.append(pytest.param(device, impl, precision, marks=_needs(device),
+                                             id=f"{device}-{impl}-{precision}"))
+    return rows
 
 
 @pytest.mark.parametrize("steps", [1, 10])
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_adapt_latency(benchmark, setup, steps, precision):
-    net, lr, kernel, cuda_graph = setup
-    device = lr.device.type
-    plain = _time(lambda: plain_mzsr(lr, kernel, steps, net), device)
-    bare = _time(lambda: bare_network_passes(lr, steps, net, precision), device)
-    stages = {
-        "degrade": _time(lambda: mzsr_fast.degrade(lr, kernel, SCALE), device, 5),
-        "resize (son up + lr up)": _time(lambda: (mzsr_fast.imresize(lr[..., ::2, ::2], scale=2, size=lr.shape[-2:]),
-                                                  mzsr_fast.imresize(lr, scale=2)), device, 5),
-    }
+@pytest.mark.parametrize("device,impl,precision", _rows())
+def test_adapt_latency(benchmark, device, impl, precision, steps):
+    net, lr, kernel = _problem(device)
+    if impl == "plain":
+        fn = lambda: plain_mzsr(lr, kernel, steps, net)  # noqa: E731
+    elif impl == "bare_network":
+        fn = lambda: bare_network_passes(lr, steps, net, precision)  # noqa: E731
+    else:
+        fn = lambda: mzsr_fast.adapt(lr, kernel, SCALE, steps=steps, model=net, precision=precision,  # noqa: E731
+                                     cuda_graph=impl == "ours_graph")
+    against = ("plain fp32", f"bare_network {precision}") if impl.startswith("ours") else ()
+    row(benchmark, f"MZSR({steps}) {device} {LR_SIZE}x{LR_SIZE} x{SCALE}", f"{impl} {precision}", against)
+    benchmark.extra_info.update({"device": device, "steps": steps, "precision": precision})
+    benchmark.pedantic(lambda: (fn(), sync(device)), rounds=2, iterations=1, warmup_rounds=1)
 
-    def run():
-        mzsr_fast.adapt(lr, kernel, SCALE, steps=steps, model=net, precision=precision, cuda_graph=cuda_graph)
-        if device == "cuda":
-            torch.cuda.synchronize()
 
-    benchmark.pedantic(run, rounds=2, iterations=1, warmup_rounds=1)
-    ours = benchmark.stats.stats.min
-    benchmark.extra_info.update({
-        "plain_fp32_s": plain, "bare_network_s": bare, "speedup_vs_plain_fp32": plain / ours,
-        "overhead_vs_bare_network": ours / bare, **{f"stage_{k}_s": v for k, v in stages.items()}})
-    label = f"{device}{' graph' if cuda_graph else ''}"
-    print(f"\nMZSR({steps}) {precision} {label} {LR_SIZE}x{LR_SIZE} x{SCALE}: ours {ours:.4f} s, "
-          f"plain fp32 {plain:.4f} s (speedup {plain / ours:.2f}x), bare network passes {bare:.4f} s "
-          f"(ours / bare {ours / bare:.3f}); " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in stages.items()))
+@pytest.mark.parametrize("stage", ["degrade", "resize"])
+@pytest.mark.parametrize("device", [pytest.param(d, marks=_needs(d)) for d in ("cpu", "cuda")])
+def test_adapt_stage(benchmark, device, stage):
+    """The pipeline's parts besides the network: the son's degradation, and the
+    two resizes (the son up to the LR's size, the LR up to the SR's)."""
+    _, lr, kernel = _problem(device)
+    if stage == "degrade":
+        fn = lambda: mzsr_fast.degrade(lr, kernel, SCALE)  # noqa: E731
+    else:
+        fn = lambda: (mzsr_fast.imresize(lr[..., ::2, ::2], scale=2, size=lr.shape[-2:]),  # noqa: E731
+                      mzsr_fast.imresize(lr, scale=2))
+    row(benchmark, f"adapt stages {device}", stage)
+    benchmark.pedantic(lambda: (fn(), sync(device)), rounds=5, iterations=1, warmup_rounds=1)

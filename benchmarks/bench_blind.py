@@ -115,8 +115,6 @@ def main() -> None:
                         help="images whose MZSR(10) PSNR is measured with their first random kernel")
     parser.add_argument("--mzsr-preset-images", type=int, default=5,
                         help="images whose MZSR(10) PSNR is measured with the presets (default: Set5)")
-    parser.add_argument("--mzsr-only", help="comma-separated image names: measure MZSR(10) only on these "
-                                            "(a subsample, where a full run takes too long)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("-o", "--output", help="JSON file for every row")
@@ -128,7 +126,6 @@ def main() -> None:
     rows = []
     scale = args.scale
     all_cases = cases(image_paths(args.data, args.images), args.kernels_per_image, args.seed, scale)
-    mzsr_only = set(args.mzsr_only.split(",")) if args.mzsr_only else None
     images = list(dict.fromkeys(c[0] for c in all_cases))
     for image, kind, theta, l1, l2, mode, gt, lr in all_cases:
         true = gaussian_kernel(torch.tensor(theta, dtype=torch.float64), l1, l2, 21)
@@ -141,8 +138,7 @@ def main() -> None:
                            "l1": kernel_l1(est.kernel, true), "seconds": time.perf_counter() - start,
                            "cpu_seconds": time.process_time() - cpu}
         index = images.index(image)
-        chosen = kind == "random0" and index < args.mzsr_images or kind in PRESETS and index < args.mzsr_preset_images
-        if chosen and (mzsr_only is None or image in mzsr_only):
+        if kind == "random0" and index < args.mzsr_images or kind in PRESETS and index < args.mzsr_preset_images:
             est = estimate_kernel(lr, scale, mode=mode, method=DEFAULT_METHOD)
             row["psnr"] = {"estimated": psnr_mzsr(lr, gt, est.kernel, mode, scale),
                            "true": psnr_mzsr(lr, gt, true, mode, scale),

@@ -1,36 +1,36 @@
 """blur_downsample: every available backend against the plain way a user would
-write it (symmetric padding + grouped conv2d, mzsr_fast.reference.blur_downsample.blur),
-forward and forward+backward, with the ratio measured in the same run; plus
-the task-data step of meta-training.
+write it (symmetric padding + grouped conv2d, mzsr_fast.reference.blur_downsample.blur:
+the "grouped_conv" row), forward and forward+backward; plus the task-data step
+of meta-training.
 
 Cases (per-image kernels, float32):
   40 x 3 x 64 x 64,      k 15, stride 2   (a meta-batch of patches)
   8 x 3 x 256 x 256,     k 15, stride 2
   1 x 3 x 1024 x 1024,   k 21, stride 2 and 4   (one large image)
 
-Each test first times the backend and the reference alternately (so machine
-load hits both alike), records benchmark.extra_info["speedup_vs_grouped_conv"]
-(median reference time / median backend time) and prints it, then lets
-pytest-benchmark time the backend. On CPU, torch uses 2 threads; the ratio of
-process CPU times on 1 thread is recorded too
-("speedup_vs_grouped_conv_1thread_cpu_time"), as wall-clock ratios on a
-shared 2-core machine swing with whatever else runs.
+Each backend and the grouped conv are rows of the group "blur_downsample
+DIRECTION CASE"; each backend's speed-up over the grouped conv is printed
+after pytest-benchmark's table (timing.py). Each backend is first checked to
+give the grouped conv's numbers. On CPU, torch uses MZSR_BENCH_THREADS threads
+(default 2). Wall-clock rows of a shared machine swing with whatever else runs;
+`MZSR_BENCH_THREADS=1 ... --benchmark-timer=time.process_time` times the
+process's CPU time on one thread instead, which other processes barely disturb.
 
 Task-data step: 5 tasks x 16 patches of 64 x 64, one Gaussian kernel per
 task (docs/method.md section 7), blur + direct subsampling x2 + mzsr_fast.imresize back
 to 64 x 64; target < 8 ms on the 2-core CPU (the reference's numpy/scipy
-pipeline: 0.23 s). The stages are timed separately as well.
+pipeline: 0.23 s). Rows of the group "task-data step": each backend with a
+kernel tensor and with the fused Gaussian, and the grouped conv; the blur
+alone and imresize alone are rows of "task-data step, stages".
 
 Run: pytest benchmarks/bench_blur_downsample.py --benchmark-only -s
 """
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 import pytest
-from timing import timed
+from timing import row
 import torch
 
 from mzsr_fast import dispatch
@@ -41,7 +41,8 @@ from mzsr_fast.resize import imresize
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu":
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("MZSR_BENCH_THREADS", "2")))
+GROUPED_CONV = "grouped_conv"  # the plain way
 
 CASES = {
     "40x3x64x64_k15_s2": (40, 3, 64, 64, 15, 2),
@@ -49,40 +50,6 @@ CASES = {
     "1x3x1024x1024_k21_s2": (1, 3, 1024, 1024, 21, 2),
     "1x3x1024x1024_k21_s4": (1, 3, 1024, 1024, 21, 4),
 }
-
-
-
-
-def _paired_medians(fn_a, fn_b, repeats: int):
-    """Median seconds of fn_a and fn_b, run alternately after a warm-up."""
-    for _ in range(2):
-        fn_a()
-        fn_b()
-    a, b = [], []
-    for _ in range(repeats):
-        a.append(timed(fn_a, DEVICE))
-        b.append(timed(fn_b, DEVICE))
-    return statistics.median(a), statistics.median(b)
-
-
-def _single_thread_cpu_ratio(reference, fn, repeats: int) -> float:
-    """Median process CPU time of reference / fn with torch on 1 thread: a
-    ratio that other processes on the machine barely disturb (CPU only)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        fn(), reference()
-        a, b = [], []
-        for _ in range(repeats):
-            start = time.process_time()
-            reference()
-            a.append(time.process_time() - start)
-            start = time.process_time()
-            fn()
-            b.append(time.process_time() - start)
-        return statistics.median(a) / statistics.median(b)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _backends():
@@ -134,36 +101,27 @@ def _repeats(case) -> int:
 
 @pytest.mark.parametrize("case_name", list(CASES))
 @pytest.mark.parametrize("direction", ["forward", "forward+backward"])
-@pytest.mark.parametrize("backend", _backends())
-def test_blur_downsample(benchmark, backend, case_name, direction):
+@pytest.mark.parametrize("impl", [*_backends(), GROUPED_CONV])
+def test_blur_downsample(benchmark, impl, case_name, direction):
     case = CASES[case_name]
     x, kernel, s = _inputs(case)
-
-    def ours(x, kernel, s):
-        return blur_downsample(x, kernel, s, backend=backend)
-
     make = _forward_fn if direction == "forward" else _forward_backward_fn
-    fn, reference = make(ours, x, kernel, s), make(grouped_conv_blur, x, kernel, s)
-    # Same numbers as the reference first (float32; the kernel gradient sums
-    # up to C * H' * W' products, hence a tolerance relative to its size).
-    got, want = fn(), reference()
-    for g, r in zip((got,) if direction == "forward" else got, (want,) if direction == "forward" else want):
-        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))
-    repeats = _repeats(case)
-    ref_s, ours_s = _paired_medians(reference, fn, repeats)
-    speedup = ref_s / ours_s
-    benchmark.extra_info.update({
-        "device": DEVICE, "threads": torch.get_num_threads(), "backend": backend, "case": case_name,
-        "direction": direction, "grouped_conv_ms": round(ref_s * 1e3, 3), "backend_ms": round(ours_s * 1e3, 3),
-        "speedup_vs_grouped_conv": round(speedup, 2)})
-    single = ""
-    if DEVICE == "cpu" and backend != "torch":  # torch is the reference itself
-        ratio = _single_thread_cpu_ratio(reference, fn, max(3, repeats // 4))
-        benchmark.extra_info["speedup_vs_grouped_conv_1thread_cpu_time"] = round(ratio, 2)
-        single = f" (1 thread, CPU time: {ratio:.2f}x)"
-    print(f"\n[{backend}] {case_name} {direction}: {ours_s * 1e3:.2f} ms vs grouped conv {ref_s * 1e3:.2f} ms "
-          f"-> {speedup:.2f}x{single}")
-    benchmark.pedantic(fn, rounds=repeats, warmup_rounds=1)
+    reference = make(grouped_conv_blur, x, kernel, s)
+    group = f"blur_downsample {direction} {case_name}"
+    if impl == GROUPED_CONV:
+        fn = reference
+        row(benchmark, group, impl)
+    else:
+        fn = make(lambda x, kernel, s: blur_downsample(x, kernel, s, backend=impl), x, kernel, s)
+        row(benchmark, group, impl, against=(GROUPED_CONV,))
+        # Same numbers as the reference first (float32; the kernel gradient sums
+        # up to C * H' * W' products, hence a tolerance relative to its size).
+        got, want = fn(), reference()
+        for g, r in zip((got,) if direction == "forward" else got, (want,) if direction == "forward" else want):
+            torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))
+    benchmark.extra_info.update({"device": DEVICE, "threads": torch.get_num_threads(), "case": case_name,
+                                 "direction": direction})
+    benchmark.pedantic(fn, rounds=_repeats(case), warmup_rounds=1)
 
 
 # --- task-data step of meta-training ---------------------------------------------------
@@ -196,24 +154,36 @@ def _reference_task_data_step(hr):
     return imresize(lr.clamp(0, 1), scale=SCALE, size=(PATCH, PATCH))
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["kernel_tensor", "fused_gaussian"])
-@pytest.mark.parametrize("backend", _backends())
-def test_task_data_step(benchmark, patches, backend, fused):
-    fn = lambda: _task_data_step(patches, backend, fused)  # noqa: E731
-    reference = lambda: _reference_task_data_step(patches)  # noqa: E731
+def _task_data_rows():
+    rows = [pytest.param(backend, fused, id=f"{backend}-{'fused_gaussian' if fused else 'kernel_tensor'}")
+            for backend in _backends() for fused in (False, True)]
+    return rows + [pytest.param(GROUPED_CONV, False, id=GROUPED_CONV)]
+
+
+@pytest.mark.parametrize("impl,fused", _task_data_rows())
+def test_task_data_step(benchmark, patches, impl, fused):
+    if impl == GROUPED_CONV:
+        fn = lambda: _reference_task_data_step(patches)  # noqa: E731
+        row(benchmark, "task-data step", impl)
+    else:
+        fn = lambda: _task_data_step(patches, impl, fused)  # noqa: E731
+        row(benchmark, "task-data step", f"{impl} {'fused Gaussian' if fused else 'kernel tensor'}",
+            against=(GROUPED_CONV,))
     assert fn().shape == (TASKS * PATCHES, 3, PATCH, PATCH)
-    ref_s, ours_s = _paired_medians(reference, fn, 15)
-    # Where the time goes: the blur alone and imresize alone.
-    lr = torch.rand(TASKS * PATCHES, 3, PATCH // SCALE, PATCH // SCALE, device=DEVICE)
-    kernels = torch.rand(TASKS * PATCHES, KERNEL, KERNEL, device=DEVICE)
-    blur_s, resize_s = _paired_medians(lambda: blur_downsample(patches, kernels, SCALE, backend=backend),
-                                       lambda: imresize(lr, scale=SCALE, size=(PATCH, PATCH)), 15)
-    benchmark.extra_info.update({
-        "device": DEVICE, "threads": torch.get_num_threads(), "backend": backend, "fused_gaussian": fused,
-        "step_ms": round(ours_s * 1e3, 3), "grouped_conv_step_ms": round(ref_s * 1e3, 3),
-        "speedup_vs_grouped_conv": round(ref_s / ours_s, 2), "blur_only_ms": round(blur_s * 1e3, 3),
-        "imresize_only_ms": round(resize_s * 1e3, 3), "target_ms": 8.0, "reference_numpy_ms": 230.0})
-    print(f"\n[{backend}] task-data step ({'fused Gaussian' if fused else 'kernel tensor'}): {ours_s * 1e3:.2f} ms "
-          f"(grouped conv {ref_s * 1e3:.2f} ms; blur alone {blur_s * 1e3:.2f} ms, imresize alone "
-          f"{resize_s * 1e3:.2f} ms; target 8 ms, reference numpy 230 ms)")
+    benchmark.extra_info.update({"device": DEVICE, "threads": torch.get_num_threads(), "target_ms": 8.0,
+                                 "reference_numpy_ms": 230.0})
+    benchmark.pedantic(fn, rounds=15, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("stage", [*(f"blur-{backend}" for backend in _backends()), "imresize"])
+def test_task_data_stage(benchmark, patches, stage):
+    """Where the task-data step's time goes: the blur alone (per backend) and imresize alone."""
+    if stage == "imresize":
+        lr = torch.rand(TASKS * PATCHES, 3, PATCH // SCALE, PATCH // SCALE, device=DEVICE)
+        fn = lambda: imresize(lr, scale=SCALE, size=(PATCH, PATCH))  # noqa: E731
+    else:
+        kernels = torch.rand(TASKS * PATCHES, KERNEL, KERNEL, device=DEVICE)
+        fn = lambda: blur_downsample(patches, kernels, SCALE, backend=stage.split("-", 1)[1])  # noqa: E731
+    row(benchmark, "task-data step, stages", stage)
+    benchmark.extra_info.update({"device": DEVICE, "threads": torch.get_num_threads()})
     benchmark.pedantic(fn, rounds=15, warmup_rounds=1)

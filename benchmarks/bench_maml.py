@@ -2,22 +2,24 @@
 5 inner steps, 8 + 8 patches of 64x64, L1, alpha = 0.01, MSL-weighted query
 losses, meta-gradient wrt the initial parameters; second and first order.
 
-Three implementations, same data, same run, time and peak memory:
+Three implementations, same data, rows of the group "meta-iteration order N"
+(time and peak memory):
 - ours: mzsr_fast.maml.inner_loop (stacked parameters, fused sgd_step);
-- per-task loop: what a user writes with functional_forward, one task after the
+- per_task_loop: what a user writes with functional_forward, one task after the
   other, torch.autograd.grad(create_graph=True) and p - rate * g, each task's meta
   loss backpropagated before the next task (the memory-frugal plain way);
-- torch.func: functional_call + grad inside vmap over the tasks.
-All three are checked to give the same meta-gradient. Peak memory on CPU is the
-peak resident set above the start of the run (malloc_trim, then the kernel's
-high-water mark reset through /proc/self/clear_refs); on CUDA,
-torch.cuda.max_memory_allocated.
+- torch_func: functional_call + grad inside vmap over the tasks.
+All three are checked to give the per-task loop's meta-gradient; ours's
+speed-up over both is printed after pytest-benchmark's table (timing.py).
+Peak memory (extra_info["peak_mib"], the largest of the rounds, printed with -s)
+on CPU is the peak resident set above the start of the call (malloc_trim,
+then the kernel's high-water mark reset through /proc/self/clear_refs); on
+CUDA, torch.cuda.max_memory_allocated.
 
 Run: [MZSR_BENCH_THREADS=n] pytest benchmarks/bench_maml.py --benchmark-only -s
      python benchmarks/bench_maml.py [strategies]  (stacked-forward strategy table)
-A second-order meta-iteration takes tens of seconds on a 2-core CPU: ours gets
-one warm-up, then MZSR_BENCH_ROUNDS (default 2) interleaved rounds of all
-three, best of the rounds.
+A second-order meta-iteration takes tens of seconds on a 2-core CPU: each row
+gets one warm-up round, then MZSR_BENCH_ROUNDS (default 2) rounds.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from timing import row
 from torch.func import functional_call
 
 from mzsr_fast import maml
@@ -172,50 +175,37 @@ def problem():
     return make_problem()
 
 
-@pytest.mark.parametrize("order", [2, 1])
-def test_meta_iteration(benchmark, problem, order):
-    """ROUNDS rounds; in each, the two references run first (pedantic's untimed
-    setup, timed here) and then ours (timed by pytest-benchmark): interleaved,
-    so a change of background load hits all three alike. Best of the rounds."""
-    refs = {"per-task loop": per_task_loop, "torch.func": torch_func}
-    times = {name: [] for name in refs}
-    peaks = {name: [] for name in [*refs, "ours"]}
-    results = {}
+IMPLEMENTATIONS = {"per_task_loop": per_task_loop, "torch_func": torch_func, "ours": ours}
+_META_GRADIENT: dict[int, list[torch.Tensor]] = {}  # order -> the per-task loop's meta-gradient
 
-    def setup():
-        for name, fn in refs.items():
-            seconds, peak, results[name] = measure(lambda: fn(problem, order), warmup=0)
-            times[name].append(seconds)
-            peaks[name].append(peak)
+
+def _meta_gradient(problem, order: int) -> list[torch.Tensor]:
+    if order not in _META_GRADIENT:
+        _META_GRADIENT[order] = per_task_loop(problem, order)
+    return _META_GRADIENT[order]
+
+
+@pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
+@pytest.mark.parametrize("order", [2, 1])
+def test_meta_iteration(benchmark, problem, order, impl):
+    peaks, results = [], []
 
     def run():
         with PeakMemory() as memory:
-            results["ours"] = ours(problem, order)
-        peaks["ours"].append(memory.peak)
+            results.append(IMPLEMENTATIONS[impl](problem, order))
+        peaks.append(memory.peak)
 
-    ours(problem, order)  # warm-up (oneDNN primitives, allocator)
-    benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1, warmup_rounds=0)
-    t_ours = benchmark.stats.stats.min
-    t_loop, t_func = min(times["per-task loop"]), min(times["torch.func"])
-    m_ours, m_loop, m_func = (max(peaks[k]) / 2 ** 20 for k in ("ours", "per-task loop", "torch.func"))
-    _assert_same(results["ours"], results["per-task loop"], "ours vs per-task loop")
-    _assert_same(results["torch.func"], results["per-task loop"], "torch.func vs per-task loop")
-    best = min(t_loop, t_func)
-    benchmark.extra_info.update({
-        "device": DEVICE, "threads": torch.get_num_threads(), "order": order, "rounds": ROUNDS,
-        "ours_s": t_ours, "per_task_loop_s": t_loop, "torch_func_s": t_func,
-        "ours_peak_mib": m_ours, "per_task_loop_peak_mib": m_loop, "torch_func_peak_mib": m_func,
-        "speedup_vs_loop": t_loop / t_ours, "speedup_vs_torch_func": t_func / t_ours,
-        "speedup_vs_faster_reference": best / t_ours, "peak_memory_vs_loop": m_ours / m_loop})
-    print(f"\nmeta-iteration order {order} ({TASKS} tasks x {STEPS} steps, {PATCHES}+{PATCHES} patches "
-          f"{SIZE}x{SIZE}, {DEVICE}, {torch.get_num_threads()} threads, best of {ROUNDS} interleaved rounds):\n"
-          f"  ours           {t_ours:7.2f} s  peak {m_ours:8.0f} MiB  "
-          f"({' '.join(f'{t:.2f}' for t in benchmark.stats.stats.data)} s)\n"
-          f"  per-task loop  {t_loop:7.2f} s  peak {m_loop:8.0f} MiB  ({t_loop / t_ours:.2f}x ours; "
-          f"{' '.join(f'{t:.2f}' for t in times['per-task loop'])} s)\n"
-          f"  torch.func     {t_func:7.2f} s  peak {m_func:8.0f} MiB  ({t_func / t_ours:.2f}x ours; "
-          f"{' '.join(f'{t:.2f}' for t in times['torch.func'])} s)\n"
-          f"  speedup over the faster reference: {best / t_ours:.2f}x")
+    row(benchmark, f"meta-iteration order {order}", impl,
+        against=("per_task_loop", "torch_func") if impl == "ours" else ())
+    benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    if impl == "per_task_loop":
+        _META_GRADIENT.setdefault(order, results[-1])
+    _assert_same(results[-1], _meta_gradient(problem, order), f"{impl} vs per-task loop")
+    peak = max(peaks[-ROUNDS:]) / 2 ** 20  # the timed rounds
+    benchmark.extra_info.update({"device": DEVICE, "threads": torch.get_num_threads(), "order": order,
+                                 "peak_mib": peak})
+    print(f"\nmeta-iteration order {order}, {impl}: peak memory {peak:.0f} MiB "
+          f"({TASKS} tasks x {STEPS} steps, {PATCHES}+{PATCHES} patches {SIZE}x{SIZE}, {DEVICE})")
 
 
 @pytest.mark.parametrize("strategy", list(maml.STRATEGIES))
@@ -229,6 +219,7 @@ def test_stacked_forward_backward(benchmark, problem, strategy):
         loss = (maml.stacked_forward(stacked, x, strategy) - y).abs().mean()
         return torch.autograd.grad(loss, list(stacked.values()))
 
+    row(benchmark, "stacked forward+backward", strategy)
     benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update({"strategy": strategy, "device": DEVICE})
 

@@ -4,9 +4,11 @@
     out_i = p_i - rate * g_i
 
 with a float rate and with one rate per task, by every available sgd_step
-backend against what a user would write: a Python loop over the tensors and
-torch._foreach ops (one call per list), in the same run, ratios in
-benchmark.extra_info and printed.
+backend and by what a user would write: a Python loop over the tensors
+("python_loop") and torch._foreach ops, one call per list ("foreach"). Each is
+a row of the group "sgd_step RATE rates"; each backend's speed-up over the two
+plain ways is printed after the table (timing.py); extra_info["gb_per_s"] is
+the bytes read and written per second at the best round.
 
 Run: [MZSR_BENCH_THREADS=n] pytest benchmarks/bench_sgd_step.py --benchmark-only -s
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from timing import sync, timed
+from timing import row, sync
 import torch
 
 from mzsr_fast import dispatch
@@ -26,7 +28,6 @@ TASKS = 5
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if os.environ.get("MZSR_BENCH_THREADS"):  # e.g. 1 on a machine whose other core is busy
     torch.set_num_threads(int(os.environ["MZSR_BENCH_THREADS"]))
-
 
 
 @pytest.fixture(scope="module")
@@ -61,35 +62,25 @@ def _backends():
     return out
 
 
+PLAIN = {"python_loop": python_loop, "foreach": foreach}
+
 
 @pytest.mark.parametrize("rate", ["float", "per-task"])
-@pytest.mark.parametrize("backend", _backends())
-def test_sgd_step(benchmark, lists, backend, rate):
-    """Rounds interleave the three: the references run in pedantic's untimed
-    setup (timed here), then ours; best of the rounds for each."""
+@pytest.mark.parametrize("impl", [*_backends(), *PLAIN])
+def test_sgd_step(benchmark, lists, impl, rate):
     params, grads = lists
     rates = 0.01 if rate == "float" else torch.linspace(0.005, 0.02, TASKS, device=DEVICE)
-    run = lambda: sgd_step(params, grads, rates, backend=backend)  # noqa: E731
+    if impl in PLAIN:
+        run = lambda: PLAIN[impl](params, grads, rates)  # noqa: E731
+        row(benchmark, f"sgd_step {rate} rates", impl)
+    else:
+        run = lambda: sgd_step(params, grads, rates, backend=impl)  # noqa: E731
+        row(benchmark, f"sgd_step {rate} rates", impl, against=PLAIN)
     for a, b in zip(run(), python_loop(params, grads, rates)):
         torch.testing.assert_close(a, b)
-    refs = {"python loop": lambda: python_loop(params, grads, rates), "foreach": lambda: foreach(params, grads, rates)}
-    times = {name: [] for name in refs}
-
-    def setup():
-        for name, fn in refs.items():
-            times[name].append(timed(fn, DEVICE))
-
-    for fn in [*refs.values(), run]:
-        fn()  # warm-up
-    rounds = 3 if backend == "triton" and DEVICE == "cpu" else 50  # the interpreter is slow
-    benchmark.pedantic(lambda: (run(), sync(DEVICE)), setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
-    ours = benchmark.stats.stats.min
-    loop_s, foreach_s = min(times["python loop"]), min(times["foreach"])
-    moved = 3 * sum(p.numel() * p.element_size() for p in params)
-    benchmark.extra_info.update({"device": DEVICE, "threads": torch.get_num_threads(), "backend": backend,
-                                 "rate": rate, "python_loop_s": loop_s, "foreach_s": foreach_s,
-                                 "speedup_vs_python_loop": loop_s / ours, "speedup_vs_foreach": foreach_s / ours,
-                                 "gb_per_s": moved / ours / 1e9})
-    print(f"\nsgd_step {backend} ({rate} rates, {DEVICE}, {torch.get_num_threads()} threads): {ours * 1e3:.2f} ms "
-          f"({moved / ours / 1e9:.1f} GB/s); python loop {loop_s * 1e3:.2f} ms ({loop_s / ours:.2f}x), "
-          f"torch._foreach {foreach_s * 1e3:.2f} ms ({foreach_s / ours:.2f}x)")
+    rounds = 3 if impl == "triton" and DEVICE == "cpu" else 50  # the interpreter is slow
+    benchmark.pedantic(lambda: (run(), sync(DEVICE)), rounds=rounds, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update({"device": DEVICE, "threads": torch.get_num_threads(), "rate": rate})
+    if benchmark.stats:  # None under --benchmark-disable
+        moved = 3 * sum(p.numel() * p.element_size() for p in params)
+        benchmark.extra_info["gb_per_s"] = moved / benchmark.stats.stats.min / 1e9

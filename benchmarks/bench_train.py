@@ -11,23 +11,26 @@ same run:
   bicubic pairs made in numpy one patch at a time.
 
 Both sides get the same HR patches and kernels (cut by PatchSampler), so the
-difference is the task-data pipeline and the inner loop. One round each after
-a warm-up round, interleaved (naive warm-up, ours warm-up, ours, naive): a
-second-order meta-iteration is 10-20 s on an idle 2-core CPU, so this file
-takes a few minutes there. On a shared machine the load average (printed)
-moves single rounds by tens of percent: compare ratios from the same run only.
+difference is the task-data pipeline and the inner loop. Rows of the groups
+"training meta-iteration order N", "training task data" and "training pretrain
+iteration" ("ours" and "naive"); ours's speed-up over the naive way is printed
+after pytest-benchmark's table (timing.py). A second-order meta-iteration is
+10-20 s on an idle 2-core CPU (one warm-up and one timed round each), so this
+file takes a few minutes there. On a shared machine the load (extra_info["load"])
+moves single rounds by tens of percent; `--benchmark-timer=time.process_time`
+times CPU time instead.
 
 Run: pytest benchmarks/bench_train.py --benchmark-only -s
 (MZSR_FAST_TRAIN_DATA: image folder; default ../shared/data/train, else synthetic images)
 """
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from timing import row
 
 from mzsr_fast.gaussian import gaussian_kernel
 from mzsr_fast.model import MZSRNet, functional_forward
@@ -122,58 +125,70 @@ def data_dir(tmp_path_factory):
     return str(root)
 
 
-def _once(fn, warmup=1):
-    for _ in range(warmup):
-        fn()
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+@pytest.fixture(scope="module")
+def learners(data_dir, tmp_path_factory):
+    """order -> a MetaLearner at the paper's defaults (built once per order)."""
+    made = {}
+
+    def get(order: int) -> MetaLearner:
+        if order not in made:
+            torch.manual_seed(0)
+            out = tmp_path_factory.mktemp(f"meta_order{order}")
+            made[order] = MetaLearner(MetatrainConfig(data_dir, str(out), order=order, progress=False))
+        return made[order]
+    return get
+
+
+@pytest.fixture(scope="module")
+def pretrainer(data_dir, tmp_path_factory):
+    torch.manual_seed(0)
+    return Pretrainer(PretrainConfig(data_dir, str(tmp_path_factory.mktemp("pretrain")), progress=False))
+
+
+def _row(benchmark, group: str, impl: str) -> None:
+    """impl ("ours" or "naive") as a row of group; ours is compared with naive."""
+    row(benchmark, group, impl, against=("naive",) if impl == "ours" else ())
+    benchmark.extra_info.update({"threads": torch.get_num_threads(), "load": os.getloadavg()[0]})
 
 
 # -- benchmarks --------------------------------------------------------------
 
+@pytest.mark.parametrize("impl", ["ours", "naive"])
 @pytest.mark.parametrize("order", [2, 1])
-def test_meta_iteration(benchmark, data_dir, tmp_path, order):
-    torch.manual_seed(0)
-    config = MetatrainConfig(data_dir, str(tmp_path / "run"), order=order, progress=False)
-    learner = MetaLearner(config)
-    model = MZSRNet()
-    model.load_state_dict(learner.model.state_dict())
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.meta_lr)
+def test_meta_iteration(benchmark, learners, order, impl):
+    learner = learners(order)
     step = iter(range(10 ** 6))
-
-    def naive():
-        return naive_meta_step(model, optimizer, learner.batch(next(step)), order=order)
-
-    # naive warm-up, ours warm-up, ours, naive: both sides see the same drift of a shared machine's load
-    naive()
-    benchmark.pedantic(lambda: learner.train_step(learner.batch(next(step)), 0), rounds=1, iterations=1,
-                       warmup_rounds=1)
-    ours = benchmark.stats.stats.min
-    naive_s = _once(naive, warmup=0)
-    data_ours = _once(lambda: learner.task_sets(learner.batch(0)), warmup=1)
-    data_naive = _once(lambda: reference_task_data(learner.batch(0)), warmup=0)
-    benchmark.extra_info.update({"order": order, "naive_s": naive_s, "speedup_vs_naive": naive_s / ours,
-                                 "task_data_ours_s": data_ours, "task_data_naive_s": data_naive,
-                                 "threads": torch.get_num_threads(), "load": os.getloadavg()[0]})
-    print(f"\nmeta-iteration, order {order}, 5 tasks x 5 steps, 8+8 patches of 64: ours {ours:.2f} s "
-          f"({1 / ours:.3f} it/s), naive {naive_s:.2f} s ({1 / naive_s:.3f} it/s), speedup {naive_s / ours:.2f}x; "
-          f"task data: ours {data_ours * 1e3:.0f} ms, numpy/scipy {data_naive * 1e3:.0f} ms "
-          f"[{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}]")
+    if impl == "ours":
+        fn = lambda: learner.train_step(learner.batch(next(step)), 0)  # noqa: E731
+    else:
+        model = MZSRNet()
+        model.load_state_dict(learner.model.state_dict())
+        optimizer = torch.optim.Adam(model.parameters(), lr=learner.config.meta_lr)
+        fn = lambda: naive_meta_step(model, optimizer, learner.batch(next(step)), order=order)  # noqa: E731
+    _row(benchmark, f"training meta-iteration order {order}", impl)
+    benchmark.pedantic(fn, rounds=1, iterations=1, warmup_rounds=1)
 
 
-def test_pretrain_iteration(benchmark, data_dir, tmp_path):
-    torch.manual_seed(0)
-    trainer = Pretrainer(PretrainConfig(data_dir, str(tmp_path / "run"), progress=False))
+@pytest.mark.parametrize("impl", ["ours", "naive"])
+def test_meta_task_data(benchmark, learners, impl):
+    """A meta-iteration's task data alone: ours, or numpy/scipy one patch at a time."""
+    learner = learners(2)
+    if impl == "ours":
+        fn = lambda: learner.task_sets(learner.batch(0))  # noqa: E731
+    else:
+        fn = lambda: reference_task_data(learner.batch(0))  # noqa: E731
+    _row(benchmark, "training task data", impl)
+    benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("impl", ["ours", "naive"])
+def test_pretrain_iteration(benchmark, pretrainer, impl):
     step = iter(range(10 ** 6))
-    benchmark.pedantic(lambda: trainer.train_step(trainer.batch(next(step)), 0), rounds=3, iterations=1,
-                       warmup_rounds=1)
-    ours = benchmark.stats.stats.min
-    model = MZSRNet()
-    optimizer = torch.optim.Adam(model.parameters(), lr=4e-4)
-    naive = min(_once(lambda: naive_pretrain_step(model, optimizer, trainer.batch(next(step))), warmup=w)
-                for w in (1, 0, 0))
-    benchmark.extra_info.update({"naive_s": naive, "speedup_vs_naive": naive / ours})
-    print(f"\npretrain iteration, batch 32 of 96: ours {ours:.2f} s ({1 / ours:.3f} it/s), "
-          f"naive {naive:.2f} s, speedup {naive / ours:.2f}x [{torch.get_num_threads()} threads, "
-          f"load {os.getloadavg()[0]:.1f}]")
+    if impl == "ours":
+        fn = lambda: pretrainer.train_step(pretrainer.batch(next(step)), 0)  # noqa: E731
+    else:
+        model = MZSRNet()
+        optimizer = torch.optim.Adam(model.parameters(), lr=4e-4)
+        fn = lambda: naive_pretrain_step(model, optimizer, pretrainer.batch(next(step)))  # noqa: E731
+    _row(benchmark, "training pretrain iteration", impl)
+    benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=1)

@@ -1,20 +1,25 @@
 """mzsr_fast: fast zero-shot super-resolution by meta-transfer learning (MZSR).
 
 Images are float RGB tensors in [0, 1], [B, C, H, W] (or [C, H, W]).
+The names below are imported on first use (mzsr_fast._lazy): `import mzsr_fast`
+and the mzsr-fast command's parser do not import torch.
 """
-from . import io, maml, metrics
-from .adapt import adapt
-from .blind import KernelEstimate, estimate_kernel
-from .degradation import PRESETS, Preset, degrade, preset
-from .dispatch import backends, get_default_backend, set_default_backend
-from .gaussian import gaussian_kernel, sample_kernel_params
-from .model import MZSRNet, functional_forward
-from .ops.blur_downsample import anisotropic_blur_downsample, blur_downsample
-from .ops.sgd_step import sgd_step
-from .pretrained import load_model, save_model
-from .resize import imresize
+from ._lazy import lazy_package
 
 __version__ = "0.1.0"
+
+lazy_package(__name__, modules=("io", "maml", "metrics"), names={
+    "adapt": "adapt",
+    "KernelEstimate": "blind", "estimate_kernel": "blind",
+    "PRESETS": "degradation", "Preset": "degradation", "degrade": "degradation", "preset": "degradation",
+    "backends": "dispatch", "get_default_backend": "dispatch", "set_default_backend": "dispatch",
+    "gaussian_kernel": "gaussian", "sample_kernel_params": "gaussian",
+    "MZSRNet": "model", "functional_forward": "model",
+    "anisotropic_blur_downsample": "ops.blur_downsample", "blur_downsample": "ops.blur_downsample",
+    "sgd_step": "ops.sgd_step",
+    "load_model": "pretrained", "save_model": "pretrained",
+    "imresize": "resize",
+})
 
 __all__ = [
     "gaussian_kernel", "sample_kernel_params", "preset", "Preset", "PRESETS", "imresize",

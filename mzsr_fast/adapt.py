@@ -13,19 +13,26 @@ import contextlib
 import numbers
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from . import _checks, _tf32
+from .budget import MIN_PIXELS, Budget, texture_weights
 from .degradation import degrade, load_kernel
 from .maml import LOSSES, sgd_update_, stacked_forward
-from .model import PARAMETER_NAMES
-from .pretrained import ModelInfo, mode_mismatch, resolve_model
+from .model import PARAMETER_NAMES, MZSRNet
+from .pretrained import ModelInfo, mode_mismatch, resolve_model, unadapted_warning
 from .resize import imresize
 
-__all__ = ["adapt", "learning_rates", "forward_tiled", "back_projection", "available_memory", "RECEPTIVE_RADIUS",
-           "AUTO_TILE"]
+__all__ = ["adapt", "UnadaptedModelWarning", "learning_rates", "forward_tiled", "upscale_tiled", "back_projection",
+           "available_memory", "RECEPTIVE_RADIUS", "AUTO_TILE", "ADAPT_PIXELS"]
+
+
+class UnadaptedModelWarning(UserWarning):
+    """steps=0 with a meta-learned model, which is meant to be adapted."""
+
 
 # Eight 3x3 convolutions: an output pixel sees 8 pixels on each side.
 RECEPTIVE_RADIUS = 8
@@ -34,13 +41,20 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 # None: its peak (three 64-channel float32 maps of a tile with its margins) is
 # about 0.8 GB, and the margins add 3% of work.
 AUTO_TILE = 1024
-# Peak bytes per LR pixel and image of an adaptation step (what autograd keeps
-# of the eight 64-channel layers for the backward pass): 2.2 KB measured
-# (peak RSS, 1024x1024 LR, fp32, CPU), with a margin.
+# The default pixel budget of an adaptation step (adapt_pixels): see budget.py and the README.
+ADAPT_PIXELS = 65536
+# Peak bytes per LR pixel an adaptation step sees (what autograd keeps of the
+# eight 64-channel layers for the backward pass): 2.2 KB measured (peak RSS,
+# 1024x1024 LR, fp32, CPU), with a margin.
 ADAPT_BYTES_PER_PIXEL = 2560
-# Peak bytes per output pixel besides the tiles (the upsampled LR, the SR and
-# the resize's intermediates): 80 measured the same way, with a margin.
-OUTPUT_BYTES_PER_PIXEL = 96
+# Bytes per LR pixel held through the adaptation: the image, its son, the
+# son upsampled, the texture map of the windows.
+IMAGE_BYTES_PER_PIXEL = 64
+# Bytes per output pixel: the SR image (float32).
+OUTPUT_BYTES_PER_PIXEL = 16
+# Bytes per output pixel of an inference tile with its margins (three
+# 64-channel float32 maps and the upsampled input).
+TILE_BYTES_PER_PIXEL = 800
 
 
 def learning_rates(schedule: Sequence, steps: int) -> list:
@@ -55,6 +69,15 @@ def _autocast(device: torch.device, precision: str, cache: bool = True):
     return contextlib.nullcontext()
 
 
+def _tiles(height: int, width: int, tile: int | None):
+    """(top, left, bottom, right) of the tiles of tile x tile pixels covering an image, row by row."""
+    if tile is None:
+        tile = max(height, width)
+    for top in range(0, height, tile):
+        for left in range(0, width, tile):
+            yield top, left, min(top + tile, height), min(left + tile, width)
+
+
 def forward_tiled(fn, x: torch.Tensor, tile: int | None, margin: int = RECEPTIVE_RADIUS) -> torch.Tensor:
     """fn(x) computed on tiles of tile x tile output pixels, each with `margin`
     pixels of context, so memory stays bounded. For a network whose receptive
@@ -66,13 +89,46 @@ def forward_tiled(fn, x: torch.Tensor, tile: int | None, margin: int = RECEPTIVE
     if tile is None or (h <= tile and w <= tile):
         return fn(x)
     out = torch.empty_like(x)
-    for top in range(0, h, tile):
-        for left in range(0, w, tile):
-            t0, l0 = max(top - margin, 0), max(left - margin, 0)
-            t1, l1 = min(top + tile + margin, h), min(left + tile + margin, w)
-            piece = fn(x[..., t0:t1, l0:l1])
-            bottom, right = min(top + tile, h), min(left + tile, w)
-            out[..., top:bottom, left:right] = piece[..., top - t0:bottom - t0, left - l0:right - l0]
+    for top, left, bottom, right in _tiles(h, w, tile):
+        t0, l0 = max(top - margin, 0), max(left - margin, 0)
+        t1, l1 = min(bottom + margin, h), min(right + margin, w)
+        piece = fn(x[..., t0:t1, l0:l1])
+        out[..., top:bottom, left:right] = piece[..., top - t0:bottom - t0, left - l0:right - l0]
+    return out
+
+
+# LR pixels of context a tile's bicubic upsampling needs on each side (its
+# taps reach 2 pixels beyond the output's position; one more for safety).
+RESIZE_CONTEXT = 3
+
+
+def upscale_tiled(fn, lr: torch.Tensor, scale: int, tile: int | None, margin: int = RECEPTIVE_RADIUS,
+                  on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """fn(imresize(lr, scale)) computed on tiles of tile x tile output pixels:
+    each tile's input is upsampled from the LR pixels it needs (RESIZE_CONTEXT
+    of them around it), so neither the upsampled image nor fn's maps of it are
+    ever held whole. Equals the untiled computation up to float rounding.
+    on_tile(done, total) is called after each tile.
+
+    lr: [B, C, H, W] -> [B, C, scale H, scale W] (fn's dtype).
+    """
+    h, w = lr.shape[-2:]
+    out_h, out_w = h * scale, w * scale
+    tiles = list(_tiles(out_h, out_w, tile))
+    out = None
+    for done, (top, left, bottom, right) in enumerate(tiles, 1):
+        t0, l0 = max(top - margin, 0), max(left - margin, 0)  # the tile with its context, output pixels
+        t1, l1 = min(bottom + margin, out_h), min(right + margin, out_w)
+        a0, b0 = max(t0 // scale - RESIZE_CONTEXT, 0), max(l0 // scale - RESIZE_CONTEXT, 0)  # in LR pixels
+        a1, b1 = min(-(-t1 // scale) + RESIZE_CONTEXT, h), min(-(-l1 // scale) + RESIZE_CONTEXT, w)
+        up = imresize(lr[..., a0:a1, b0:b1], scale=scale)
+        up = up[..., t0 - a0 * scale:t1 - a0 * scale, l0 - b0 * scale:l1 - b0 * scale]
+        piece = fn(up.contiguous(memory_format=torch.channels_last))
+        if out is None:
+            out = torch.empty(*lr.shape[:-2], out_h, out_w, dtype=piece.dtype, device=piece.device)
+        out[..., top:bottom, left:right] = piece[..., top - t0:bottom - t0, left - l0:right - l0]
+        if on_tile is not None:
+            on_tile(done, len(tiles))
     return out
 
 
@@ -92,17 +148,30 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def _check_memory(y: torch.Tensor, scale: int, steps: int) -> None:
-    """Refuse (ValueError) an adaptation of y ([T, C, H, W]) that cannot fit in memory."""
-    tasks, _, h, w = y.shape
-    need = (ADAPT_BYTES_PER_PIXEL * tasks * h * w if steps else 0) + OUTPUT_BYTES_PER_PIXEL * tasks * h * w * scale ** 2
-    free = available_memory(y.device)
+def _check_memory(images: list[torch.Tensor], scale: int, steps: int, plan: Budget | None, share: bool,
+                  tile: int) -> None:
+    """Refuse (ValueError) an adaptation of images ([C, H, W] each) that cannot
+    fit in memory: what the steps see (the whole images, or plan's windows)
+    and the output."""
+    pixels = [im.shape[-2] * im.shape[-1] for im in images]
+    if not steps:
+        seen = 0
+    elif plan is not None:
+        seen = len(plan.sizes) * plan.count * plan.wh * plan.ww
+    else:
+        seen = sum(pixels)
+    # the adaptation, the images and their sons, the outputs, and one inference tile
+    tile_pixels = min(max(pixels) * scale ** 2, (tile + 2 * RECEPTIVE_RADIUS) ** 2)
+    need = ADAPT_BYTES_PER_PIXEL * seen + IMAGE_BYTES_PER_PIXEL * sum(pixels) \
+        + OUTPUT_BYTES_PER_PIXEL * sum(pixels) * scale ** 2 + TILE_BYTES_PER_PIXEL * tile_pixels
+    free = available_memory(images[0].device)
     if free is not None and need > free:
-        work = "the adaptation (forward and backward passes over the whole image) and the output" if steps else \
-            "the output"
-        raise ValueError(f"lr: {_checks.size_text(y.shape)} x{scale} needs about {_bytes_text(need)} for {work}, "
-                         f"more than the {_bytes_text(free)} available on {y.device}; expected a smaller image "
-                         f"(crop or split it){' or steps=0' if steps else ''}")
+        shape = images[int(torch.tensor(pixels).argmax())].shape
+        work = "the adaptation (forward and backward passes) and the output" if steps else "the output"
+        raise ValueError(f"lr: {_checks.size_text(shape)}{' and more' if len(images) > 1 else ''} x{scale} needs "
+                         f"about {_bytes_text(need)} for {work}, more than the {_bytes_text(free)} available on "
+                         f"{images[0].device}; expected a smaller image (crop or split it)"
+                         f"{', a smaller adapt_pixels' if steps and (plan or not share) else ''}")
 
 
 def _bytes_text(n: int) -> str:
@@ -131,11 +200,15 @@ def _kernels(kernel, batch: int) -> tuple[torch.Tensor, str | None]:
     return load_kernel(kernel)
 
 
-def _estimated_kernels(y: torch.Tensor, scale: int, mode: str) -> torch.Tensor:
-    """kernel="auto": the blind-mode estimate of each image, [B, 21, 21] float64."""
-    from .blind import estimate_kernel
+def _estimated_kernels(images: list[torch.Tensor], scale: int, mode: str, share: bool) -> torch.Tensor:
+    """kernel="auto": the blind-mode estimate of each image [C, H, W], [B, 21, 21]
+    float64; with share the one kernel of all of them (blind.joint_estimate), [21, 21]."""
+    from .blind import estimate_kernel, joint_estimate
 
-    return torch.stack([e.kernel for e in estimate_kernel(list(y), scale, mode=mode)])
+    estimates = estimate_kernel(images, scale, mode=mode)
+    if share:
+        return joint_estimate(estimates).kernel
+    return torch.stack([e.kernel for e in estimates])
 
 
 def _check_steps(steps) -> int:
@@ -169,10 +242,10 @@ def _schedule(schedule, info: ModelInfo, steps: int) -> list:
     return learning_rates(rates, steps)
 
 
-def _check_converged(losses: torch.Tensor, sr: torch.Tensor, rates: list[float]) -> None:
+def _check_converged(losses: torch.Tensor, srs: list[torch.Tensor], rates: list[float]) -> None:
     """Raise ValueError when the adaptation diverged: a loss ([T, steps]) or an
-    output pixel (sr before clipping) that is not finite."""
-    if bool(torch.isfinite(losses).all()) and bool(torch.isfinite(sr).all()):
+    output pixel (srs, before clipping) that is not finite."""
+    if bool(torch.isfinite(losses).all()) and all(bool(torch.isfinite(sr).all()) for sr in srs):
         return
     trace = ", ".join(f"{v:.3g}" for v in losses.amax(0).tolist())
     raise ValueError(f"the adaptation diverged: L1 loss before each step {trace} with learning rates {rates}, "
@@ -229,49 +302,77 @@ def _capture(step: Callable[[], torch.Tensor], device: torch.device) -> Callable
     return replay
 
 
-def _adapt_weights(params: dict[str, torch.Tensor], x: torch.Tensor, target: torch.Tensor,
+# Each step's network input, target and loss mask: [T, N, C, h, w] twice and
+# [T, N, 1, h, w] (None: every output pixel of the N = 1 whole image counts).
+StepInputs = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
+
+
+def _l1_loss(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Per task L1 of out against target [T, N, C, h, w]: the mean over every
+    pixel, or with mask over the pixels where it is 1. Returns [T]."""
+    if mask is None:
+        return LOSSES["l1"](out[:, 0].float(), target[:, 0]) if out.shape[1] == 1 else LOSSES["l1"](out.float(), target)
+    error = (out.float() - target).abs() * mask
+    return error.flatten(1).sum(1) / (mask.flatten(1).sum(1) * out.shape[2])
+
+
+def _adapt_weights(params: dict[str, torch.Tensor], tasks: int, inputs: Callable[[int], StepInputs],
                    rates: list[float], precision: str, cuda_graph: bool = False,
                    on_step: Callable[[int, int], None] | None = None,
                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Plain SGD on L1(f(x[t]), target[t]) for every image t at once, each with
-    its own copy of the weights (the tasks of the batched inner loop).
+    """Plain SGD on the L1 loss of every image t at once, each with its own
+    copy of the weights (the tasks of the batched inner loop).
 
-    params: shared weights; x, target: [T, C, H, W]. cuda_graph: the first
-    WARMUP_STEPS steps run eagerly on a side stream, the step (forward,
-    backward, update, with the rate in a device tensor) is then captured once
-    as a CUDA graph and replayed for the remaining steps. on_step(done, total)
-    is called after each step (without waiting for the device). Returns the adapted
-    stacked weights {name: [T, ...]} and the loss before each step, [T, steps].
+    params: shared weights (on the images' device); tasks: T, the number of
+    images; inputs(i): step i's (x, target, mask), StepInputs.
+    cuda_graph: the first WARMUP_STEPS steps run eagerly on a side stream,
+    the step (forward, backward, update, with the rate in a device tensor) is
+    then captured once as a CUDA graph and replayed for the remaining steps,
+    each step's inputs copied into the captured ones. on_step(done, total) is
+    called after each step (without waiting for the device). Returns the
+    adapted stacked weights {name: [T, ...]} and the loss before each step,
+    [T, steps].
     """
-    tasks = x.shape[0]
+    current = list(inputs(0)) if rates else []
     names = list(params)
+    device = next(iter(params.values())).device
     weights = [p.detach().unsqueeze(0).repeat(tasks, *([1] * p.dim())).requires_grad_(True)
                for p in params.values()]
     # the rate of every tensor at every step, on the device once; `rate` holds the current step's row
     table = torch.tensor([[r] * len(names) if isinstance(r, float) else list(r) for r in rates] or [[0.0] * len(names)],
-                         device=x.device)
+                         device=device)
     rate = table[0].clone()
     rate_of_tensor = list(rate.unbind())
 
     def step() -> torch.Tensor:
+        x, target, mask = current
         with _autocast(x.device, precision, cache=not cuda_graph):
-            out = stacked_forward(dict(zip(names, weights)), x[:, None])[:, 0]
-        per_task = LOSSES["l1"](out.float(), target)  # [T]; task t depends on its weights only
+            out = stacked_forward(dict(zip(names, weights)), x)
+        per_task = _l1_loss(out, target, mask)  # [T]; task t depends on its weights only
         grads = torch.autograd.grad(per_task.sum(), weights)
         sgd_update_(list(weights), list(grads), rate_of_tensor)
         return per_task.detach()
 
-    losses = torch.zeros(tasks, len(rates), device=x.device)
+    def load(i: int) -> None:  # step i's inputs into `current` (into the captured tensors once captured)
+        if i == 0:
+            return
+        for held, new in zip(current, inputs(i)):
+            if held is not None and new is not held:
+                held.copy_(new)
+
+    losses = torch.zeros(tasks, len(rates), device=device)
     eager = min(len(rates), WARMUP_STEPS) if cuda_graph else len(rates)
-    with _side_stream(x.device) if cuda_graph else contextlib.nullcontext():
+    with _side_stream(device) if cuda_graph else contextlib.nullcontext():
         for i in range(eager):
+            load(i)
             rate.copy_(table[i])
             losses[:, i] = step()
             if on_step is not None:
                 on_step(i + 1, len(rates))
     if eager < len(rates):
-        replay = _capture(step, x.device)
+        replay = _capture(step, device)
         for i in range(eager, len(rates)):
+            load(i)
             rate.copy_(table[i])
             losses[:, i] = replay()
             if on_step is not None:
@@ -279,14 +380,119 @@ def _adapt_weights(params: dict[str, torch.Tensor], x: torch.Tensor, target: tor
     return {n: w.detach() for n, w in zip(names, weights)}, losses
 
 
-def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | None = None,
+def _son_up(image: torch.Tensor, kernel: torch.Tensor, scale: int, mode: str, backend: str | None) -> torch.Tensor:
+    """The network's adaptation input for an LR image [C, H, W]: its son
+    (degraded once more with kernel [k, k]) upsampled to its size; [1, C, H, W]
+    channels-last (the convolutions run about 1.3x (fp32) to 2x (bf16) faster
+    on the CPU in that layout)."""
+    son = degrade(image[None], kernel.to(image.device), scale, mode=mode, backend=backend)
+    return imresize(son, scale=scale, size=image.shape[-2:]).contiguous(memory_format=torch.channels_last)
+
+
+def _whole_image_inputs(son_ups: list[list[torch.Tensor]], tasks: list[list[torch.Tensor]],
+                        ) -> Callable[[int], StepInputs]:
+    """Every step on the whole images: son_ups[t][j] ([1, C, H, W]) and
+    tasks[t][j] ([C, H, W]), one image per task, or several of one size in one task."""
+    if all(len(task) == 1 for task in tasks):
+        x = torch.cat([task[0] for task in son_ups])[:, None]  # [T, 1, C, H, W]
+        target = torch.stack([task[0] for task in tasks])[:, None]
+    else:
+        x = torch.cat(son_ups[0])[None]  # [1, N, C, H, W]
+        target = torch.stack(tasks[0])[None]
+    return lambda i: (x, target, None)
+
+
+def _budget_inputs(son_ups: list[list[torch.Tensor]], tasks: list[list[torch.Tensor]], plan: Budget,
+                   seed: int) -> Callable[[int], StepInputs]:
+    """Step i on plan.count windows per task of son_ups[t][j] ([1, C, H, W])
+    and tasks[t][j] ([C, H, W]), drawn for that step by texture_weights with a
+    generator seeded by seed (step i is the generator's i-th draw)."""
+    weights = [[texture_weights(image, plan) for image in task] for task in tasks]
+    sources = [[son_up[0] for son_up in task] for task in son_ups]
+    generator = torch.Generator().manual_seed(seed)
+
+    def inputs(i: int) -> StepInputs:
+        windows = plan.draw(weights, generator)
+        return plan.crop(sources, windows), plan.crop(tasks, windows), plan.loss_mask(windows, tasks[0][0].device)
+
+    return inputs
+
+
+def _step_inputs(tasks: list[list[torch.Tensor]], kernels: torch.Tensor, scale: int, mode: str,
+                 backend: str | None, plan: Budget | None, seed: int) -> Callable[[int], StepInputs]:
+    """The adaptation steps' inputs for tasks[t][j] ([C, H, W]) degraded with
+    kernels ([k, k], or [T, k, k] one per task): the whole images, or plan's windows."""
+    son_ups = [[_son_up(image, kernels[t] if kernels.dim() == 3 else kernels, scale, mode, backend)
+                for image in task] for t, task in enumerate(tasks)]
+    return _budget_inputs(son_ups, tasks, plan, seed) if plan else _whole_image_inputs(son_ups, tasks)
+
+
+def _infer(adapted: dict[str, torch.Tensor], images: list[torch.Tensor], share: bool, scale: int, precision: str,
+           tile: int | None, on_tile: Callable[[int, int], None] | None) -> list[torch.Tensor]:
+    """SR of every image [C, H, W] with its task's adapted weights ({name: [T, ...]};
+    with share, task 0's for all), tiled. Returns [C, sH, sW] float32 each, not clipped."""
+    srs = []
+    for i, image in enumerate(images):
+        weights = {n: w[0 if share else i][None] for n, w in adapted.items()}
+
+        def run(x, weights=weights):
+            with torch.no_grad(), _autocast(x.device, precision):
+                return stacked_forward(weights, x[:, None])[:, 0].float()
+
+        srs.append(upscale_tiled(run, image[None], scale, tile or AUTO_TILE, on_tile=on_tile)[0])
+    return srs
+
+
+def _adapted_net(adapted: dict[str, torch.Tensor], task: int, info: ModelInfo, steps: int) -> MZSRNet:
+    """An MZSRNet holding task's adapted weights, with info naming what it was adapted from."""
+    net = MZSRNet()
+    net.load_state_dict({n: w[task].detach().cpu() for n, w in adapted.items()})
+    net.model_info = replace(info, name=f"{info.name}-adapted", notes={**info.notes, "adapted_steps": steps})
+    return net.to(next(iter(adapted.values())).device)
+
+
+def _images(lr) -> tuple[list[torch.Tensor], str]:
+    """The LR images [C, H, W] of lr, and the form to answer in: "image" (a
+    [C, H, W] tensor), "batch" ([B, C, H, W]) or "list" (images of any sizes)."""
+    if isinstance(lr, (list, tuple)):
+        if not lr:
+            raise ValueError("lr: expected at least one image, got an empty list")
+        images = []
+        for i, image in enumerate(lr):
+            if not isinstance(image, torch.Tensor) or image.dim() != 3:
+                raise ValueError(f"lr[{i}]: expected an image [C, H, W], got "
+                                 f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}")
+            images.append(_checks.as_batched_image(image, f"lr[{i}]")[0][0])
+        if len({(im.shape[0], im.device) for im in images}) > 1:
+            raise ValueError("lr: expected images with the same number of channels on one device")
+        return images, "list"
+    y, was_3d = _checks.as_batched_image(lr, "lr")
+    return list(y.unbind(0)), "image" if was_3d else "batch"
+
+
+def _check_pixels(adapt_pixels) -> int:
+    if isinstance(adapt_pixels, bool) or not isinstance(adapt_pixels, int) or \
+            (adapt_pixels != 0 and adapt_pixels < MIN_PIXELS):
+        raise ValueError(f"adapt_pixels: expected 0 (whole images) or an integer >= {MIN_PIXELS}, got "
+                         f"{adapt_pixels!r}")
+    return adapt_pixels
+
+
+def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | None = None,
           schedule: Sequence[float] | None = None, precision: str = "fp32", return_losses: bool = False,
           backprojection: bool = False, tile: int | None = None, backend: str | None = None,
-          cuda_graph: bool = False, on_step: Callable[[int, int], None] | None = None):
+          cuda_graph: bool = False, on_step: Callable[[int, int], None] | None = None,
+          adapt_pixels: int = ADAPT_PIXELS, seed: int = 0, share: bool = False, return_model: bool = False,
+          on_tile: Callable[[int, int], None] | None = None):
     """Super-resolve LR images with MZSR(steps).
 
-    lr: [C, H, W] or [B, C, H, W] in [0, 1]; the B images are adapted at once,
-    each with its own weights (the tasks of the batched inner loop).
+    lr: [C, H, W], a batch [B, C, H, W] or a list of [C, H, W] images of any
+    sizes, in [0, 1]. Without share each image is adapted on its own (a batch
+    at once, each image with its own weights: the tasks of the batched inner
+    loop); with share=True all of them share one kernel (one estimate from all
+    of them for "auto") and one adaptation, whose windows are drawn across the
+    images, and each image is then inferred with the shared weights (frames
+    of one video, a burst, photos of one camera).
     kernel: [k, k] tensor, [B, k, k] (one per image), a preset name, a
     (theta, lambda1, lambda2) triple, a .npy/.mat path, or "auto": each
     image's kernel estimated from the image (mzsr_fast.blind.estimate_kernel,
@@ -301,79 +507,112 @@ def adapt(lr: torch.Tensor, kernel, scale: int = 2, steps: int = 10, model=None,
     convolutions, so a GPU matches the CPU up to summation order), "tf32" (CUDA
     convolutions in TF32, faster on Ampere and later GPUs, about 1e-3 relative
     from fp32; the same as fp32 on the CPU) or "bf16" (autocast).
+    adapt_pixels: the pixel budget of an adaptation step (mzsr_fast.budget):
+    an image (or the images of a shared adaptation) of more LR pixels is
+    adapted on windows of at most that many pixels in all, drawn anew for
+    every step from a generator seeded with `seed`; one at or under it is
+    adapted whole, exactly as with 0 (whole images, the paper's protocol).
     tile: final inference on tiles of this many output pixels (bounded
-    memory; None: AUTO_TILE); the result equals the untiled one. An image
-    whose adaptation (about ADAPT_BYTES_PER_PIXEL per LR pixel) and output
-    do not fit in the memory available is refused with a ValueError.
-    on_step(done, total): called after each adaptation step (progress).
+    memory; None: AUTO_TILE); the result equals the untiled one. An
+    adaptation (about ADAPT_BYTES_PER_PIXEL per LR pixel it sees) and output
+    that do not fit in the memory available are refused with a ValueError.
+    on_step(done, total): called after each adaptation step; on_tile(done,
+    total): after each inference tile (progress).
     cuda_graph: (CUDA only) after WARMUP_STEPS eager steps, capture one
     adaptation step as a CUDA graph and replay it for the remaining steps:
     one launch per step instead of one per kernel (launches dominate small
     images on a fast GPU); the capture itself costs about a step per call.
-    Returns SR [(B,) C, sH, sW]; with return_losses also the L1 loss before
-    each step, [B, steps].
+    Returns SR in lr's form ([C, sH, sW], [B, C, sH, sW] or a list); with
+    return_losses also the L1 loss before each step, [B, steps] ([1, steps]
+    with share); with return_model also the adapted network(s): one MZSRNet
+    with share or for a [C, H, W] image, else a list of one per image.
+    return_losses and return_model add to a tuple in that order.
     """
-    y, was_3d = _checks.as_batched_image(lr, "lr")
+    images, form = _images(lr)
     scale = _checks.integer_scale(scale)
     steps = _check_steps(steps)
+    adapt_pixels = _check_pixels(adapt_pixels)
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
     if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
         raise ValueError(f"tile: expected a positive integer or None, got {tile!r}")
-    if not isinstance(cuda_graph, bool):
-        raise TypeError(f"cuda_graph: expected True or False, got {cuda_graph!r}")
-    if cuda_graph and y.device.type != "cuda":
-        raise ValueError(f"cuda_graph: needs lr on a CUDA device, got {y.device}")
+    for name, flag in (("cuda_graph", cuda_graph), ("share", share), ("return_model", return_model)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name}: expected True or False, got {flag!r}")
+    device = images[0].device
+    if cuda_graph and device.type != "cuda":
+        raise ValueError(f"cuda_graph: needs lr on a CUDA device, got {device}")
+    if form == "list" and not share and len({im.shape for im in images}) > 1:
+        # images of different sizes adapted each on its own: one call per image
+        results = [adapt(im, kernel[i] if isinstance(kernel, torch.Tensor) and kernel.dim() == 3 else kernel,
+                         scale, steps, model, mode, schedule, precision, True, backprojection, tile, backend,
+                         cuda_graph, on_step, adapt_pixels, seed, False, True, on_tile) for i, im in enumerate(images)]
+        out = ([r[0] for r in results],)
+        out += (torch.cat([r[1] for r in results]),) if return_losses else ()
+        out += ([r[2] for r in results],) if return_model else ()
+        return out if len(out) > 1 else out[0]
     if not torch.compiler.is_compiling():
-        _checks.finite_tensor(y, "lr")
-        _checks.unit_range(y, "lr")
+        for i, image in enumerate(images):
+            name = f"lr[{i}]" if form == "list" else "lr"
+            _checks.finite_tensor(image, name)
+            _checks.unit_range(image, name)
+    if share and adapt_pixels == 0 and len({im.shape for im in images}) > 1:
+        raise ValueError("adapt_pixels: 0 (whole images) with share=True needs images of one size; give a pixel "
+                         "budget, e.g. the default")
     if isinstance(kernel, str) and kernel == "auto":
-        net, info = resolve_model(model, mode, scale)
-        kernels, kernel_mode = _estimated_kernels(y, scale, mode or info.mode), None
+        net, info = resolve_model(model, mode, scale, steps=steps)
+        kernels, kernel_mode = _estimated_kernels(images, scale, mode or info.mode, share), None
     else:
-        kernels, kernel_mode = _kernels(kernel, y.shape[0])
-        net, info = resolve_model(model, mode or kernel_mode, scale)
+        if share and isinstance(kernel, torch.Tensor) and kernel.dim() == 3:
+            raise ValueError(f"kernel: share=True adapts all images with one kernel [k, k], got "
+                             f"{kernel.shape[0]} kernels")
+        kernels, kernel_mode = _kernels(kernel, len(images))
+        net, info = resolve_model(model, mode or kernel_mode, scale, steps=steps)
     if info.scales and scale not in info.scales:
         raise ValueError(f"scale: the model {info.name!r} was trained for scales {info.scales}, got {scale}")
     mismatch = mode_mismatch(kernel_mode, info) if mode is None and steps > 0 else None
     if mismatch:
         warnings.warn(mismatch, UserWarning, stacklevel=2)
+    unadapted = unadapted_warning(info) if steps == 0 else None
+    if unadapted:
+        warnings.warn(unadapted, UnadaptedModelWarning, stacklevel=2)
     mode = mode or info.mode
     if mode not in ("direct", "bicubic"):
         raise ValueError(f"mode: expected 'direct' or 'bicubic', got {mode!r}")
     k = kernels.shape[-1]
-    if min(y.shape[-2:]) < k:
-        raise ValueError(f"lr: image of {_checks.size_text(y.shape)} is smaller than the {k}x{k} kernel")
+    for i, image in enumerate(images):
+        if min(image.shape[-2:]) < k:
+            name = f"lr[{i}]" if form == "list" else "lr"
+            raise ValueError(f"{name}: image of {_checks.size_text(image.shape)} is smaller than the {k}x{k} kernel")
     rates = _schedule(schedule, info, steps)
+    tasks = [images] if share else [[im] for im in images]
+    plan = Budget.plan([[im.shape for im in task] for task in tasks], adapt_pixels, RECEPTIVE_RADIUS) \
+        if adapt_pixels and steps else None
     if not torch.compiler.is_compiling():
-        _check_memory(y, scale, steps)
+        _check_memory(images, scale, steps, plan, share, tile or AUTO_TILE)
 
-    y = y.float()
-    params = {n: p.detach().to(y.device, torch.float32) for n, p in net.named_parameters()}
+    tasks = [[im.float() for im in task] for task in tasks]
+    images = [im for task in tasks for im in task]
+    params = {n: p.detach().to(device, torch.float32) for n, p in net.named_parameters()}
     if not torch.compiler.is_compiling():
         for name, p in params.items():
             _checks.finite_tensor(p, f"model: {name}")
-    # channels_last: the convolutions run about 1.3x (fp32) to 2x (bf16) faster on CPU.
-    if steps:
-        son = degrade(y, kernels.to(y.device), scale, mode=mode, backend=backend)
-        son_up = imresize(son, scale=scale, size=y.shape[-2:]).contiguous(memory_format=torch.channels_last)
-    else:  # no step: the son is never used
-        son_up = y
-    lr_up = imresize(y, scale=scale).contiguous(memory_format=torch.channels_last)
     tf32 = _tf32.fp32_precision("tf32") if precision == "tf32" else \
         _tf32.fp32_precision("ieee") if precision == "fp32" else contextlib.nullcontext()
     with tf32:
-        adapted, losses = _adapt_weights(params, son_up, y, rates, precision, cuda_graph, on_step)
-
-        def run(x):
-            with torch.no_grad(), _autocast(x.device, precision):
-                return stacked_forward(adapted, x[:, None])[:, 0].float()
-
-        sr = forward_tiled(run, lr_up, tile or AUTO_TILE)
+        inputs = _step_inputs(tasks, kernels, scale, mode, backend, plan, seed) if steps else None
+        adapted, losses = _adapt_weights(params, len(tasks), inputs, rates, precision, cuda_graph, on_step)
+        del inputs  # and the sons it holds
+        srs = _infer(adapted, images, share, scale, precision, tile, on_tile)
     if steps and not torch.compiler.is_compiling():
-        _check_converged(losses, sr, rates)
-    sr = sr.clamp(0, 1)
+        _check_converged(losses, srs, rates)
+    srs = [sr.clamp_(0, 1) for sr in srs]
     if backprojection:
-        sr = back_projection(sr, y, scale)
-    sr = sr.squeeze(0) if was_3d else sr
-    return (sr, losses) if return_losses else sr
+        srs = [back_projection(sr[None], im[None], scale)[0] for sr, im in zip(srs, images)]
+    out = (srs[0] if form == "image" else torch.stack(srs) if form == "batch" else srs,)
+    if return_losses:
+        out += (losses,)
+    if return_model:
+        nets = [_adapted_net(adapted, t, info, steps) for t in range(len(tasks))]
+        out += (nets[0] if share or form == "image" else nets,)
+    return out if len(out) > 1 else out[0]

@@ -54,8 +54,8 @@ from .degradation import PRESETS
 from .gaussian import gaussian_kernel
 from .ops.blur_downsample import MODES, anisotropic_blur_downsample
 
-__all__ = ["KernelEstimate", "estimate_kernel", "random_kernel_params", "kernel_l1", "gaussian_at_scale", "METHODS",
-           "DEFAULT_METHOD", "MIN_SIZE", "KERNEL_SIZE", "SCALES"]
+__all__ = ["KernelEstimate", "estimate_kernel", "joint_estimate", "random_kernel_params", "kernel_l1",
+           "gaussian_at_scale", "METHODS", "DEFAULT_METHOD", "MIN_SIZE", "KERNEL_SIZE", "SCALES"]
 
 METHODS = ("learned", "crossscale", "combined")
 DEFAULT_METHOD = "combined"
@@ -344,3 +344,25 @@ def estimate_kernel(lr, scale: int = 2, mode: str = "direct", method: str = DEFA
     for x, name in zip(images, names):  # a loop, not a comprehension: the warnings' stacklevel counts frames
         estimates.append(_estimate_one(x, name, scale, mode, method))
     return estimates if as_list else estimates[0]
+
+
+def joint_estimate(estimates: list[KernelEstimate]) -> KernelEstimate:
+    """One kernel for images that share their blur (frames of one video, a
+    burst): the Gaussian whose covariance is the confidence-weighted mean of
+    the estimates' covariances R diag(lambda1, lambda2) R^T. Fallback
+    estimates (confidence 0) count only when every estimate is one."""
+    weights = torch.tensor([e.confidence for e in estimates], dtype=torch.float64)
+    if float(weights.sum()) <= 0:
+        weights = torch.ones_like(weights)
+    covariance = torch.zeros(2, 2, dtype=torch.float64)
+    for e, w in zip(estimates, weights):
+        c, s = math.cos(e.theta), math.sin(e.theta)
+        rotation = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+        covariance += w * rotation @ torch.diag(torch.tensor([e.lambda1, e.lambda2], dtype=torch.float64)) @ rotation.T
+    covariance /= weights.sum()
+    variances, vectors = torch.linalg.eigh(covariance)  # ascending
+    theta = math.atan2(float(vectors[1, 1]), float(vectors[0, 1])) % math.pi
+    first = estimates[0]
+    return KernelEstimate(theta, float(variances[1]), float(variances[0]), first.mode, f"joint {first.method}",
+                          float((weights * torch.tensor([e.confidence for e in estimates])).sum() / weights.sum()),
+                          float("nan"), first.fallback if all(e.fallback for e in estimates) else None)

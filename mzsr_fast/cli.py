@@ -1,7 +1,10 @@
 """The mzsr-fast command (also `python -m mzsr_fast`).
 
-Exit codes: 0 success, 2 bad usage or bad input, 1 failure. Errors are one
-line on stderr; --debug shows the traceback.
+Exit codes: 0 success, 2 bad usage or bad input, 1 failure, 130 interrupted
+(Ctrl-C). Errors are one line on stderr; --debug shows the traceback. An input
+image that cannot be read is reported (one line each) and skipped; the others
+still run, and the exit code is 2. Nothing here imports torch until a command
+runs, so --help and usage errors answer at once.
 """
 from __future__ import annotations
 
@@ -13,8 +16,7 @@ import time
 import warnings
 from importlib import resources
 
-import torch
-
+from ._files import check_writable_folder
 from .train.cli import register_train_commands
 
 EXAMPLES = {"example": "butterfly_hr.png", "example-lr": "butterfly_lr_g_d_2.0.png"}
@@ -30,27 +32,65 @@ def example_path(name: str = "example") -> str:
     return str(resources.files("mzsr_fast") / "data" / EXAMPLES[name])
 
 
-def _input_paths(inputs: list[str]) -> list[str]:
-    """Expand the INPUT arguments: files, folders (their images) and the example names."""
-    from .io import IMAGE_EXTENSIONS
+def _report(args, message: str) -> None:
+    """One error line on stderr, as main prints them."""
+    print(f"mzsr-fast {args.command}: error: {message}", file=sys.stderr)
 
-    paths = []
-    for item in inputs:
+
+def _skip(args, message: str) -> None:
+    """Report an input that cannot be read; the command goes on without it and exits 2."""
+    _report(args, message)
+    args.failed = True
+
+
+def _input_paths(args) -> list[str]:
+    """The images named by args.inputs (files, folders: their images, and the
+    example names), each file once, every one opened and its header checked
+    before any work. One that cannot be read (or an argument that names none)
+    is reported on stderr and left out, and args.failed is set (exit code 2)."""
+    from .io import IMAGE_EXTENSIONS, check_image
+
+    seen, readable = set(), []  # real paths, the readable ones as named
+    for item in args.inputs:
         if item in EXAMPLES:
-            paths.append(example_path(item))
+            found = [example_path(item)]
         elif os.path.isdir(item):
             found = sorted(os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_EXTENSIONS))
             if not found:
-                raise UsageError(f"{item}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
-            paths.extend(found)
+                _skip(args, f"{item}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
         elif os.path.exists(item):
-            paths.append(item)
+            found = [item]
         else:
-            raise UsageError(f"{item}: no such file or folder")
-    return paths
+            _skip(args, f"{item}: no such file or folder")
+            found = []
+        for path in found:
+            if os.path.realpath(path) in seen:
+                continue
+            seen.add(os.path.realpath(path))
+            try:
+                check_image(path)
+            except (ValueError, OSError) as error:
+                _skip(args, str(error))
+            else:
+                readable.append(path)
+    return readable
+
+
+def _read_input(args, path: str, dtype=None):
+    """read_image(path), or None after reporting it (_skip) when the file is
+    damaged past the header that _input_paths checked."""
+    from .io import read_image
+
+    try:
+        return read_image(path) if dtype is None else read_image(path, dtype)
+    except (ValueError, OSError) as error:
+        _skip(args, str(error))
+        return None
 
 
 def _device(name: str | None) -> torch.device:
+    import torch
+
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -62,21 +102,50 @@ def _device(name: str | None) -> torch.device:
     return device
 
 
+# Folders _output_folder made during the running command, deepest first:
+# main removes those left empty when the command fails.
+_MADE_FOLDERS: list[str] = []
+
+
 def _output_folder(path: str) -> str:
-    """The -o folder, made now, before any work; UsageError for an existing
-    file or a folder that cannot be made."""
+    """The -o folder, checked writable (a trial file) before any work, and
+    made with its parents when missing; UsageError, with nothing made, for an
+    existing file or a folder that cannot be made or written to."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"-o: {path} is an existing file; expected an output folder")
+    missing, parent = [], os.path.abspath(path)
+    while not os.path.isdir(parent):
+        if os.path.exists(parent):
+            raise UsageError(f"-o: cannot make the output folder {path} ({parent} is a file)")
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    made = []
     try:
-        os.makedirs(path, exist_ok=True)
+        for folder in reversed(missing):
+            os.mkdir(folder)
+            made.insert(0, folder)
+        check_writable_folder(path)
     except OSError as error:
-        raise UsageError(f"-o: cannot make the output folder {path} ({error.strerror or error})") from None
+        _remove_empty(made)
+        what = "make the output folder" if missing else "write to the output folder"
+        raise UsageError(f"-o: cannot {what} {path} ({error.strerror or error})") from None
+    _MADE_FOLDERS[:0] = made
     return path
 
 
-def _check_outputs(jobs: list[tuple[str, str]]) -> None:
+def _remove_empty(folders: list[str]) -> None:
+    """rmdir each folder (deepest first) that is empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
+
+
+def _check_outputs(jobs: list[tuple[str, str]], force: bool) -> None:
     """Refuse (input, output file) jobs before any work: two inputs written to
-    one file, or an output file name taken by a folder."""
+    one file, an output file name taken by a folder, or (without force) an
+    existing output file."""
     writers: dict[str, str] = {}
     for source, out in jobs:
         if out in writers and writers[out] != source:
@@ -85,6 +154,10 @@ def _check_outputs(jobs: list[tuple[str, str]]) -> None:
         if os.path.isdir(out):
             raise UsageError(f"{out}: is a folder; cannot write the output of {source} there")
         writers[out] = source
+    existing = [out for out in writers if os.path.exists(out)]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more outputs)" if len(existing) > 1 else ""
+        raise UsageError(f"{existing[0]}{more} exists (use --force to overwrite)")
 
 
 def _stem(path: str) -> str:
@@ -92,19 +165,26 @@ def _stem(path: str) -> str:
 
 
 class _Progress:
-    """on_step callback for adapt: a line on stderr per step once the work on
-    an image has run PROGRESS_EVERY seconds without one, so only long work shows."""
+    """on_step / on_tile callback for adapt: a line on stderr once the work on
+    an image has run PROGRESS_EVERY seconds without one, so only long work
+    shows; each line gives the phase's estimated time left."""
 
     def __init__(self):
-        self.key, self.last = None, 0.0
+        self.key, self.start, self.last = None, 0.0, 0.0
 
-    def __call__(self, label: str, done: int, total: int) -> None:
+    def __call__(self, label: str, done: int, total: int, what: str = "step") -> None:
         now = time.perf_counter()
-        if label != self.key:  # a new image or n: its clock starts at its first step
-            self.key, self.last = label, now
+        if (label, what) != self.key:  # a new image, n or phase: its clock starts at its first unit
+            self.key, self.start, self.last = (label, what), now, now
         elif now - self.last >= PROGRESS_EVERY and done < total:
-            print(f"  {label}: step {done}/{total}", file=sys.stderr, flush=True)
+            left = (now - self.start) / max(done - 1, 1) * (total - done)
+            print(f"  {label}: {what} {done}/{total}, about {_duration(left)} left", file=sys.stderr, flush=True)
             self.last = now
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
 # Seconds of work on one image before its adaptation steps are shown.
@@ -112,24 +192,31 @@ PROGRESS_EVERY = 5.0
 
 
 def cmd_degrade(args) -> None:
+    import torch
+
     from ._checks import size_text
     from .degradation import degrade, load_kernel
-    from .io import bit_depth, read_image, write_image
+    from .io import write_like
 
     kernel, preset_mode = load_kernel(args.kernel, size=args.kernel_size)
     mode = args.mode or preset_mode or "direct"
     device = _device(args.device)
-    paths = _input_paths(args.inputs)
+    paths = _input_paths(args)
+    if not paths:
+        return
     out_dir = _output_folder(args.output)
     jobs = [(path, os.path.join(out_dir, f"{_stem(path)}_x{args.scale}.png")) for path in paths]
-    _check_outputs(jobs)
+    _check_outputs(jobs, args.force)
     for path, out in jobs:
-        image = read_image(path, torch.float64).to(device)
+        image = _read_input(args, path, torch.float64)
+        if image is None:
+            continue
+        image = image.to(device)
         if min(image.shape[-2:]) < args.scale:
             raise UsageError(f"{path}: image of {size_text(image.shape)} is smaller than the scale {args.scale}")
         lr = degrade(image, kernel.to(device), args.scale, mode=mode, noise_sigma=args.noise,
                      backend=args.backend)
-        write_image(out, lr, bits=bit_depth(path))
+        write_like(out, lr, path)
         print(f"{path} -> {out} ({size_text(lr.shape)})")
 
 
@@ -150,57 +237,111 @@ def _steps_list(text: str) -> list[int]:
     return steps
 
 
+def _adapt_pixels(text: str) -> int:
+    """--adapt-pixels: 'all' (0: whole images) or a number of pixels."""
+    if text == "all":
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels or 'all', got {text!r}") from None
+
+
+def _budget(args) -> dict:
+    """adapt's adapt_pixels from --adapt-pixels (nothing when not given: the package default)."""
+    return {} if args.adapt_pixels is None else {"adapt_pixels": args.adapt_pixels}
+
+
 def cmd_sr(args) -> None:
     from ._checks import size_text
-    from .adapt import adapt
-    from .blind import estimate_kernel
+    from .adapt import UnadaptedModelWarning, adapt
+    from .blind import estimate_kernel, joint_estimate
     from .degradation import PRESETS
-    from .io import bit_depth, read_image, write_image
-    from .pretrained import resolve_model
+    from .io import write_like
+    from .pretrained import resolve_model, unadapted_warning
 
     steps = _steps_list(args.steps)
     device = _device(args.device)
     preset = PRESETS.get(args.kernel)
-    net, info = resolve_model(args.model, preset.mode if preset else None, args.scale, device=device)
-    if info.scales and args.scale not in info.scales:  # before any estimate: the model cannot do this scale at all
-        raise UsageError(f"scale: the model {info.name!r} was trained for scales {info.scales}, got {args.scale}")
-    paths = _input_paths(args.inputs)
+    # the model of each n: with no --model, the kind's one-step model for n = 1 where it is shipped
+    models = {n: resolve_model(args.model, preset.mode if preset else None, args.scale, device=device, steps=n)
+              for n in steps}
+    for net, info in models.values():
+        if info.scales and args.scale not in info.scales:  # before any estimate: the model cannot do this scale
+            raise UsageError(f"scale: the model {info.name!r} was trained for scales {info.scales}, got {args.scale}")
+    mode = models[steps[0]][1].mode  # a kind's models share their subsampling mode
+    paths = _input_paths(args)
+    if not paths:
+        return
     out_dir = _output_folder(args.output)
 
     def out_path(path: str, n: int) -> str:  # an input made by `degrade` keeps one _x{scale}
         return os.path.join(out_dir, f"{_stem(path).removesuffix(f'_x{args.scale}')}_x{args.scale}_mzsr{n}.png")
 
-    _check_outputs([(path, out_path(path, n)) for path in paths for n in steps])
+    _check_outputs([(path, out_path(path, n)) for path in paths for n in steps], args.force)
+    unadapted = unadapted_warning(models[0][1]) if 0 in steps else None
+    if unadapted:  # once for the run, not once per image
+        warnings.warn(unadapted, UnadaptedModelWarning, stacklevel=1)
     progress = _Progress()
+
+    def super_resolve(lr, kernel, n: int, label: str, **options):
+        start = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UnadaptedModelWarning)  # said once, above
+                sr = adapt(lr, kernel, args.scale, steps=n, model=models[n][0],
+                           precision=args.precision, backprojection=args.backprojection, tile=args.tile,
+                           backend=args.backend, cuda_graph=args.cuda_graph, seed=args.seed,
+                           on_step=lambda done, total: progress(f"{label} MZSR({n})", done, total),
+                           on_tile=lambda done, total: progress(f"{label} MZSR({n})", done, total, "tile"),
+                           **_budget(args), **options)
+        except ValueError as error:  # name the image
+            raise UsageError(f"{label}: {str(error).removeprefix('lr: ')}") from None
+        return sr, time.perf_counter() - start
+
+    if args.share_adaptation:  # one kernel and one adaptation for all of them, then each image's inference
+        read = [(path, lr.to(device)) for path in paths if (lr := _read_input(args, path)) is not None]
+        if not read:
+            return
+        label = f"{len(read)} images"
+        kernel = args.kernel
+        if kernel == "auto":
+            estimate = joint_estimate(estimate_kernel([lr for _, lr in read], args.scale, mode=mode))
+            print(f"{label}: estimated shared kernel {estimate}")
+            kernel = estimate.kernel
+        for n in steps:
+            srs, seconds = super_resolve([lr for _, lr in read], kernel, n, label, share=True)
+            for index, ((path, _), sr) in enumerate(zip(read, srs), 1):
+                write_like(out_path(path, n), sr, path)
+                print(f"[{index}/{len(read)}] {path} -> {out_path(path, n)} ({size_text(sr.shape)})")
+            print(f"{label} MZSR({n}): {seconds:.2f} s")
+        return
     for index, path in enumerate(paths, 1):
-        lr = read_image(path).to(device)
+        lr = _read_input(args, path)
+        if lr is None:
+            continue
+        lr = lr.to(device)
         kernel = args.kernel
         if kernel == "auto":  # estimated for the model's subsampling mode, and said so
-            estimate = estimate_kernel(lr, args.scale, mode=info.mode)
+            estimate = estimate_kernel(lr, args.scale, mode=mode)
             print(f"[{index}/{len(paths)}] {path}: estimated kernel {estimate}")
             kernel = estimate.kernel
         for n in steps:
-            start = time.perf_counter()
-            try:
-                sr = adapt(lr, kernel, args.scale, steps=n, model=net,
-                           precision=args.precision, backprojection=args.backprojection, tile=args.tile,
-                           backend=args.backend, cuda_graph=args.cuda_graph,
-                           on_step=lambda done, total, n=n: progress(f"{path} MZSR({n})", done, total))
-            except ValueError as error:  # name the image
-                raise UsageError(f"{path}: {str(error).removeprefix('lr: ')}") from None
-            seconds = time.perf_counter() - start
+            sr, seconds = super_resolve(lr, kernel, n, path)
             out = out_path(path, n)
-            write_image(out, sr, bits=bit_depth(path))
+            write_like(out, sr, path)
             print(f"[{index}/{len(paths)}] {path} -> {out} ({size_text(sr.shape)}, {seconds:.2f} s)")
 
 
 def cmd_estimate_kernel(args) -> None:
     from .blind import estimate_kernel
-    from .io import read_image
 
     results = []
-    for path in _input_paths(args.inputs):
-        estimate = estimate_kernel(read_image(path), args.scale, mode=args.mode, method=args.method)
+    for path in _input_paths(args):
+        lr = _read_input(args, path)
+        if lr is None:
+            continue
+        estimate = estimate_kernel(lr, args.scale, mode=args.mode, method=args.method)
         results.append({"image": path, **estimate.as_dict()})
         if not args.json:
             print(f"{path}: {estimate}")
@@ -215,7 +356,7 @@ def cmd_eval(args) -> None:
     device = _device(args.device)
     if args.output:
         _check_outputs([(args.gt, os.path.join(_output_folder(args.output), f"results.{ext}"))
-                        for ext in ("md", "csv", "json")])
+                        for ext in ("md", "csv", "json")], args.force)
     progress = _Progress()
 
     def on_image(score):
@@ -232,7 +373,10 @@ def cmd_eval(args) -> None:
     scores = evaluate(args.gt, args.kernel, args.scale, steps, method=args.method, lr_dir=args.lr,
                       model=args.model, device=device, on_image=on_image, precision=args.precision,
                       on_step=lambda image, n, done, total: progress(f"{image} MZSR({n})", done, total),
-                      seed=args.seed, estimate_kernel=args.estimate_kernel)
+                      seed=args.seed, estimate_kernel=args.estimate_kernel,
+                      on_bad_input=lambda error: _skip(args, str(error)), **_budget(args))
+    if not scores:  # every image was unreadable (and reported)
+        return
     kernel = f"random (seed {args.seed or 0})" if args.kernel == "random" else args.kernel
     title = f"{args.method} x{args.scale}, kernel {kernel}, GT {args.gt}" + (f", LR {args.lr}" if args.lr else "")
     title += ", with estimated kernels (mzsr-est)" if args.estimate_kernel else ""
@@ -244,8 +388,15 @@ def cmd_eval(args) -> None:
 def cmd_import_tf(args) -> None:
     from .pretrained import format_schedule, import_tf_checkpoint, parse_schedule
 
+    if os.path.isdir(args.output):
+        raise UsageError(f"-o: {args.output} is a folder; expected a file name")
     if os.path.exists(args.output) and not args.force:
         raise UsageError(f"-o: {args.output} exists (use --force to overwrite)")
+    folder = os.path.dirname(os.path.abspath(args.output))
+    try:
+        check_writable_folder(folder)
+    except OSError as error:
+        raise UsageError(f"-o: cannot write to the folder {folder} ({error.strerror or error})") from None
     schedule = parse_schedule(args.schedule, "--schedule") if args.schedule else None
     info = import_tf_checkpoint(args.prefix, args.output, mode=args.mode, scales=_int_list(args.scales, "--scales"),
                                 schedule=schedule)
@@ -264,6 +415,8 @@ def _model_summary(info) -> str:
 
 
 def cmd_info(args) -> None:
+    import torch
+
     from . import __version__
     from .dispatch import backends
     from .pretrained import bundled_models, load_model
@@ -278,6 +431,11 @@ def cmd_info(args) -> None:
                            for name, ok in bundled_models().items()},
     }
     print(json.dumps(report, indent=2))
+
+
+def _force(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--force", "--overwrite", dest="force", action="store_true",
+                        help=f"overwrite {what} (refused without it)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     degrade.add_argument("--noise", type=float, default=0.0, help="Gaussian noise sigma on the 0..1 scale")
     degrade.add_argument("--device")
     degrade.add_argument("--backend", choices=("cpu", "cuda", "triton", "torch"))
+    _force(degrade, "existing output files")
     degrade.set_defaults(run=cmd_degrade)
 
     kernel_help = "preset (g_d_0.2, g_d_2.0, g_d_ani, g_b_1.3), 'theta,lambda1,lambda2' or a .npy/.mat file"
@@ -315,11 +474,19 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
     sr.add_argument("--tile", type=int, help="final inference on tiles of this many output pixels (default: "
                                              "1024; bounds its memory, same result)")
+    budget_help = ("pixel budget of an adaptation step: an LR image of more pixels is adapted on windows of at "
+                   "most N pixels in all, redrawn every step (see the README); 'all' adapts on the whole image")
+    sr.add_argument("--adapt-pixels", type=_adapt_pixels, metavar="N|all", help=budget_help + " (default 65536)")
+    sr.add_argument("--seed", type=int, default=0, help="seed of the budget's window draw (default 0)")
+    sr.add_argument("--share-adaptation", action="store_true",
+                    help="one kernel (estimated from all of them) and one adaptation for all the inputs (frames of "
+                         "one video, a burst, photos of one camera), then each image's own inference")
     sr.add_argument("--backprojection", action="store_true", help="4 iterations of back-projection")
     sr.add_argument("--device")
     sr.add_argument("--backend", choices=("cpu", "cuda", "triton", "torch"))
     sr.add_argument("--cuda-graph", action="store_true",
                     help="replay each adaptation step as one captured CUDA graph (CUDA devices only)")
+    _force(sr, "existing output files")
     sr.set_defaults(run=cmd_sr)
 
     evaluate = commands.add_parser("eval", help="PSNR/SSIM table as in the paper")
@@ -339,8 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--method", choices=("mzsr", "bicubic", "zssr"), default="mzsr")
     evaluate.add_argument("--model", help="bundled model name or .safetensors path")
     evaluate.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
+    evaluate.add_argument("--adapt-pixels", type=_adapt_pixels, default=0, metavar="N|all",
+                          help=budget_help + " (default all: the paper's protocol)")
     evaluate.add_argument("-o", "--output", metavar="OUTDIR", help="write results.md/.csv/.json here")
     evaluate.add_argument("--device")
+    _force(evaluate, "existing results files")
     evaluate.set_defaults(run=cmd_eval)
 
     estimate = commands.add_parser("estimate-kernel",
@@ -367,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "as the reference's released models")
     import_tf.add_argument("--schedule", help="test-time learning rates per step, e.g. 0.02,0.01 (the last "
                                               "repeats; default: the reference's for this kind of model)")
-    import_tf.add_argument("--force", action="store_true", help="overwrite OUT")
+    _force(import_tf, "OUT")
     import_tf.set_defaults(run=cmd_import_tf)
 
     info = commands.add_parser("info", help="version, devices and available backends")
@@ -386,24 +556,29 @@ def main(argv: list[str] | None = None) -> int:
     format_warning = warnings.formatwarning
     if not args.debug:  # one line per warning, without the source line
         warnings.formatwarning = lambda message, *_: f"mzsr-fast {args.command}: warning: {message}\n"
+    args.failed = False  # set by a command that skipped an input it could not read
+    code = 1
     try:
         args.run(args)
+        code = 2 if args.failed else 0
     except (UsageError, ValueError, TypeError, FileNotFoundError) as error:
         if args.debug:
             raise
-        print(f"mzsr-fast {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        _report(args, str(error))
+        code = 2
     except KeyboardInterrupt:
         print(f"mzsr-fast {args.command}: interrupted", file=sys.stderr)
-        return 1
+        code = 130  # 128 + SIGINT, the shell's convention
     except Exception as error:  # noqa: BLE001  (one clear line, not a traceback)
         if args.debug:
             raise
         print(f"mzsr-fast {args.command}: failed: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
     finally:
         warnings.formatwarning = format_warning
-    return 0
+        if code != 0:  # a failed command leaves no empty output folder it made
+            _remove_empty(_MADE_FOLDERS)
+        _MADE_FOLDERS.clear()
+    return code
 
 
 if __name__ == "__main__":

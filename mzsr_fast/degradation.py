@@ -74,12 +74,14 @@ def load_kernel(spec, size: int = 21) -> tuple[torch.Tensor, str | None]:
     lambda1, lambda2) triple or the string "theta,lambda1,lambda2" (a Gaussian
     of the given size), or a .npy / .mat file (MATLAB variable "kernel").
     mode is the preset's subsampling mode, None where spec does not say.
+    A blur kernel's weights are finite, non-negative and not all zero:
+    anything else is a ValueError naming the file it came from.
     """
     import os
 
     import numpy as np
 
-    mode = None
+    mode, source = None, ""
     if isinstance(spec, str) and spec in PRESETS:
         p = PRESETS[spec]
         return p.kernel, p.mode
@@ -94,6 +96,7 @@ def load_kernel(spec, size: int = 21) -> tuple[torch.Tensor, str | None]:
         return kernel, mode
     if isinstance(spec, (str, os.PathLike)):
         path = os.fspath(spec)
+        source = f" in {path}"
         if not os.path.isfile(path):
             raise ValueError(f"kernel: {path!r} is neither a preset ({', '.join(PRESETS)}), "
                              f"'theta,lambda1,lambda2' nor an existing .npy/.mat file")
@@ -115,10 +118,14 @@ def load_kernel(spec, size: int = 21) -> tuple[torch.Tensor, str | None]:
             raise ValueError(f"kernel: {path}: expected a .npy or .mat file")
     kernel = torch.as_tensor(np.asarray(spec) if not isinstance(spec, torch.Tensor) else spec)
     if kernel.dim() != 2 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 == 0:
-        raise ValueError(f"kernel: expected a square kernel of odd size, got shape {tuple(kernel.shape)}")
+        raise ValueError(f"kernel: expected a square kernel of odd size, got shape {tuple(kernel.shape)}{source}")
     kernel = kernel.to(torch.float64)
     if not bool(torch.isfinite(kernel).all()):
-        raise ValueError("kernel: expected finite values, got NaN or infinity")
-    if kernel.sum().abs() < 1e-12:
-        raise ValueError("kernel: expected weights with a non-zero sum")
+        raise ValueError(f"kernel: expected finite values, got NaN or infinity{source}")
+    negative = int((kernel < 0).sum())
+    if negative:
+        raise ValueError(f"kernel: expected non-negative weights (a blur kernel), got {negative} negative of "
+                         f"{kernel.numel()} (the smallest {float(kernel.min()):.4g}){source}")
+    if float(kernel.sum()) < 1e-12:
+        raise ValueError(f"kernel: expected weights with a positive sum, got {float(kernel.sum()):.4g}{source}")
     return kernel, mode

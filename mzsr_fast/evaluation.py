@@ -8,11 +8,13 @@ import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from io import StringIO
 
 import torch
 
 from . import metrics
-from .adapt import adapt
+from ._files import atomic_write
+from .adapt import UnadaptedModelWarning, adapt
 from .degradation import degrade, load_kernel
 from .io import IMAGE_EXTENSIONS, check_image, read_image
 from .pretrained import mode_mismatch, resolve_model
@@ -59,9 +61,10 @@ def degraded_lr(gt: torch.Tensor, kernel: torch.Tensor, scale: int, mode: str | 
 
 
 def super_resolve(lr: torch.Tensor, kernel, scale: int, steps: int, method: str = "mzsr", model=None,
-                  on_step=None, size=None, **adapt_options) -> torch.Tensor:
+                  on_step=None, size=None, adapt_pixels: int = 0, **adapt_options) -> torch.Tensor:
     """SR [C, sH, sW] of an LR image [C, H, W] by method ("mzsr": MZSR(steps)
-    through adapt; "zssr": ZSSR with at most steps steps; "bicubic": resized
+    through adapt, on the whole image unless adapt_pixels gives a budget, as
+    the paper adapts; "zssr": ZSSR with at most steps steps; "bicubic": resized
     to size, default s times the LR's), rounded to 8 bits as the protocol
     scores it (docs/method.md section 8). Float64."""
     if method == "bicubic":
@@ -69,7 +72,10 @@ def super_resolve(lr: torch.Tensor, kernel, scale: int, steps: int, method: str 
     elif method == "zssr":
         sr = zssr(lr.float(), kernel, scale, steps=steps)
     else:
-        sr = adapt(lr.float(), kernel, scale, steps=steps, model=model, on_step=on_step, **adapt_options)
+        with warnings.catch_warnings():  # MZSR(0) is scored on purpose: it is a column of the paper's tables
+            warnings.simplefilter("ignore", UnadaptedModelWarning)
+            sr = adapt(lr.float(), kernel, scale, steps=steps, model=model, on_step=on_step,
+                       adapt_pixels=adapt_pixels, **adapt_options)
     return quantise(sr.double())
 
 
@@ -122,7 +128,8 @@ def _lr_kernels(gt_paths: list[str], kernel, seed: int | None, lr_dir: str | Non
 
 def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "mzsr",
              lr_dir: str | None = None, model=None, device=None, on_image=None, on_step=None,
-             seed: int | None = None, estimate_kernel: bool = False, **adapt_options) -> list[Score]:
+             seed: int | None = None, estimate_kernel: bool = False, on_bad_input=None,
+             **adapt_options) -> list[Score]:
     """Score every GT image of gt_dir; one Score per (image, steps value).
 
     LR inputs are read from lr_dir, else made by degrading the GT (cropped to a
@@ -131,6 +138,7 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
     "random": each image gets its own kernel drawn from the blind benchmark's
     distribution at the scale with `seed` (default 0), recorded in Score.kernel.
     model: as adapt's (None: the bundled model for the preset's mode and scale).
+    adapt_options: adapt's (adapt_pixels: default 0, the whole image, as the paper adapts).
     steps: n of MZSR(n); for zssr the maximum training steps (ZSSR: 3000).
     estimate_kernel (mzsr only): also adapt with the kernel estimated from each
     LR image (mzsr_fast.blind, the model's subsampling mode) and report those
@@ -138,6 +146,9 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
     on_image(score) is called after each Score, on_step(image, n, done, total)
     after each adaptation step of MZSR(n) (progress within an image). Every
     file is found and opened before any work; errors name the image.
+    on_bad_input(error): called, instead of raising, for each image file that
+    cannot be read (its header, checked before any work, or its data, when
+    read); that GT image is then left out and the others are scored.
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
@@ -148,33 +159,46 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
     kernel_mode = kernels[0][1]
     device = torch.device(device or "cpu")
     estimate_mode = None
-    if method == "mzsr":  # once, not per image; None: the bundled model for the kernel's mode and scale
-        model, info = resolve_model(model, kernel_mode, scale, device=device)
+    models = {n: model for n in steps}
+    if method == "mzsr":  # once, not per image; None: the bundled model for the kernel's mode, scale and steps
+        models = {n: resolve_model(model, kernel_mode, scale, device=device, steps=n)[0] for n in steps}
+        info = models[max(steps)].model_info
         mismatch = mode_mismatch(kernel_mode, info) if max(steps) > 0 else None
         if mismatch:
             warnings.warn(mismatch, UserWarning, stacklevel=2)
         estimate_mode = info.mode if estimate_kernel else None
-    # Every input is found and its header read before any work: a bad file stops the run at once.
+    # Every input is found and its header read before any work: a bad file stops the
+    # run at once, or without on_bad_input is reported there and left out.
     lr_files = _image_files(lr_dir, "--lr") if lr_dir is not None else []
     pairs = [(gt_path, _matching_lr(gt_path, lr_files, lr_dir, scale) if lr_dir is not None else None)
              for gt_path in gt_files]
+    unreadable = set()
     for gt_path, lr_path in pairs:
-        check_image(gt_path)
-        if lr_path is not None:
-            check_image(lr_path)
+        for path in (gt_path, lr_path) if lr_path is not None else (gt_path,):
+            try:
+                check_image(path)
+            except (ValueError, OSError) as error:
+                if on_bad_input is None:
+                    raise
+                on_bad_input(error)
+                unreadable.add(gt_path)
     scores = []
     for (gt_path, lr_path), image_kernel in zip(pairs, kernels):
+        if gt_path in unreadable:
+            continue
         try:
-            scores += _score_image(gt_path, lr_path, image_kernel, scale, steps, method, model, device, on_image,
+            scores += _score_image(gt_path, lr_path, image_kernel, scale, steps, method, models, device, on_image,
                                    on_step, estimate_mode, adapt_options)
         except ValueError as error:
-            if str(error).startswith((gt_path, str(lr_path))):  # read_image's errors name the file already
+            if not str(error).startswith((gt_path, str(lr_path))):
+                raise ValueError(f"{gt_path}: {error}") from None
+            if on_bad_input is None:  # read_image's errors name the file already
                 raise
-            raise ValueError(f"{gt_path}: {error}") from None
+            on_bad_input(error)
     return scores
 
 
-def _score_image(gt_path, lr_path, image_kernel, scale, steps, method, model, device, on_image, on_step,
+def _score_image(gt_path, lr_path, image_kernel, scale, steps, method, models, device, on_image, on_step,
                  estimate_mode, adapt_options) -> list[Score]:
     """evaluate's Scores of one GT image (and its LR file, or None: degrade the
     GT with image_kernel, a (kernel, mode, label) of _lr_kernels). With
@@ -199,7 +223,7 @@ def _score_image(gt_path, lr_path, image_kernel, scale, steps, method, model, de
     for n in ([0] if method == "bicubic" else steps):
         for run_method, run_kernel, run_label, run_l1 in runs:
             step_hook = (lambda done, total, n=n: on_step(name, n, done, total)) if on_step else None
-            sr = super_resolve(lr, run_kernel, scale, n, method, model, step_hook, size=gt.shape[-2:],
+            sr = super_resolve(lr, run_kernel, scale, n, method, models.get(n), step_hook, size=gt.shape[-2:],
                                **adapt_options)
             psnr, ssim = metrics.psnr_ssim(sr, gt, scale)
             now = time.perf_counter()
@@ -242,14 +266,13 @@ def format_markdown(scores: list[Score], title: str = "") -> str:
 
 
 def write_report(out_dir: str, scores: list[Score], title: str) -> None:
-    """results.md, results.csv and results.json in out_dir."""
+    """results.md, results.csv and results.json in out_dir, each written atomically."""
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(format_markdown(scores, title))
+    atomic_write(os.path.join(out_dir, "results.md"), format_markdown(scores, title).encode())
     rows = [asdict(s) for s in scores + _means(scores)]
-    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump({"title": title, "scores": rows}, f, indent=2)
+    table = StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(os.path.join(out_dir, "results.csv"), table.getvalue().encode())
+    atomic_write(os.path.join(out_dir, "results.json"), json.dumps({"title": title, "scores": rows}, indent=2).encode())

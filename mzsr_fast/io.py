@@ -1,7 +1,15 @@
 """Reading and writing images as float RGB tensors in [0, 1].
 
 Pillow reads every format; 16-bit colour PNGs, which pillow reduces to 8 bits,
-are read (and 16-bit outputs written) with pypng.
+are read (and 16-bit outputs written) with pypng. Files are written atomically
+(mzsr_fast._files): a writer stopped at any moment leaves the old file or none.
+
+Grayscale images are read as three equal channels, so the model (trained on
+RGB) sees a grey photo as it would see it in colour, and every RGB input takes
+exactly the same path. write_like writes an output in the kind of its input:
+for a grey input, one channel, the mean of the model's three outputs (which
+differ slightly: the network does not treat its channels alike), in the
+input's bit depth.
 """
 from __future__ import annotations
 
@@ -15,13 +23,16 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from . import _checks
+from ._files import atomic_open
 
-__all__ = ["read_image", "write_image", "bit_depth", "check_image", "IMAGE_EXTENSIONS"]
+__all__ = ["read_image", "write_image", "write_like", "bit_depth", "is_grayscale", "check_image",
+           "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _EXIF_ORIENTATION = 0x0112
+_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 def _png_header(path: str) -> tuple[int, int] | None:
@@ -47,6 +58,17 @@ def bit_depth(path) -> int:
         return 16 if header[0] == 16 else 8
     with Image.open(path) as image:
         return 16 if image.mode.startswith("I;16") else 8
+
+
+def is_grayscale(path) -> bool:
+    """True for an image with one grey channel, alpha or not (PNG colour types 0
+    and 4; pillow's 1, L, LA, I, I;16 and F modes); palette, CMYK and the rest are colour."""
+    path = os.fspath(path)
+    header = _png_header(path)
+    if header is not None:
+        return header[1] in (0, 4)
+    with Image.open(path) as image:
+        return image.mode in _GRAY_MODES
 
 
 def _read_16_bit_png(path: str) -> np.ndarray:
@@ -122,13 +144,17 @@ def check_image(path) -> None:
 def read_image(path, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Read PNG/JPEG/BMP/TIFF (any pillow mode) as [3, H, W] in [0, 1], upright.
 
-    Grayscale and palette images become RGB, alpha is dropped with a warning,
-    16-bit images (grey and colour PNGs) are scaled by 65535, and the EXIF
-    orientation is applied. Raises FileNotFoundError or ValueError naming the
+    Grayscale, palette and CMYK images become RGB, alpha is dropped with a
+    warning, as are the frames after the first of an animated or multi-page
+    file, 16-bit images (grey and colour PNGs) are scaled by 65535, and the
+    EXIF orientation is applied. Raises FileNotFoundError or ValueError naming the
     path for a missing, non-image, truncated or decompression-bomb file.
     """
     path = os.fspath(path)
     with _opened(path) as image:
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:
+            warnings.warn(f"{path}: {frames} frames (animated or multi-page); only the first is used", stacklevel=2)
         image.load()
         array = _to_rgb_array(image, path)
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
@@ -140,7 +166,8 @@ def write_image(path, x: torch.Tensor, bits: int = 8) -> None:
     """Write x ([3, H, W], [1, H, W] or a batch of one) clipped and rounded to
     `bits` (8, or 16 for a .png file) bits per channel.
 
-    The format follows the file extension; the folder must exist.
+    The format follows the file extension; the folder must exist. The file
+    is replaced atomically: an error or an interruption leaves the old one.
     """
     x4, _ = _checks.as_batched_image(x, "x")
     if x4.shape[0] != 1 or x4.shape[1] not in (1, 3):
@@ -156,11 +183,25 @@ def write_image(path, x: torch.Tensor, bits: int = 8) -> None:
         channels, height, width = array.shape
         rows = array.transpose(1, 2, 0).reshape(height, width * channels).astype(np.uint16)
         writer = png.Writer(width, height, greyscale=channels == 1, bitdepth=16)
-        with open(path, "wb") as f:
+        with atomic_open(path) as f:
             writer.write(f, rows)
         return
+    extension = os.path.splitext(path)[1].lower()
+    image_format = Image.registered_extensions().get(extension)
+    if image_format is None or image_format not in Image.SAVE:
+        raise ValueError(f"{path}: cannot write an image with this file name (unknown extension {extension!r})")
     image = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
     try:
-        image.save(path)
-    except (ValueError, KeyError) as error:  # unknown extension
+        with atomic_open(path) as f:
+            image.save(f, format=image_format)
+    except (ValueError, KeyError) as error:  # a format that cannot hold this image
         raise ValueError(f"{path}: cannot write an image with this file name ({error})") from None
+
+
+def write_like(path, x: torch.Tensor, source) -> None:
+    """Write x ([3, H, W] or a batch of one) as write_image does, in the kind of
+    image the file `source` is: its bit depth (bit_depth) and, when it is
+    grayscale (is_grayscale), one channel, the mean of x's three."""
+    if is_grayscale(source):
+        x = x.mean(dim=-3, keepdim=True)
+    write_image(path, x, bits=bit_depth(source))

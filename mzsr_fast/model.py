@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["MZSRNet", "functional_forward", "PARAMETER_NAMES", "CHANNELS"]
+__all__ = ["MZSRNet", "functional_forward", "state_dict_mismatch", "PARAMETER_NAMES", "CHANNELS"]
 
 CHANNELS = (3, 64, 64, 64, 64, 64, 64, 64, 3)  # in/out channels of the 8 layers
 PARAMETER_NAMES = tuple(f"layers.{i}.{kind}" for i in range(len(CHANNELS) - 1) for kind in ("weight", "bias"))
@@ -36,6 +36,23 @@ def functional_forward(params: dict[str, torch.Tensor], x: torch.Tensor) -> torc
         if i < last:
             h = F.relu(h)
     return x + h
+
+
+def state_dict_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """Why state does not fit model's load_state_dict, in a few words naming the
+    first tensor that does not fit (missing, of another shape, or unknown to
+    the model), or None when every tensor fits."""
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        if name not in state:
+            return f"{name} is missing"
+        if state[name].shape != tensor.shape:
+            return f"{name} has shape {list(state[name].shape)}, expected {list(tensor.shape)}"
+    unknown = sorted(name for name in state if name not in expected)
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        return f"{unknown[0]} is not a tensor of {type(model).__name__}{more}"
+    return None
 
 
 class MZSRNet(nn.Module):

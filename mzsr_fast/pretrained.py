@@ -1,11 +1,6 @@
-"""The model catalogue, and bundled and saved MZSR models: weights
-(safetensors) plus what the meta-test needs to know about them (subsampling
-mode, scales, learning-rate schedule).
-
-CATALOGUE is the one table of the paper's four models (method.md sections 7-8):
-each kind's subsampling, the scales it serves, the reference's test-time
-schedule, and what meta-training draws and validates for it. The trainer's
-variants, the bundled models and the command line all read it."""
+"""Bundled and saved MZSR models: weights (safetensors) plus what the meta-test
+needs to know about them (subsampling mode, scales, learning-rate schedule),
+and the catalogue of the paper's four models (mzsr_fast.catalogue)."""
 from __future__ import annotations
 
 import os
@@ -14,38 +9,16 @@ from importlib import resources
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as save_safetensors
 
-from .model import PARAMETER_NAMES, MZSRNet
+from ._files import atomic_write
+from .catalogue import BUNDLED, CATALOGUE, ONE_STEP, ModelKind, kind_of
+from .model import PARAMETER_NAMES, MZSRNet, state_dict_mismatch
 
-__all__ = ["ModelKind", "CATALOGUE", "ModelInfo", "bundled_info", "load_model", "save_model", "bundled_models",
+__all__ = ["ModelKind", "CATALOGUE", "BUNDLED", "ModelInfo", "bundled_info", "load_model", "save_model", "bundled_models",
            "default_model", "resolve_model", "mode_mismatch", "load_tf_checkpoint", "import_tf_checkpoint",
-           "kind_for", "parse_schedule", "format_schedule", "is_per_tensor", "Schedule"]
-
-
-@dataclass(frozen=True)
-class ModelKind:
-    """One model of the paper. mode: subsampling of its degradations; scales:
-    the integer scales it serves (the first is the one it is validated at);
-    schedule: the reference's test-time learning rates per step, the last
-    repeating; task_scales: the scales meta-training draws a task's from;
-    val_kernels: the presets its training validates on."""
-
-    name: str
-    mode: str
-    scales: tuple[int, ...]
-    schedule: tuple[float, ...]
-    task_scales: tuple[float, ...]
-    val_kernels: tuple[str, ...]
-
-
-CATALOGUE = {kind.name: kind for kind in (
-    ModelKind("direct_x2", "direct", (2,), (0.02, 0.01, 0.01, 0.01, 0.005), (2.0,), ("g_d_2.0",)),
-    ModelKind("bicubic_x2", "bicubic", (2,), (0.01, 0.01, 0.01, 0.001, 0.001), (2.0,), ("g_b_1.3",)),
-    ModelKind("direct_x4", "direct", (4,), (0.01, 0.005, 0.005, 0.005, 0.005, 0.001), (4.0,), ("g_d_2.0",)),
-    ModelKind("multiscale", "direct", (2, 3, 4), (0.01, 0.01, 0.01, 0.005, 0.005),
-              tuple(round(2.0 + 0.2 * i, 1) for i in range(11)), ("g_d_2.0",)),
-)}
+           "kind_for", "is_meta_learned", "unadapted_warning", "parse_schedule", "format_schedule", "is_per_tensor", "Schedule"]
 
 
 # A test-time schedule: one entry per step, the last repeating. Either every
@@ -142,9 +115,9 @@ class ModelInfo:
 
 
 def bundled_info(name: str) -> ModelInfo:
-    """What the bundled model `name` (a CATALOGUE key) stands for."""
-    kind = CATALOGUE[name]
-    return ModelInfo(name, name, kind.mode, kind.scales)
+    """What the bundled model `name` (one of BUNDLED) stands for."""
+    kind = CATALOGUE[kind_of(name)]
+    return ModelInfo(name, kind.name, kind.mode, kind.scales)
 
 
 def _bundled_path(name: str):
@@ -152,26 +125,43 @@ def _bundled_path(name: str):
 
 
 def bundled_models() -> dict[str, bool]:
-    """Bundled model names and whether their weights are shipped in this install."""
-    return {name: _bundled_path(name).is_file() for name in CATALOGUE}
+    """Bundled model names (BUNDLED) and whether their weights are shipped in this install."""
+    return {name: _bundled_path(name).is_file() for name in BUNDLED}
 
 
-def default_model(mode: str | None = None, scale: int | None = None) -> str:
-    """The bundled model used when none is named: the first shipped one trained
-    for this scale (None: any) and subsampling mode (None: direct), else the
-    first shipped one for the scale, else direct_x2. So at scale 2 a g_b_*
-    kernel gets bicubic_x2; at scale 4 every kernel gets direct_x4."""
-    fits_scale = [name for name, shipped in bundled_models().items()
-                  if shipped and (scale is None or scale in CATALOGUE[name].scales)]
-    for name in fits_scale:
-        if CATALOGUE[name].mode == (mode or "direct"):
-            return name
-    return fits_scale[0] if fits_scale else "direct_x2"
+def default_model(mode: str | None = None, scale: int | None = None, steps: int | None = None) -> str:
+    """The bundled model used when none is named: the first shipped kind
+    trained for this scale (None: any) and subsampling mode (None: direct),
+    else the first shipped one for the scale, else direct_x2; for steps=1 its
+    one-step model where that is shipped. So at scale 2 a g_b_* kernel gets
+    bicubic_x2; at scale 4 every kernel gets direct_x4."""
+    shipped = bundled_models()
+    fits_scale = [name for name in CATALOGUE if shipped[name] and (scale is None or scale in CATALOGUE[name].scales)]
+    fits_mode = [name for name in fits_scale if CATALOGUE[name].mode == (mode or "direct")]
+    name = (fits_mode or fits_scale or ["direct_x2"])[0]
+    return name + ONE_STEP if steps == 1 and shipped.get(name + ONE_STEP) else name
 
 
-def resolve_model(model, mode: str | None, scale: int | None, device=None) -> tuple[MZSRNet, "ModelInfo"]:
-    """load_model(model), where None stands for default_model(mode, scale)."""
-    return load_model(default_model(mode, scale) if model is None else model, device=device)
+def resolve_model(model, mode: str | None, scale: int | None, device=None,
+                  steps: int | None = None) -> tuple[MZSRNet, "ModelInfo"]:
+    """load_model(model), where None stands for default_model(mode, scale, steps)."""
+    return load_model(default_model(mode, scale, steps) if model is None else model, device=device)
+
+
+def is_meta_learned(info: "ModelInfo") -> bool:
+    """Whether the model was meta-trained for test-time adaptation (a bundled
+    model, or a file written by the meta-trainer): poor until adapted."""
+    return info.name in BUNDLED or info.name.startswith("metatrain-")
+
+
+def unadapted_warning(info: "ModelInfo") -> str | None:
+    """Why MZSR(0) with this model is a poor choice, or None when it is not
+    meta-learned (a pretrained network is good as it is)."""
+    if not is_meta_learned(info):
+        return None
+    return (f"steps=0: the model {info.name!r} is meta-learned to be adapted and is poor without adaptation "
+            f"(often below plain bicubic upsampling); use steps >= 1 (1 for the lowest latency, 10 for the "
+            f"best quality), or bicubic upsampling if no adaptation is wanted")
 
 
 def mode_mismatch(kernel_mode: str | None, info: "ModelInfo") -> str | None:
@@ -179,7 +169,8 @@ def mode_mismatch(kernel_mode: str | None, info: "ModelInfo") -> str | None:
     degrades the son with its own mode), or None when it fits."""
     if kernel_mode in (None, info.mode):
         return None
-    fitting = [name for name, shipped in bundled_models().items() if shipped and CATALOGUE[name].mode == kernel_mode]
+    fitting = [name for name, shipped in bundled_models().items()
+               if shipped and name in CATALOGUE and CATALOGUE[name].mode == kernel_mode]
     hint = f"the shipped {fitting[0]!r} fits it" if fitting else f"no {kernel_mode} model is shipped yet"
     return (f"kernel: the preset comes with {kernel_mode} subsampling, but the model {info.name!r} adapts with "
             f"{info.mode} subsampling; {hint}")
@@ -189,14 +180,7 @@ def save_model(path, net: MZSRNet, info: ModelInfo) -> None:
     """Write the weights and info to a safetensors file (no pickle), atomically:
     a crash leaves the old file or the new one, never a torn one."""
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    path = os.fspath(path)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    try:
-        save_file(state, temporary, metadata=info.metadata())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    atomic_write(path, save_safetensors(state, metadata=info.metadata()))
 
 
 def load_model(model=None, device=None) -> tuple[MZSRNet, ModelInfo]:
@@ -210,7 +194,7 @@ def load_model(model=None, device=None) -> tuple[MZSRNet, ModelInfo]:
     if not isinstance(name, (str, os.PathLike)):
         raise TypeError(f"model: expected None, a bundled name, a path or an MZSRNet, got {type(model).__name__}")
     name = os.fspath(name)
-    if name in CATALOGUE:
+    if name in BUNDLED:
         path = _bundled_path(name)
         if not path.is_file():
             raise ValueError(f"model: the bundled model {name!r} is not trained yet (no weights shipped); "
@@ -219,7 +203,7 @@ def load_model(model=None, device=None) -> tuple[MZSRNet, ModelInfo]:
     elif os.path.isfile(name):
         path = name
     else:
-        raise ValueError(f"model: {name!r} is neither a bundled model ({', '.join(CATALOGUE)}) nor a file")
+        raise ValueError(f"model: {name!r} is neither a bundled model ({', '.join(BUNDLED)}) nor a file")
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata()
@@ -232,12 +216,12 @@ def load_model(model=None, device=None) -> tuple[MZSRNet, ModelInfo]:
         if not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"model: {path}: {key} holds NaN or infinite values")
     net = MZSRNet()
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"model: {path}: weights do not fit MZSRNet ({error})") from None
+    mismatch = state_dict_mismatch(net, state)
+    if mismatch is not None:
+        raise ValueError(f"model: {path}: weights do not fit MZSRNet: {mismatch}")
+    net.load_state_dict(state)
     info = ModelInfo.from_metadata(meta, os.path.splitext(os.path.basename(path))[0], source=path)
-    if name in CATALOGUE:  # what the name stands for, with the file's notes and schedule
+    if name in BUNDLED:  # what the name stands for, with the file's notes and schedule
         info = replace(bundled_info(name), notes=info.notes, own_schedule=info.own_schedule)
     net.model_info = info  # lets a loaded net be passed around without losing its info
     return (net.to(device) if device is not None else net), info

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import mzsr_fast
 from mzsr_fast import pretrained
-from mzsr_fast.adapt import forward_tiled, learning_rates
+from mzsr_fast.adapt import UnadaptedModelWarning, forward_tiled, learning_rates
 from mzsr_fast.pretrained import CATALOGUE, ModelInfo, load_model, save_model
 
 adapt_module = importlib.import_module("mzsr_fast.adapt")  # the package's `adapt` is the function
@@ -201,6 +201,7 @@ def test_preset_of_another_subsampling_mode_warns():
         mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=1, model=net)
 
 
+@pytest.mark.filterwarnings("ignore::mzsr_fast.adapt.UnadaptedModelWarning")
 def test_no_model_asks_for_the_bundled_model_of_the_kernels_mode(monkeypatch):
     asked = []
     monkeypatch.setattr(pretrained, "default_model", lambda mode, scale: asked.append((mode, scale)) or "direct_x2")
@@ -349,3 +350,18 @@ def test_an_image_too_large_for_memory_is_refused(monkeypatch):
     with pytest.raises(ValueError, match=r"lr: 24x24 \(height x width\) x2 needs about 2 MiB for the adaptation"):
         mzsr_fast.adapt(torch.rand(3, 24, 24), "g_d_2.0", steps=1, model=_small_net())
     mzsr_fast.adapt(torch.rand(3, 24, 24), "g_d_2.0", steps=0, model=_small_net())  # the output alone fits
+
+
+def test_steps_0_with_a_meta_learned_model_warns_and_names_what_to_use():
+    lr = torch.rand(3, 24, 24)
+    with pytest.warns(UnadaptedModelWarning,
+                      match=r"steps=0: the model 'direct_x2' is meta-learned to be adapted .* use steps >= 1"):
+        mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=0, model="direct_x2")
+    net = _small_net()
+    for name, warns in (("metatrain-direct_x2", True), ("reference_pretrained_x2", False), ("mine", False)):
+        net.model_info = ModelInfo(name, "direct_x2", "direct", (2,))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=0, model=net)
+            mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=1, model=net)  # adapted: never a warning
+        assert [w.category.__name__ for w in caught] == (["UnadaptedModelWarning"] if warns else []), name

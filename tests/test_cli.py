@@ -283,7 +283,7 @@ def test_two_inputs_for_one_output_file_exit_2(tmp_path, model_file, capsys):
         _rgb(tmp_path / folder / "a.png", 24, 24)
     assert main(["degrade", str(tmp_path / "one"), str(tmp_path / "two"), "-o", str(tmp_path / "o")]) == 2
     assert "would both be written to" in capsys.readouterr().err
-    assert not list((tmp_path / "o").iterdir())
+    assert not (tmp_path / "o").exists()  # the folder it made is removed again
 
 
 def test_degrade_output_is_what_eval_lr_reads(tmp_path, capsys):
@@ -324,11 +324,12 @@ def test_sizes_print_as_height_x_width(tmp_path, capsys):
 def test_debug_is_accepted_after_the_subcommand(tmp_path):
     from mzsr_fast.cli import UsageError
 
-    with pytest.raises(UsageError, match="missing.png: no such file"):  # --debug: the traceback
-        main(["degrade", str(tmp_path / "missing.png"), "-o", str(tmp_path), "--debug"])
-    with pytest.raises(UsageError, match="missing.png: no such file"):
-        main(["--debug", "degrade", str(tmp_path / "missing.png"), "-o", str(tmp_path)])
-    assert main(["degrade", str(tmp_path / "missing.png"), "-o", str(tmp_path)]) == 2
+    (tmp_path / "a").write_text("taken")
+    with pytest.raises(UsageError, match="a exists"):  # --debug: the traceback
+        main(["import-tf", "prefix", "-o", str(tmp_path / "a"), "--debug"])
+    with pytest.raises(UsageError, match="a exists"):
+        main(["--debug", "import-tf", "prefix", "-o", str(tmp_path / "a")])
+    assert main(["import-tf", "prefix", "-o", str(tmp_path / "a")]) == 2
 
 
 def test_eval_names_the_image_that_fails(tmp_path, capsys):
@@ -340,10 +341,11 @@ def test_eval_names_the_image_that_fails(tmp_path, capsys):
     assert f"{gt / 'b_tiny.png'}: gt: image of 4x4 (height x width) is too small" in capsys.readouterr().err
     (gt / "b_tiny.png").unlink()
     (gt / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    assert main(["eval", "--gt", str(gt), "--method", "bicubic"]) == 2
+    assert main(["eval", "--gt", str(gt), "--method", "bicubic"]) == 2  # a.png scored, c.png reported
     captured = capsys.readouterr()
-    assert f"{gt / 'c.png'}: corrupt or truncated image" in captured.err
-    assert "a.png" not in captured.err  # found before a.png was scored
+    error = captured.err.index(f"error: {gt / 'c.png'}: corrupt or truncated image")
+    assert error < captured.err.index("a.png bicubic(0)")  # found before a.png was scored
+    assert "| a.png | bicubic |" in captured.out and "c.png" not in captured.out
     _rgb(gt / "c.png", 32, 32)
     data = (gt / "c.png").read_bytes()
     (gt / "c.png").write_bytes(data[: len(data) // 2])
@@ -354,7 +356,7 @@ def test_eval_names_the_image_that_fails(tmp_path, capsys):
 def test_progress_within_an_image_only_for_long_work(tmp_path, model_file, capsys, monkeypatch):
     from mzsr_fast import cli
 
-    args = ["sr", "example-lr", "-o", str(tmp_path), "--steps", "3", "--model", model_file]
+    args = ["sr", "example-lr", "-o", str(tmp_path), "--steps", "3", "--model", model_file, "--force"]
     assert main(args) == 0
     assert "step" not in capsys.readouterr().err  # a small image: no progress
     monkeypatch.setattr(cli, "PROGRESS_EVERY", 0.0)
@@ -412,3 +414,44 @@ def test_eval_seconds_are_what_the_user_waits_scoring_included(tmp_path, monkeyp
     monkeypatch.setattr(metrics, "psnr_ssim", lambda *args: time.sleep(0.25) or scoring(*args))
     [score] = evaluation.evaluate(str(tmp_path / "gt"), "g_d_2.0", 2, [0], method="bicubic")
     assert score.seconds >= 0.25
+
+
+def test_sr_steps_0_with_a_meta_learned_model_warns_once_for_the_run(tmp_path, recwarn):
+    for name in ("a", "b"):
+        _rgb(tmp_path / f"{name}.png", 24, 26)
+    assert main(["sr", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "o"), "--steps", "0,1",
+                 "--kernel", "g_d_2.0", "--model", "direct_x2"]) == 0
+    said = [str(w.message) for w in recwarn if w.category.__name__ == "UnadaptedModelWarning"]
+    assert len(said) == 1 and said[0].startswith("steps=0: the model 'direct_x2' is meta-learned"), said
+    recwarn.clear()
+    assert main(["sr", str(tmp_path / "a.png"), "-o", str(tmp_path / "p"), "--steps", "1", "--kernel", "g_d_2.0",
+                 "--model", "direct_x2"]) == 0
+    assert not [w for w in recwarn if w.category.__name__ == "UnadaptedModelWarning"]
+
+
+def test_sr_adapt_pixels_all_or_a_budget_and_bad_values(tmp_path, model_file, capsys):
+    _rgb(tmp_path / "a.png", 60, 64)
+    base = ["sr", str(tmp_path / "a.png"), "--steps", "2", "--kernel", "g_d_2.0", "--model", model_file]
+    assert main(base + ["-o", str(tmp_path / "all"), "--adapt-pixels", "all"]) == 0
+    assert main(base + ["-o", str(tmp_path / "fits"), "--adapt-pixels", str(60 * 64)]) == 0
+    assert main(base + ["-o", str(tmp_path / "budget"), "--adapt-pixels", "1024", "--seed", "3"]) == 0
+    whole = read_image(tmp_path / "all" / "a_x2_mzsr2.png")
+    assert torch.equal(read_image(tmp_path / "fits" / "a_x2_mzsr2.png"), whole)  # within the budget: whole
+    assert not torch.equal(read_image(tmp_path / "budget" / "a_x2_mzsr2.png"), whole)
+    capsys.readouterr()
+    assert main(base + ["-o", str(tmp_path / "bad"), "--adapt-pixels", "many"]) == 2
+    assert "--adapt-pixels: expected a number of pixels or 'all', got 'many'" in capsys.readouterr().err
+    assert main(base + ["-o", str(tmp_path / "bad"), "--adapt-pixels", "100"]) == 2
+    assert "adapt_pixels: expected 0 (whole images) or an integer >= 1024, got 100" in capsys.readouterr().err
+
+
+def test_sr_share_adaptation_writes_every_frame_with_one_estimated_kernel(tmp_path, model_file, capsys):
+    frames = [tmp_path / f"frame{i}.png" for i in range(3)]
+    for i, frame in enumerate(frames):
+        _rgb(frame, 40 + i, 44, seed=i)
+    assert main(["sr", *map(str, frames), "-o", str(tmp_path / "o"), "--steps", "1", "--share-adaptation",
+                 "--model", model_file]) == 0
+    out = capsys.readouterr().out
+    assert out.count("estimated shared kernel") == 1 and "3 images MZSR(1):" in out
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [f"frame{i}_x2_mzsr1.png" for i in range(3)]
+    assert read_image(tmp_path / "o" / "frame2_x2_mzsr1.png").shape == (3, 84, 88)

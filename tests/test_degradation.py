@@ -114,3 +114,42 @@ def test_bad_input(args, error, match):
 def test_bad_noise_sigma():
     with pytest.raises(ValueError, match="noise_sigma: expected a number >= 0"):
         mzsr_fast.degrade(torch.rand(3, 8, 8), torch.rand(3, 3), 2, noise_sigma=-0.1)
+
+
+NEGATIVE = np.full((3, 3), -1 / 9)                                      # all negative, sum -1
+ONE_NEGATIVE = np.array([[0.0, -0.1, 0.0], [0.2, 0.8, 0.2], [0.0, -0.1, 0.0]])  # a sharpening kernel, sum 1
+ZERO_SUM = np.array([[0.0, 0.0, 0.0], [0.5, 0.0, -0.5], [0.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize("weights,message", [
+    (NEGATIVE, r"kernel: expected non-negative weights \(a blur kernel\), got 9 negative of 9 \(the smallest -0.1111\)"),
+    (ONE_NEGATIVE, r"kernel: expected non-negative weights \(a blur kernel\), got 2 negative of 9 \(the smallest -0.1\)"),
+    (ZERO_SUM, r"kernel: expected non-negative weights \(a blur kernel\), got 1 negative of 9"),
+    (np.zeros((3, 3)), r"kernel: expected weights with a positive sum, got 0$"),
+])
+def test_load_kernel_refuses_what_is_not_a_blur_kernel(tmp_path, weights, message):
+    from scipy.io import savemat
+
+    from mzsr_fast.degradation import load_kernel
+
+    for spec in (weights, torch.from_numpy(weights).float()):
+        with pytest.raises(ValueError, match=message):
+            load_kernel(spec)
+    np.save(tmp_path / "k.npy", weights)
+    savemat(tmp_path / "k.mat", {"kernel": weights})
+    for name in ("k.npy", "k.mat"):
+        path = str(tmp_path / name)
+        with pytest.raises(ValueError, match=message.rstrip("$") + f".* in {path}$"):
+            load_kernel(path)
+
+
+def test_degrade_command_refuses_a_negative_kernel_file(tmp_path, capsys):
+    from mzsr_fast.cli import main
+
+    np.save(tmp_path / "neg.npy", NEGATIVE)
+    out = tmp_path / "out"
+    assert main(["degrade", "example", "-o", str(out), "--kernel", str(tmp_path / "neg.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith(f"kernel: expected non-negative weights (a blur kernel), got 9 "
+                                                  f"negative of 9 (the smallest -0.1111) in {tmp_path / 'neg.npy'}\n")
+    assert not out.exists() or not any(out.iterdir())

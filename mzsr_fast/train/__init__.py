@@ -9,15 +9,20 @@ files, exact resume), lock (one process per run folder), run (the loop), setting
 configured with, compared on resume), signals (stop requests), precision (bf16),
 trainer (the setup both trainers share), pretrain, metatrain, distributed
 (torchrun), progress (bar, CSV, TensorBoard), validation (PSNR on held-out
-images), cli (the subcommands).
+images), cli (the subcommands). The names below are imported on first use
+(mzsr_fast._lazy), so the command line registers its subcommands without torch.
 """
-from .checkpoints import CheckpointManager, NonFiniteError
-from .data import DataError, ImageBank, PatchSampler, Prefetcher
-from .metatrain import MetaLearner, MetatrainConfig, metatrain
-from .pretrain import Pretrainer, PretrainConfig, pretrain
-from .lock import RunLockedError
-from .run import TrainResult
-from .settings import ConfigMismatchError
+from .._lazy import lazy_package
+
+lazy_package(__name__, names={
+    "CheckpointManager": "checkpoints", "NonFiniteError": "checkpoints",
+    "DataError": "data", "ImageBank": "data", "PatchSampler": "data", "Prefetcher": "data",
+    "MetaLearner": "metatrain", "MetatrainConfig": "metatrain", "metatrain": "metatrain",
+    "Pretrainer": "pretrain", "PretrainConfig": "pretrain", "pretrain": "pretrain",
+    "RunLockedError": "lock",
+    "TrainResult": "run",
+    "ConfigMismatchError": "settings",
+})
 
 __all__ = ["PretrainConfig", "pretrain", "Pretrainer", "MetatrainConfig", "metatrain", "MetaLearner",
            "TrainResult", "ConfigMismatchError", "DataError", "ImageBank", "PatchSampler", "Prefetcher",

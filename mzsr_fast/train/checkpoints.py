@@ -5,7 +5,16 @@ Layout of RUN_DIR:
     latest.safetensors                  newest weights (plain MZSRNet state dict)
     checkpoints/step-00001000.safetensors   weights at iteration 1000
     checkpoints/step-00001000.state.pt  optimiser, RNG, step, config (plain
-                                        tensors/dicts, torch.load(weights_only=True))
+                                        tensors/dicts), with its own SHA-256
+
+A state file is one header line, b"mzsr_fast checkpoint state, format 2,
+sha256 " + the hex SHA-256 of the rest + b"\n", then torch.save(state).
+read_state verifies it, so a changed byte anywhere in the file makes the
+checkpoint unreadable (torch.load alone does not check its zip records' CRCs: a
+flipped byte in a tensor loads as a different value). Files of format 1 (the
+bare torch.save(state), written before state checksums) still load, with a
+warning that their state is not verified; the weights' SHA-256 is checked in
+both formats.
 
 A checkpoint is committed when its state file exists: the weights are written
 first, the state (which records the weights' SHA-256) second, latest.safetensors
@@ -23,7 +32,6 @@ import io
 import os
 import random
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 
@@ -31,58 +39,19 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from .._files import TEMP_PREFIX, atomic_write, fsync_dir
+from ..model import state_dict_mismatch
+
 __all__ = ["atomic_write", "fsync_dir", "Checkpoint", "CheckpointManager", "rng_state", "set_rng_state",
            "weights_bytes", "load_weights", "resolve_weights", "load_into", "TEMP_PREFIX", "NonFiniteError",
-           "first_non_finite"]
+           "first_non_finite", "state_bytes", "read_state"]
 
-TEMP_PREFIX = ".tmp-"
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp makes 0600
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+STATE_HEADER = f"mzsr_fast checkpoint state, format {STATE_FORMAT}, sha256 ".encode()
+UNVERIFIED_FORMAT = 1  # the bare torch.save(state), before state checksums
+_ZIP_MAGIC = b"PK\x03\x04"  # how a torch.save file starts
 _NAME = re.compile(r"^step-(\d{8,})\.state\.pt$")
 _WEIGHTS_NAME = re.compile(r"^step-(\d{8,})\.safetensors$")
-
-
-def fsync_dir(path) -> None:
-    """fsync a folder so a rename inside it survives a power cut (no-op where unsupported)."""
-    try:
-        fd = os.open(os.fspath(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path, data: bytes) -> None:
-    """Write data to path so that path holds either its old content or all of data."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
-    try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(folder)
 
 
 class NonFiniteError(ValueError):
@@ -145,10 +114,10 @@ def load_into(model: torch.nn.Module, path) -> None:
     bad = first_non_finite(weights)
     if bad is not None:
         raise NonFiniteError(f"{path}: {bad} holds NaN or infinite values; expected finite weights")
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as error:
-        raise ValueError(f"{path}: weights do not fit {type(model).__name__} ({error})") from None
+    mismatch = state_dict_mismatch(model, weights)
+    if mismatch is not None:
+        raise ValueError(f"{path}: weights do not fit {type(model).__name__}: {mismatch}")
+    model.load_state_dict(weights)
 
 
 def rng_state() -> dict:
@@ -195,10 +164,7 @@ class Checkpoint:
 
     def load(self, map_location="cpu") -> tuple[dict[str, torch.Tensor], dict]:
         """(weights, state). Raises ValueError when the pair is broken."""
-        try:
-            state = torch.load(self.state_path, map_location=map_location, weights_only=True)
-        except Exception as error:  # noqa: BLE001  (any unreadable state file)
-            raise ValueError(f"{self.state_path}: unreadable checkpoint state ({_load_error(error)})") from None
+        state = read_state(self.state_path, map_location)
         try:
             with open(self.weights_path, "rb") as f:
                 data = f.read()
@@ -209,6 +175,58 @@ class Checkpoint:
         if state.get("step") != self.step:
             raise ValueError(f"{self.state_path}: records step {state.get('step')}, its name says {self.step}")
         return load_safetensors(data), state
+
+
+def state_bytes(state: dict) -> bytes:
+    """The content of a state file for state (see the module docstring). TypeError
+    when state does not load back with torch.load(weights_only=True)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    try:  # refuse to write a state that could not be resumed from
+        torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as error:  # noqa: BLE001
+        raise TypeError(f"checkpoint state is not loadable with weights_only=True: {error}") from None
+    return STATE_HEADER + hashlib.sha256(data).hexdigest().encode() + b"\n" + data
+
+
+def read_state(path, map_location="cpu") -> dict:
+    """The state dict of a state file, its SHA-256 verified. ValueError naming
+    path when it is unreadable, damaged or altered; a file of format 1 (no
+    checksum) is returned with a warning."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as error:
+        raise ValueError(f"{path}: unreadable checkpoint state ({error})") from None
+    if data.startswith(_ZIP_MAGIC):
+        state = _torch_load(data, path, map_location)
+        if not isinstance(state, dict) or state.get("format") != UNVERIFIED_FORMAT:
+            raise ValueError(f"{path}: unreadable checkpoint state (a torch file without the header line "
+                             f"of format {STATE_FORMAT}, and not a state of format {UNVERIFIED_FORMAT})")
+        warnings.warn(f"{path}: a checkpoint state of format {UNVERIFIED_FORMAT}, written before state files "
+                      f"carried their SHA-256: loaded without verifying it (its weights are verified; "
+                      f"checkpoints written from now on carry one)", stacklevel=2)
+        return state
+    header, newline, payload = data.partition(b"\n")
+    digest = header[len(STATE_HEADER):].decode("ascii", "replace")
+    if not newline or not header.startswith(STATE_HEADER) or len(digest) != 64:
+        raise ValueError(f"{path}: unreadable checkpoint state (no header line "
+                         f"{(STATE_HEADER + b'<SHA-256>').decode()!r})")
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise ValueError(f"{path}: checkpoint state does not match its SHA-256 (the file was damaged or altered)")
+    state = _torch_load(payload, path, map_location)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: unreadable checkpoint state (holds a {type(state).__name__}, expected a dict)")
+    return state
+
+
+def _torch_load(data: bytes, path: str, map_location):
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001  (any unreadable state file)
+        raise ValueError(f"{path}: unreadable checkpoint state ({_load_error(error)})") from None
 
 
 def _load_error(error: Exception) -> str:
@@ -306,15 +324,10 @@ class CheckpointManager:
         os.makedirs(self.folder, exist_ok=True)
         weights_path, state_path = self._paths(step)
         data = weights_bytes(state_dict, metadata)
-        atomic_write(weights_path, data)
         state = dict(state, step=int(step), format=STATE_FORMAT, weights_sha256=hashlib.sha256(data).hexdigest())
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        try:  # refuse to write a state that could not be resumed from
-            torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
-        except Exception as error:  # noqa: BLE001
-            raise TypeError(f"checkpoint state is not loadable with weights_only=True: {error}") from None
-        atomic_write(state_path, buffer.getvalue())
+        blob = state_bytes(state)
+        atomic_write(weights_path, data)
+        atomic_write(state_path, blob)
         self._good.add(step)
         atomic_write(self.latest_weights, data)
         for name, blob in (extra_files or {}).items():

@@ -4,7 +4,7 @@
     mzsr-fast metatrain DATA_DIR --init PRETRAINED --out RUN_DIR [options]
     torchrun --nproc_per_node=N -m mzsr_fast.cli metatrain ...   (data parallel)
 
-A stopped run (Ctrl-C, SIGTERM) saves a checkpoint and exits with code 1;
+A stopped run (Ctrl-C, SIGTERM) saves a checkpoint and exits with code 130;
 the same command with --resume continues it exactly (--resume-or-start: the
 same command also makes the first start). Exit code 2: bad settings or data,
 a run folder in use by another process, --resume without a readable
@@ -98,7 +98,7 @@ def _finish(kind: str, result) -> None:
     import sys
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     if result.interrupted:
-        # the checkpoint is saved; exit code 1 tells a scheduler the run is not finished
+        # the checkpoint is saved; main's exit code 130 tells a scheduler the run is not finished
         if main_rank:
             print(f"mzsr-fast {kind}: stopped at iteration {result.step}; resume with the same command and "
                   f"--resume", file=sys.stderr)
@@ -113,7 +113,15 @@ def cmd_pretrain(args) -> None:
 
 
 def cmd_metatrain(args) -> None:
+    from .checkpoints import CheckpointManager
     from .metatrain import MetatrainConfig, metatrain
+    if args.init is None:  # only a resumed run may do without: it takes its checkpoint's weights
+        if not (args.resume or args.resume_or_start):
+            raise ValueError("--init: the pretrained weights to start from are required (a resumed run, "
+                             "--resume or --resume-or-start, takes its checkpoint's instead)")
+        if args.resume_or_start and not CheckpointManager(args.out).list():
+            raise ValueError(f"--init: {args.out} has no checkpoint to resume from, so a new run starts there "
+                             f"and needs the pretrained weights to start from")
     config = _config(MetatrainConfig, args, order=1 if args.first_order else None)
     _finish("metatrain", metatrain(config))
 
@@ -134,14 +142,15 @@ def register_train_commands(commands) -> None:
     pre.add_argument("--init", help="start from these weights (.safetensors or a run folder)")
     pre.set_defaults(run=cmd_pretrain)
 
-    from ..pretrained import CATALOGUE
+    from ..catalogue import CATALOGUE
     meta = commands.add_parser(
         "metatrain", help="meta-transfer learning with MAML (docs/method.md section 7)",
         description="Meta-transfer learning: tasks of one random blur kernel each, inner SGD steps on a "
                     "support set, MAML++ multi-step loss on the query set, meta Adam.")
     _common(meta, checkpoint_every=1000, log_every=10)
-    meta.add_argument("--init", required=True, metavar="PRETRAINED",
-                      help="pretrained weights (.safetensors or a pretraining run folder)")
+    meta.add_argument("--init", metavar="PRETRAINED",
+                      help="pretrained weights (.safetensors or a pretraining run folder) a new run starts from; "
+                           "a resumed run takes its checkpoint's and neither loads nor needs this file")
     meta.add_argument("--variant", choices=sorted(CATALOGUE), help="direct_x2 (default), bicubic_x2, direct_x4 or "
                       "multiscale (scale per task from 2.0, 2.2, ..., 4.0)")
     meta.add_argument("--meta-batch", type=_positive_int, help="tasks per meta-iteration, all processes (default 5)")

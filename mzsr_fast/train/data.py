@@ -106,8 +106,9 @@ def _read_uint8(path: str):
         with Image.open(path) as image:
             image.load()
             if image.mode in ("RGB", "L", "P", "RGBA", "LA", "PA", "CMYK", "YCbCr", "1"):
+                # pillow's array is read-only: copy it (ascontiguousarray would not for a 1x1 image)
                 array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-                return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+                return torch.from_numpy(array.transpose(2, 0, 1).copy())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.round(read_image(path, torch.float32) * 255).to(torch.uint8).contiguous()

@@ -258,7 +258,8 @@ def train(kind: str, config, make_trainer, on_step=None) -> TrainResult:
     try:
         with Run(kind, config, dist) as run:
             resumed = run.open()
-            trainer = make_trainer(config, dist)
+            # a resumed run's weights come from its checkpoint: its --init file is neither loaded nor needed
+            trainer = make_trainer(dataclasses.replace(config, init=None) if resumed is not None else config, dist)
             start = 0
             if resumed is not None:
                 start, weights, state = resumed

@@ -12,9 +12,11 @@ __all__ = ["RunSettings", "RUNTIME_FIELDS", "ConfigMismatchError", "config_dict"
            "config_differences", "positive_int", "non_negative_int", "positive_float"]
 
 # Settings that may change between a run and its resumption without notice:
-# how long, where, how often to save/log/validate, and on what hardware.
+# how long, where, how often to save/log/validate, and on what hardware; and
+# the init weights, which only a new run loads (a resumed one takes its
+# checkpoint's), so a fresh clone resumes without the file the run started from.
 RUNTIME_FIELDS = frozenset({
-    "iterations", "out", "resume", "resume_or_start", "allow_config_change", "checkpoint_every", "keep", "device",
+    "init", "iterations", "out", "resume", "resume_or_start", "allow_config_change", "checkpoint_every", "keep", "device",
     "threads", "validate_every", "val_dir", "val_crop", "val_kernels", "val_steps", "log_every", "prefetch", "progress",
 })
 

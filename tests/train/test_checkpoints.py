@@ -1,5 +1,6 @@
-"""Checkpoint files: atomic writes, keeping the last N, verification, RNG state,
-and a process killed (SIGKILL) in the middle of a checkpoint write."""
+"""Checkpoint files: atomic writes, keeping the last N, verification (the
+weights' and the state's SHA-256), RNG state, and a process killed (SIGKILL) in
+the middle of a checkpoint write."""
 import os
 import random
 import subprocess
@@ -12,7 +13,8 @@ import torch
 
 from mzsr_fast.model import MZSRNet
 from mzsr_fast.train import checkpoints
-from mzsr_fast.train.checkpoints import CheckpointManager, atomic_write, load_weights, rng_state, set_rng_state
+from mzsr_fast.train.checkpoints import (CheckpointManager, atomic_write, load_weights, read_state, rng_state,
+                                         set_rng_state)
 from mzsr_fast.train.pretrain import pretrain
 from train_helpers import tiny_pretrain
 
@@ -58,8 +60,7 @@ def test_latest_safetensors_loads_without_pickle(tmp_path):
     fresh = MZSRNet()
     fresh.load_state_dict(load_file(str(tmp_path / "latest.safetensors")))
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), net.state_dict().values()))
-    state = torch.load(manager.list()[0].state_path, weights_only=True)
-    assert state["step"] == 7
+    assert read_state(manager.list()[0].state_path)["step"] == 7
 
 
 def test_rng_state_round_trip():
@@ -149,3 +150,74 @@ def test_latest_refuses_when_no_checkpoint_can_be_read(tmp_path):
     (tmp_path / "checkpoints" / "step-00000001.safetensors").unlink()
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="none of its 1 checkpoint"):
         manager.latest()
+
+
+def _adam_like_state(seed: int) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    return {"kind": "test", "optimizer": {"state": {0: {"step": torch.tensor(3.0),
+                                                        "exp_avg": torch.randn(4096, generator=gen)}}}}
+
+
+def test_every_flipped_byte_of_a_state_file_is_refused(tmp_path):
+    manager = CheckpointManager(tmp_path, keep=0)
+    manager.save(1, MZSRNet().state_dict(), _adam_like_state(1))
+    path = manager.list()[0].state_path
+    original = open(path, "rb").read()
+    exp_avg = read_state(path)["optimizer"]["state"][0]["exp_avg"]
+    # torch.load alone returns an altered moment for a bit flipped inside it; the checksum catches it
+    inside = original.find(exp_avg[:16].numpy().tobytes()) + 9
+    positions = sorted({inside, *range(0, len(original), max(1, len(original) // 64)), len(original) - 1})
+    for position in positions:
+        damaged = bytearray(original)
+        damaged[position] ^= 0x10
+        with open(path, "wb") as f:
+            f.write(damaged)
+        with pytest.raises(ValueError, match=f"{path}: (unreadable checkpoint state|checkpoint state does not match "
+                                             f"its SHA-256)"):
+            read_state(path)
+    with open(path, "wb") as f:
+        damaged = bytearray(original)
+        damaged[inside] ^= 0x10
+        f.write(damaged)
+    with pytest.raises(ValueError, match="does not match its SHA-256"):
+        read_state(path)
+
+
+def test_a_damaged_state_falls_back_to_the_previous_checkpoint(tmp_path):
+    manager = CheckpointManager(tmp_path, keep=0)
+    for step in (1, 2):
+        manager.save(step, MZSRNet().state_dict(), _adam_like_state(step))
+    checkpoints = manager.list()
+    for checkpoint in reversed(checkpoints):  # the newest first, then the only one left
+        data = bytearray(open(checkpoint.state_path, "rb").read())
+        moment = read_state(checkpoint.state_path)["optimizer"]["state"][0]["exp_avg"]
+        data[data.find(moment[:16].numpy().tobytes()) + 5] ^= 0x01
+        with open(checkpoint.state_path, "wb") as f:
+            f.write(data)
+        if checkpoint.step == 2:
+            with pytest.warns(UserWarning, match="skipping a broken checkpoint: .*step-00000002.state.pt: "
+                                                 "checkpoint state does not match its SHA-256"):
+                found, _, state = CheckpointManager(tmp_path).latest()
+            assert found.step == 1 and torch.equal(state["optimizer"]["state"][0]["exp_avg"],
+                                                   _adam_like_state(1)["optimizer"]["state"][0]["exp_avg"])
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"none of its 2 checkpoint\(s\) can be read "
+                                                                    r"\(.*SHA-256.*SHA-256"):
+        CheckpointManager(tmp_path).latest()
+
+
+def test_a_state_written_before_state_checksums_loads_with_a_warning(tmp_path):
+    manager = CheckpointManager(tmp_path)
+    manager.save(4, MZSRNet().state_dict(), _adam_like_state(4))
+    path = manager.list()[0].state_path
+    torch.save(dict(read_state(path), format=1), path)  # what the trainers wrote before: the bare state dict
+    with pytest.warns(UserWarning, match="format 1, written before state files carried their SHA-256"):
+        checkpoint, _, state = CheckpointManager(tmp_path).latest()
+    assert checkpoint.step == 4 and state["format"] == 1
+
+
+@pytest.mark.parametrize("run", ["pretrain_x2", "metaref_multiscale_lr"])
+def test_the_committed_runs_of_format_1_still_load(run):
+    folder = os.path.join(os.path.dirname(__file__), "..", "..", "training", run)
+    with pytest.warns(UserWarning, match="format 1"):
+        checkpoint, _, state = CheckpointManager(folder).latest()
+    assert state["step"] == checkpoint.step and "optimizer" in state

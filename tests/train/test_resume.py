@@ -3,6 +3,7 @@ with deterministic cuDNN and no TF32), stop signals, changed settings
 refused, the log kept consistent."""
 import csv
 import os
+import shutil
 import signal
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from mzsr_fast.cli import main
 from mzsr_fast.train import ConfigMismatchError, metatrain, pretrain
-from mzsr_fast.train.checkpoints import CheckpointManager, load_weights
+from mzsr_fast.train.checkpoints import CheckpointManager, load_weights, read_state
 from train_helpers import tiny_meta, tiny_pretrain
 
 
@@ -26,8 +27,8 @@ def test_pretrain_stopped_and_resumed_is_bitwise_the_uninterrupted_run(image_dir
     resumed = pretrain(tiny_pretrain(image_dir, tmp_path / "split", iterations=4, resume=True))
     assert resumed.step == 4
     assert same_weights(straight.latest, resumed.latest)
-    state_a = torch.load(CheckpointManager(tmp_path / "straight").list()[-1].state_path, weights_only=True)
-    state_b = torch.load(CheckpointManager(tmp_path / "split").list()[-1].state_path, weights_only=True)
+    state_a = read_state(CheckpointManager(tmp_path / "straight").list()[-1].state_path)
+    state_b = read_state(CheckpointManager(tmp_path / "split").list()[-1].state_path)
     exp_avg = [s["exp_avg"] for s in state_a["optimizer"]["state"].values()]
     assert all(torch.equal(x, s["exp_avg"]) for x, s in zip(exp_avg, state_b["optimizer"]["state"].values()))
 
@@ -127,6 +128,42 @@ def test_a_run_whose_checkpoints_are_all_unreadable_is_neither_resumed_nor_resta
     assert [c.step for c in CheckpointManager(tmp_path).list()] == [1, 2]  # nothing deleted or written
 
 
+def _flip_a_bit_of_adams_moment(checkpoint) -> None:
+    """Flip one bit inside the first exp_avg tensor of checkpoint's state file:
+    torch.load alone would return the altered moment without complaint."""
+    moment = next(iter(read_state(checkpoint.state_path)["optimizer"]["state"].values()))["exp_avg"]
+    data = bytearray(open(checkpoint.state_path, "rb").read())
+    position = data.find(bytes(moment.untyped_storage().tolist()[:64]))  # its bytes as stored
+    assert position > 0
+    data[position + 6] ^= 0x01
+    with open(checkpoint.state_path, "wb") as f:
+        f.write(data)
+
+
+def test_resume_refuses_a_state_file_with_a_flipped_byte_and_falls_back(image_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["pretrain", str(image_dir), "--out", str(run), *PRETRAIN_CLI]
+    assert main(base + ["--iterations", "2"]) == 0
+    first, second = CheckpointManager(run).list()
+    _flip_a_bit_of_adams_moment(second)
+    with pytest.warns(UserWarning, match=f"skipping a broken checkpoint: {second.state_path}: checkpoint state "
+                                         f"does not match its SHA-256"):
+        assert main(base + ["--iterations", "3", "--resume"]) == 0  # resumed at 1: iterations 2 and 3 again
+    straight = ["pretrain", str(image_dir), "--out", str(tmp_path / "straight"), *PRETRAIN_CLI]
+    assert main(straight + ["--iterations", "3"]) == 0
+    assert same_weights(tmp_path / "straight" / "latest.safetensors", run / "latest.safetensors")  # as if undamaged
+
+    for checkpoint in CheckpointManager(run).list():  # now every one of them
+        _flip_a_bit_of_adams_moment(checkpoint)
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="skipping a broken checkpoint"):
+        assert main(base + ["--iterations", "4", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mzsr-fast pretrain: error: {run / 'checkpoints'}: none of its 3 checkpoint(s) "
+                          f"can be read") and err.count("does not match its SHA-256") == 3
+    assert "\n" not in err
+
+
 def test_a_log_that_is_not_utf8_is_kept_aside_on_resume(image_dir, tmp_path):
     pretrain(tiny_pretrain(image_dir, tmp_path, iterations=2))
     garbage = b"step,loss\n1,\xff\xfe\x00\n"
@@ -161,3 +198,27 @@ def test_a_setting_newer_than_the_saved_run_counts_as_its_default():
     assert config_differences(saved, config_dict(config), defaults=field_defaults(config)) == []
     config.holdout = 5
     assert config_differences(saved, config_dict(config), defaults=field_defaults(config)) == ["holdout: 0 -> 5"]
+
+
+def test_a_committed_run_resumes_elsewhere_without_its_init_file(image_dir, tmp_path, capsys):
+    """A run moved to another folder (a fresh clone) whose --init file is gone
+    resumes from its checkpoint with its card's command, with or without --init."""
+    init = tmp_path / "init.safetensors"
+    pretrain(tiny_pretrain(image_dir, tmp_path / "pre", iterations=1))
+    os.replace(tmp_path / "pre" / "latest.safetensors", init)
+    base = ["metatrain", str(image_dir), "--patch-size", "16", "--meta-batch", "2", "--task-batch", "2",
+            "--inner-steps", "2", "--threads", "1", "--no-progress", "--device", "cpu", "--checkpoint-every", "1"]
+    first = tmp_path / "first"
+    assert main(base + ["--out", str(first), "--init", str(init), "--iterations", "1"]) == 0
+    moved = tmp_path / "clone" / "run"
+    shutil.copytree(first, moved)
+    init.unlink()
+    # the recorded --init path no longer exists: not loaded, not a changed setting
+    assert main(base + ["--out", str(moved), "--init", str(init), "--iterations", "2", "--resume-or-start"]) == 0
+    assert main(base + ["--out", str(moved), "--iterations", "3", "--resume"]) == 0
+    assert "changed setting" not in capsys.readouterr().err
+    assert [c.step for c in CheckpointManager(moved).list()][-1] == 3
+    # starting a new run still needs the init weights
+    assert main(base + ["--out", str(tmp_path / "new"), "--iterations", "1", "--resume-or-start"]) == 2
+    assert "--init: " in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "new"), "--iterations", "1"]) == 2

@@ -3,6 +3,7 @@ with validation, a CSV log, and safetensors weights that load without pickle."""
 import csv
 import json
 
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -86,3 +87,30 @@ def test_bad_settings_exit_with_code_2(image_dir, tmp_path, capsys):
     if not torch.cuda.is_available():
         assert main(["pretrain", str(image_dir), "--out", str(tmp_path / "r3"), "--device", "cuda"]) == 2
         assert "device: CUDA was asked for but no CUDA device is available" in capsys.readouterr().err
+
+
+NOT_WRITABLE = "The given NumPy array is not writable"
+
+
+@pytest.mark.slow
+def test_metatrain_gives_torch_no_read_only_numpy_array(image_dir, tmp_path):
+    """A 1x1 image among the training images (skipped as too small) decoded to
+    a read-only numpy array that torch.from_numpy took as it was. PyTorch warns
+    once per process, so the run is a process of its own, with that warning an error."""
+    import shutil
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(image_dir, data)
+    Image.new("RGB", (1, 1), (10, 20, 30)).save(data / "dot.png")
+    save_file(MZSRNet().state_dict(), str(tmp_path / "init.safetensors"))
+    command = [sys.executable, "-W", f"error:{NOT_WRITABLE}", "-m", "mzsr_fast.cli", "metatrain", str(data),
+               "--init", str(tmp_path / "init.safetensors"), "--out", str(tmp_path / "run"), "--iterations", "1",
+               "--meta-batch", "2", "--task-batch", "2", "--patch-size", "16", "--inner-steps", "1",
+               "--device", "cpu", "--no-progress", *TINY]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and NOT_WRITABLE not in result.stderr, result.stderr
+    assert "dot.png (1x1)" in result.stderr  # the image was read, then skipped as too small
