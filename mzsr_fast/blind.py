@@ -83,9 +83,10 @@ CONFIDENCE_SCALE = 0.05
 class KernelEstimate:
     """An estimated Gaussian blur kernel (docs/method.md section 2 conventions).
 
-    theta: radians in [0, pi); lambda1 >= lambda2: variances; mode: the
-    subsampling it was estimated for; spread: for "learned" and "combined"
-    the mean kernel L1 between the network's four views and their mean, for
+    theta: radians in [0, pi); lambda1 >= lambda2: variances in HR pixels of
+    the scale; mode: the subsampling it was estimated for; spread: for
+    "learned" and "combined" the mean kernel L1 between the network's four
+    views and their mean (in the network's units at every scale), for
     "crossscale" the final residual of the spectral fit (NaN for a
     fallback); confidence = 1 / (1 + spread / CONFIDENCE_SCALE) in (0, 1], a
     monotone score, not a calibrated probability (0 for a fallback);
