@@ -585,7 +585,7 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
     kernel: [k, k] tensor, [B, k, k] (one per image), a preset name, a
     (theta, lambda1, lambda2) triple, a .npy/.mat path, or "auto": each
     image's kernel estimated from the image (mzsr_fast.blind.estimate_kernel,
-    x2 only, for the subsampling mode of the son). model: None (the
+    x2, x3 or x4, for the subsampling mode of the son). model: None (the
     shipped bundled model for the preset's subsampling mode and the scale,
     pretrained.default_model), a bundled name, a .safetensors path or an
     MZSRNet (left unchanged). mode: "direct" or "bicubic" subsampling of the son

@@ -478,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     sr.add_argument("--scale", type=int, default=2)
     sr.add_argument("--kernel", default="auto",
-                    help=kernel_help + ", or 'auto' (default): estimate each image's kernel (x2) and print it")
+                    help=kernel_help + ", or 'auto' (default): estimate each image's kernel (x2, x3, x4) and print it")
     sr.add_argument("--steps", default="10",
                     help="adaptation steps n of MZSR(n) (default 10: the shipped x2 models are meta-trained for "
                          "adaptation and poor without it); comma-separated for one output per n, e.g. 0,1,10")
@@ -507,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--lr", metavar="DIR", help="LR folder (default: degrade the GT with --kernel)")
     evaluate.add_argument("--kernel", default="g_d_2.0",
                           help=kernel_help + ", or 'random': each GT image degraded with its own random kernel "
-                                             "(direct x2, variances 0.2-5, any angle; see --seed)")
+                                             "(direct, any angle; variances 0.2-5 at x2, the meta-training "
+                                             "distribution at x3 and x4; see --seed)")
     evaluate.add_argument("--seed", type=int, help="seed of --kernel random (default 0)")
     evaluate.add_argument("--estimate-kernel", action="store_true",
                           help="also adapt with the kernel estimated from each LR image (method mzsr-est) "
@@ -525,9 +526,10 @@ def build_parser() -> argparse.ArgumentParser:
     _force(evaluate, "existing results files")
     evaluate.set_defaults(run=cmd_eval)
 
-    estimate = commands.add_parser("estimate-kernel", help="estimate the blur kernel of x2 LR images (blind mode)")
+    estimate = commands.add_parser("estimate-kernel",
+                                   help="estimate the blur kernel of x2, x3 or x4 LR images (blind mode)")
     estimate.add_argument("inputs", nargs="+", metavar="IMAGE", help="LR image files or folders, or 'example-lr'")
-    estimate.add_argument("--scale", type=int, default=2, help="the estimators are for x2")
+    estimate.add_argument("--scale", type=int, default=2, help="2, 3 or 4 (x3 and x4: direct subsampling only)")
     estimate.add_argument("--mode", choices=("direct", "bicubic"), default="direct",
                           help="subsampling the images were made with (g_b_* presets: bicubic)")
     estimate.add_argument("--method", choices=("combined", "learned", "crossscale"), default="combined",
