@@ -161,10 +161,13 @@ def _check_memory(images: list[torch.Tensor], scale: int, steps: int, plan: Budg
     else:
         seen = sum(pixels)
     # the adaptation, the images and their sons, the outputs, and one inference tile
-    need = ADAPT_BYTES_PER_PIXEL * seen + IMAGE_BYTES_PER_PIXEL * sum(pixels)
+    # the images and their sons throughout, then the steps, then the outputs and one tile at a time
+    steps_need = ADAPT_BYTES_PER_PIXEL * seen
+    inference_need = 0
     if tile is not None:
         tile_pixels = min(max(pixels) * scale ** 2, (tile + 2 * RECEPTIVE_RADIUS) ** 2)
-        need += OUTPUT_BYTES_PER_PIXEL * sum(pixels) * scale ** 2 + TILE_BYTES_PER_PIXEL * tile_pixels
+        inference_need = OUTPUT_BYTES_PER_PIXEL * sum(pixels) * scale ** 2 + TILE_BYTES_PER_PIXEL * tile_pixels
+    need = IMAGE_BYTES_PER_PIXEL * sum(pixels) + max(steps_need, inference_need)
     free = available_memory(images[0].device)
     if free is not None and need > free:
         shape = images[int(torch.tensor(pixels).argmax())].shape

@@ -394,13 +394,14 @@ def test_sr_refuses_an_image_too_large_for_memory(tmp_path, model_file, capsys, 
     import importlib
 
     adapt_module = importlib.import_module("mzsr_fast.adapt")
-    monkeypatch.setattr(adapt_module, "available_memory", lambda device: 8 * 2 ** 20)
-    args = ["sr", "example-lr", "-o", str(tmp_path), "--model", model_file]
-    assert main(args + ["--steps", "1"]) == 2  # 128x128 LR: 2.5 KB per pixel to adapt, 40 MiB
+    monkeypatch.setattr(adapt_module, "available_memory", lambda device: 20 * 2 ** 20)
+    args = ["sr", "example-lr", "-o", str(tmp_path), "--model", model_file, "--tile", "64"]
+    assert main(args + ["--steps", "1", "--adapt-pixels", "all"]) == 2  # 128x128 LR: 2.5 KB per pixel, 40 MiB
     err = capsys.readouterr().err
-    assert "butterfly_lr_g_d_2.0.png: 128x128 (height x width) x2 needs about 46 MiB" in err
-    assert "more than the 8 MiB available on cpu" in err and err.count("\n") == 1
-    assert main(args + ["--steps", "0"]) == 0  # the output alone, 96 B per output pixel: 6 MiB
+    assert "butterfly_lr_g_d_2.0.png: 128x128 (height x width) x2 needs about 41 MiB" in err
+    assert "more than the 20 MiB available on cpu" in err and err.count("\n") == 1
+    assert main(args + ["--steps", "1", "--adapt-pixels", "4096"]) == 0  # 4096 pixels a step: 10 MiB
+    assert main(args + ["--steps", "0", "--force"]) == 0  # the output and a 64-pixel tile: 6 MiB
 
 
 def test_eval_seconds_are_what_the_user_waits_scoring_included(tmp_path, monkeypatch):
