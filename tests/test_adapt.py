@@ -92,15 +92,25 @@ def test_tiled_equals_untiled():
     torch.testing.assert_close(forward_tiled(net, x, 16).detach(), net(x).detach(), rtol=1e-5, atol=1e-6)
 
 
-def test_graph_step_logic_without_a_gpu(monkeypatch):
+@pytest.mark.parametrize("windows", [False, True])
+def test_graph_step_logic_without_a_gpu(monkeypatch, windows):
     """The CUDA-graph path (WARMUP_STEPS eager steps, then replays of one
     captured step with the rate in a tensor, losses read from its static
-    output) with the capture replaced by a step that writes one static
-    buffer: it must give the eager path's weights and losses exactly."""
+    output, each step's inputs copied into the captured ones) with the
+    capture replaced by a step that writes one static buffer: it must give
+    the eager path's weights and losses exactly, for the whole images and for
+    windows that change every step (a pixel budget)."""
     net = _small_net()
     params = {n: p.detach() for n, p in net.named_parameters()}
-    x, target = torch.rand(2, 3, 20, 18), torch.rand(2, 3, 20, 18)
     rates = learning_rates(CATALOGUE["direct_x2"].schedule, adapt_module.WARMUP_STEPS + 3)
+    g = torch.Generator().manual_seed(0)
+    if windows:  # step i: its own 3 windows of 12x10 and loss masks
+        steps = [(torch.rand(2, 3, 3, 12, 10, generator=g), torch.rand(2, 3, 3, 12, 10, generator=g),
+                  (torch.rand(2, 3, 1, 12, 10, generator=g) > 0.3).float()) for _ in rates]
+        inputs = lambda i: tuple(t.clone() for t in steps[i])  # noqa: E731  (new tensors, as a budget's draw)
+    else:
+        x, target = torch.rand(2, 1, 3, 20, 18, generator=g), torch.rand(2, 1, 3, 20, 18, generator=g)
+        inputs = lambda i: (x, target, None)  # noqa: E731
     captured = []
 
     def static_capture(step, device):
@@ -115,14 +125,14 @@ def test_graph_step_logic_without_a_gpu(monkeypatch):
 
     monkeypatch.setattr(adapt_module, "_side_stream", lambda device: contextlib.nullcontext())
     monkeypatch.setattr(adapt_module, "_capture", static_capture)
-    eager_weights, eager_losses = adapt_module._adapt_weights(params, x, target, rates, "fp32")
-    graph_weights, graph_losses = adapt_module._adapt_weights(params, x, target, rates, "fp32", cuda_graph=True)
+    eager_weights, eager_losses = adapt_module._adapt_weights(params, 2, inputs, rates, "fp32")
+    graph_weights, graph_losses = adapt_module._adapt_weights(params, 2, inputs, rates, "fp32", cuda_graph=True)
     assert len(captured) == 1
     torch.testing.assert_close(graph_losses, eager_losses, rtol=0, atol=0)
     for name in params:
         torch.testing.assert_close(graph_weights[name], eager_weights[name], rtol=0, atol=0)
     short = rates[:adapt_module.WARMUP_STEPS]  # nothing left to replay: no capture
-    adapt_module._adapt_weights(params, x, target, short, "fp32", cuda_graph=True)
+    adapt_module._adapt_weights(params, 2, inputs, short, "fp32", cuda_graph=True)
     assert len(captured) == 1
 
 
