@@ -214,7 +214,8 @@ def test_preset_of_another_subsampling_mode_warns():
 @pytest.mark.filterwarnings("ignore::mzsr_fast.adapt.UnadaptedModelWarning")
 def test_no_model_asks_for_the_bundled_model_of_the_kernels_mode(monkeypatch):
     asked = []
-    monkeypatch.setattr(pretrained, "default_model", lambda mode, scale: asked.append((mode, scale)) or "direct_x2")
+    monkeypatch.setattr(pretrained, "default_model",
+                        lambda mode, scale, steps: asked.append((mode, scale)) or "direct_x2")
     lr = torch.rand(3, 24, 24)
     mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=0)
     mzsr_fast.adapt(lr, mzsr_fast.preset("g_d_2.0").kernel, 2, steps=0)
@@ -347,19 +348,21 @@ def test_final_inference_is_tiled_by_default(monkeypatch):
     net = _small_net()
     lr = torch.rand(1, 3, 40, 36)
     whole = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=1, model=net, tile=10 ** 6)
-    tiles, untouched = [], adapt_module.forward_tiled
+    tiles, untouched = [], adapt_module.upscale_tiled
     monkeypatch.setattr(adapt_module, "AUTO_TILE", 32)
-    monkeypatch.setattr(adapt_module, "forward_tiled", lambda fn, x, tile: tiles.append(tile) or untouched(fn, x, tile))
+    monkeypatch.setattr(adapt_module, "upscale_tiled",
+                        lambda fn, lr, scale, tile, **kw: tiles.append(tile) or untouched(fn, lr, scale, tile, **kw))
     auto = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=1, model=net)
     assert tiles == [32]
     torch.testing.assert_close(auto, whole, rtol=1e-5, atol=1e-6)
 
 
 def test_an_image_too_large_for_memory_is_refused(monkeypatch):
-    monkeypatch.setattr(adapt_module, "available_memory", lambda device: 2 ** 20)
-    with pytest.raises(ValueError, match=r"lr: 24x24 \(height x width\) x2 needs about 2 MiB for the adaptation"):
-        mzsr_fast.adapt(torch.rand(3, 24, 24), "g_d_2.0", steps=1, model=_small_net())
-    mzsr_fast.adapt(torch.rand(3, 24, 24), "g_d_2.0", steps=0, model=_small_net())  # the output alone fits
+    monkeypatch.setattr(adapt_module, "available_memory", lambda device: 4 * 2 ** 20)
+    lr = torch.rand(3, 48, 48)
+    with pytest.raises(ValueError, match=r"lr: 48x48 \(height x width\) x2 needs about 6 MiB for the adaptation"):
+        mzsr_fast.adapt(lr, "g_d_2.0", steps=1, model=_small_net(), tile=16, adapt_pixels=0)
+    mzsr_fast.adapt(lr, "g_d_2.0", steps=0, model=_small_net(), tile=16)  # the output and a tile fit
 
 
 def test_steps_0_with_a_meta_learned_model_warns_and_names_what_to_use():
