@@ -406,18 +406,46 @@ def _whole_image_inputs(son_ups: list[list[torch.Tensor]], tasks: list[list[torc
     return lambda i: (x, target, None)
 
 
-def _budget_inputs(son_ups: list[list[torch.Tensor]], tasks: list[list[torch.Tensor]], plan: Budget,
-                   seed: int) -> Callable[[int], StepInputs]:
-    """Step i on plan.count windows per task of son_ups[t][j] ([1, C, H, W])
-    and tasks[t][j] ([C, H, W]), drawn for that step by texture_weights with a
-    generator seeded by seed (step i is the generator's i-th draw)."""
+def _son_context(kernel_size: int, scale: int, mode: str) -> int:
+    """LR pixels of context around a window that its son needs: the blur
+    kernel's radius, plus the reach of the son's bicubic upsampling
+    (RESIZE_CONTEXT son pixels and one more) and, for bicubic subsampling, of
+    the antialiased downsampling (2 x scale)."""
+    return kernel_size // 2 + scale * (RESIZE_CONTEXT + 1) + (2 * scale if mode == "bicubic" else 0)
+
+
+def _son_up_window(image: torch.Tensor, kernel: torch.Tensor, scale: int, mode: str, backend: str | None,
+                   top: int, left: int, height: int, width: int) -> torch.Tensor:
+    """The window [top:top + height, left:left + width] of _son_up(image, ...)
+    ([C, H, W] -> [C, height, width]), made from the LR pixels around it alone
+    (a region starting on the son's grid, _son_context pixels wider): equal to
+    the whole image's up to float rounding, at a cost that does not grow with
+    the image."""
+    h, w = image.shape[-2:]
+    context = _son_context(kernel.shape[-1], scale, mode)
+    a0, b0 = max(top - context, 0) // scale * scale, max(left - context, 0) // scale * scale
+    a1, b1 = min(top + height + context, h), min(left + width + context, w)
+    up = _son_up(image[:, a0:a1, b0:b1], kernel, scale, mode, backend)[0]
+    return up[:, top - a0:top - a0 + height, left - b0:left - b0 + width]
+
+
+def _budget_inputs(tasks: list[list[torch.Tensor]], kernels: torch.Tensor, scale: int, mode: str,
+                   backend: str | None, plan: Budget, seed: int) -> Callable[[int], StepInputs]:
+    """Step i on plan.count windows per task of tasks[t][j] ([C, H, W]),
+    degraded with kernels ([k, k], or [T, k, k] one per task), drawn for that
+    step by texture_weights with a generator seeded by seed (step i is the
+    generator's i-th draw). Each window's son is made from the pixels around
+    it (_son_up_window), so a step costs the same for any image size."""
     weights = [[texture_weights(image, plan) for image in task] for task in tasks]
-    sources = [[son_up[0] for son_up in task] for task in son_ups]
     generator = torch.Generator().manual_seed(seed)
 
     def inputs(i: int) -> StepInputs:
         windows = plan.draw(weights, generator)
-        return plan.crop(sources, windows), plan.crop(tasks, windows), plan.loss_mask(windows, tasks[0][0].device)
+        x = torch.stack([torch.stack([
+            _son_up_window(tasks[t][j], kernels[t] if kernels.dim() == 3 else kernels, scale, mode, backend,
+                           top, left, plan.wh, plan.ww)
+            for j, top, left in task.tolist()]) for t, task in enumerate(windows)])
+        return x, plan.crop(tasks, windows), plan.loss_mask(windows, tasks[0][0].device)
 
     return inputs
 
@@ -426,9 +454,11 @@ def _step_inputs(tasks: list[list[torch.Tensor]], kernels: torch.Tensor, scale: 
                  backend: str | None, plan: Budget | None, seed: int) -> Callable[[int], StepInputs]:
     """The adaptation steps' inputs for tasks[t][j] ([C, H, W]) degraded with
     kernels ([k, k], or [T, k, k] one per task): the whole images, or plan's windows."""
+    if plan is not None:
+        return _budget_inputs(tasks, kernels, scale, mode, backend, plan, seed)
     son_ups = [[_son_up(image, kernels[t] if kernels.dim() == 3 else kernels, scale, mode, backend)
                 for image in task] for t, task in enumerate(tasks)]
-    return _budget_inputs(son_ups, tasks, plan, seed) if plan else _whole_image_inputs(son_ups, tasks)
+    return _whole_image_inputs(son_ups, tasks)
 
 
 def _infer(adapted: dict[str, torch.Tensor], images: list[torch.Tensor], share: bool, scale: int, precision: str,
@@ -449,7 +479,7 @@ def _infer(adapted: dict[str, torch.Tensor], images: list[torch.Tensor], share: 
 
 def _adapted_net(adapted: dict[str, torch.Tensor], task: int, info: ModelInfo, steps: int) -> MZSRNet:
     """An MZSRNet holding task's adapted weights, with info naming what it was adapted from."""
-    net = MZSRNet()
+    net = MZSRNet(initialise=False)
     net.load_state_dict({n: w[task].detach().cpu() for n, w in adapted.items()})
     net.model_info = replace(info, name=f"{info.name}-adapted", notes={**info.notes, "adapted_steps": steps})
     return net.to(next(iter(adapted.values())).device)

@@ -57,13 +57,19 @@ def state_dict_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str
 
 class MZSRNet(nn.Module):
     """The MZSR super-resolution network. forward: [B, 3, H, W] -> [B, 3, H, W]
-    (the input is the bicubically upsampled LR image; output not clipped)."""
+    (the input is the bicubically upsampled LR image; output not clipped).
 
-    def __init__(self):
+    initialise: draw the reference initialisation (reset_parameters); False
+    for a network whose weights are loaded next (the truncated-normal draw
+    costs about half a second on a CPU).
+    """
+
+    def __init__(self, initialise: bool = True):
         super().__init__()
         self.layers = nn.ModuleList(
             nn.Conv2d(c_in, c_out, 3, padding=1) for c_in, c_out in zip(CHANNELS[:-1], CHANNELS[1:]))
-        self.reset_parameters()
+        if initialise:
+            self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """The reference initialisation: variance scaling (fan-in, scale 1,

@@ -215,7 +215,7 @@ def load_model(model=None, device=None) -> tuple[MZSRNet, ModelInfo]:
             raise ValueError(f"model: {path}: {key} is {tensor.dtype}, expected floating-point weights")
         if not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"model: {path}: {key} holds NaN or infinite values")
-    net = MZSRNet()
+    net = MZSRNet(initialise=False)
     mismatch = state_dict_mismatch(net, state)
     if mismatch is not None:
         raise ValueError(f"model: {path}: weights do not fit MZSRNet: {mismatch}")
@@ -303,7 +303,7 @@ def import_tf_checkpoint(prefix, out, mode: str = "direct", scales: tuple[int, .
     if schedule:
         schedule = parse_schedule(format_schedule(tuple(schedule)))
     prefix = resolve_prefix(prefix)
-    net = MZSRNet()
+    net = MZSRNet(initialise=False)
     net.load_state_dict(load_tf_checkpoint(prefix))
     info = ModelInfo(name or os.path.splitext(os.path.basename(os.fspath(out)))[0], kind, mode, scales,
                      notes={"source": f"TensorFlow checkpoint {os.path.basename(prefix)}"},

@@ -67,16 +67,33 @@ def test_every_edge_of_the_image_can_be_drawn():
 
 
 def test_texture_weights_are_the_mean_gradient_under_each_window():
-    y = torch.rand(3, 45, 61, dtype=torch.float64)
-    plan = Budget.plan([[y.shape]], 1024, 8)
+    """Exact for windows of whole GRID blocks; others round to whole blocks."""
+    y = torch.rand(3, 48, 64, dtype=torch.float64)
+    plan = Budget(((tuple((48, 64)),),), 32, 24, 1, 8)
     weights = texture_weights(y, plan)
-    magnitude = torch.zeros(45, 61, dtype=torch.float64)
+    assert weights.shape == plan.positions(48, 64) == (3, 6)
+    magnitude = torch.zeros(48, 64, dtype=torch.float64)
     magnitude[:, :-1] += (y[:, :, 1:] - y[:, :, :-1]).abs().sum(0)
     magnitude[:-1, :] += (y[:, 1:, :] - y[:, :-1, :]).abs().sum(0)
     floor = 0.1 * magnitude.mean()
-    for i, j in [(0, 0), (1, 2), (weights.shape[0] - 1, weights.shape[1] - 1)]:
+    for i, j in [(0, 0), (1, 2), (2, 5)]:
         window = magnitude[i * GRID:i * GRID + plan.wh, j * GRID:j * GRID + plan.ww]
         torch.testing.assert_close(weights[i, j], window.mean() + floor, rtol=1e-5, atol=1e-9)
+    odd = texture_weights(torch.rand(3, 45, 61), Budget.plan([[(3, 45, 61)]], 1024, 8))
+    assert odd.shape == (2, 4) and bool((odd > 0).all())
+
+
+def test_a_windows_son_is_the_whole_images_son_there():
+    """The son of a window is made from the pixels around it alone: equal to the whole image's son there."""
+    g = torch.Generator().manual_seed(0)
+    for scale, mode, (h, w) in ((2, "direct", (61, 75)), (3, "direct", (70, 64)), (4, "direct", (83, 90)),
+                                (2, "bicubic", (66, 59))):
+        image = torch.rand(3, h, w, generator=g, dtype=torch.float64)
+        kernel = mzsr_fast.gaussian_kernel(0.3, 2.0, 1.0, 21)
+        whole = adapt_module._son_up(image, kernel, scale, mode, None)[0]
+        for top, left in ((0, 0), (h - 20, w - 18), (h // 2 - 7, 5), (13, w // 2)):
+            window = adapt_module._son_up_window(image, kernel, scale, mode, None, top, left, 20, 18)
+            torch.testing.assert_close(window, whole[:, top:top + 20, left:left + 18], rtol=1e-12, atol=1e-12)
 
 
 def test_textured_regions_are_drawn_more_often_than_flat_ones():
