@@ -42,7 +42,7 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 # about 0.8 GB, and the margins add 3% of work.
 AUTO_TILE = 1024
 # The default pixel budget of an adaptation step (adapt_pixels): see budget.py and the README.
-ADAPT_PIXELS = 65536
+ADAPT_PIXELS = 32768
 # Peak bytes per LR pixel an adaptation step sees (what autograd keeps of the
 # eight 64-channel layers for the backward pass): 2.2 KB measured (peak RSS,
 # 1024x1024 LR, fp32, CPU), with a margin.

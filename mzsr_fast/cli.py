@@ -489,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "1024; bounds its memory, same result)")
     budget_help = ("pixel budget of an adaptation step: an LR image of more pixels is adapted on windows of at "
                    "most N pixels in all, redrawn every step (see the README); 'all' adapts on the whole image")
-    sr.add_argument("--adapt-pixels", type=_adapt_pixels, metavar="N|all", help=budget_help + " (default 65536)")
+    sr.add_argument("--adapt-pixels", type=_adapt_pixels, metavar="N|all", help=budget_help + " (default 32768)")
     sr.add_argument("--seed", type=int, default=0, help="seed of the budget's window draw (default 0)")
     sr.add_argument("--share-adaptation", action="store_true",
                     help="one kernel (estimated from all of them) and one adaptation for all the inputs (frames of "

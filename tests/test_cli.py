@@ -456,3 +456,9 @@ def test_sr_share_adaptation_writes_every_frame_with_one_estimated_kernel(tmp_pa
     assert out.count("estimated shared kernel") == 1 and "3 images MZSR(1):" in out
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [f"frame{i}_x2_mzsr1.png" for i in range(3)]
     assert read_image(tmp_path / "o" / "frame2_x2_mzsr1.png").shape == (3, 84, 88)
+
+
+def test_sr_help_names_the_default_pixel_budget(capsys):
+    from mzsr_fast.adapt import ADAPT_PIXELS
+    assert main(["sr", "--help"]) == 0
+    assert f"(default {ADAPT_PIXELS})" in " ".join(capsys.readouterr().out.split())
