@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from . import _checks, _tf32
+from ._heap import reuse_freed_memory
+from .adapt_step import sgd_l1_step_
 from .budget import MIN_PIXELS, Budget, texture_weights
 from .degradation import degrade, load_kernel
 from .maml import LOSSES, sgd_update_, stacked_forward
@@ -324,7 +326,9 @@ def _adapt_weights(params: dict[str, torch.Tensor], tasks: int, inputs: Callable
     copy of the weights (the tasks of the batched inner loop).
 
     params: shared weights (on the images' device); tasks: T, the number of
-    images; inputs(i): step i's (x, target, mask), StepInputs.
+    images; inputs(i): step i's (x, target, mask), StepInputs. On the CPU a
+    step is adapt_step.sgd_l1_step_ (its gradients written out), elsewhere
+    autograd through stacked_forward.
     cuda_graph: the first WARMUP_STEPS steps run eagerly on a side stream,
     the step (forward, backward, update, with the rate in a device tensor) is
     then captured once as a CUDA graph and replayed for the remaining steps,
@@ -346,6 +350,8 @@ def _adapt_weights(params: dict[str, torch.Tensor], tasks: int, inputs: Callable
 
     def step() -> torch.Tensor:
         x, target, mask = current
+        if device.type == "cpu":
+            return sgd_l1_step_(dict(zip(names, weights)), x, target, mask, rate_of_tensor, precision)
         with _autocast(x.device, precision, cache=not cuda_graph):
             out = stacked_forward(dict(zip(names, weights)), x)
         per_task = _l1_loss(out, target, mask)  # [T]; task t depends on its weights only
@@ -599,7 +605,7 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
             _checks.finite_tensor(p, f"model: {name}")
     tf32 = _tf32.fp32_precision("tf32") if precision == "tf32" else \
         _tf32.fp32_precision("ieee") if precision == "fp32" else contextlib.nullcontext()
-    with tf32:
+    with tf32, reuse_freed_memory(device):
         inputs = _step_inputs(tasks, kernels, scale, mode, backend, plan, seed) if steps else None
         adapted, losses = _adapt_weights(params, len(tasks), inputs, rates, precision, cuda_graph, on_step)
         del inputs  # and the sons it holds

@@ -1,0 +1,110 @@
+"""One test-time adaptation step of MZSRNet on the CPU, its gradients written
+out instead of taken by autograd.
+
+    losses = sgd_l1_step_(params, x, target, mask, rates, precision)   # params {name: [T, ...]}, updated in place
+
+Plain SGD on the L1 loss of T tasks, each with its own weights (the step of
+adapt's _adapt_weights). Adaptation needs only the weights' first-order
+gradients, so each task runs:
+- the forward pass, keeping the input of every layer, with bias and ReLU
+  inside each convolution (stacked.conv3x3_relu);
+- the L1 loss's gradient with respect to the output directly:
+  sign(out - target) / (the number of values counted), times the loss mask;
+- the backward pass: aten's convolution_backward asked for the weight
+  gradient and, except at the first layer, the input gradient (never the
+  bias gradient: the sum of the output gradient is cheaper than oneDNN's),
+  and the ReLU's backward written in place into the input gradient;
+- the update p -= rate * g of maml.sgd_update_.
+The same values as autograd through stacked_forward and adapt's L1 loss up to
+float rounding (the bias gradients and the loss are summed in another order).
+precision "bf16" runs the network in bfloat16 from explicit casts of the
+input and the weights, as stacked's explicit strategy does under autocast:
+the residual sum, the loss and its gradient in float32, the weight gradients
+cast back to float32 before the update.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .maml import sgd_update_
+from .model import CHANNELS
+from .stacked import _channels_last, check_images, check_stacked, conv3x3_relu
+
+__all__ = ["sgd_l1_step_"]
+
+_LAYERS = len(CHANNELS) - 1
+_CONV_BACKWARD = torch.ops.aten.convolution_backward.default
+_RELU_BACKWARD = torch.ops.aten.threshold_backward.grad_input
+
+
+def _l1_and_gradient(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One task's L1 loss (the mean of |out - target| over every value, or
+    with mask over the pixels where it is 1) and its gradient with respect to
+    out, in autograd's order of products. out, target [N, C, h, w], mask
+    [N, 1, h, w] or None -> (loss [], gradient [N, C, h, w])."""
+    diff = out - target
+    if mask is None:
+        return diff.abs().mean(), diff.sign_().div_(diff.numel())
+    count = mask.sum() * out.shape[1]
+    loss = (diff.abs() * mask).sum() / count
+    return loss, (1 / count) * mask * diff.sign_()
+
+
+def _task_gradients(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor, target: torch.Tensor,
+                    mask: torch.Tensor | None, dtype: torch.dtype | None,
+                    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """One task's L1 loss and the gradients of its (weight, bias) per layer,
+    float32 like the weights. x, target [N, C, h, w]; mask [N, 1, h, w] or
+    None; dtype: the network's compute dtype (None: the weights')."""
+    x = _channels_last(x)
+    if dtype is not None:
+        layers = [(w.to(dtype), b.to(dtype)) for w, b in layers]
+    h = x if dtype is None else x.to(dtype)
+    inputs = []  # each layer's input, for its weight gradient (and the ReLU's backward before it)
+    for weight, bias in layers[:-1]:
+        inputs.append(h)
+        h = conv3x3_relu(h, weight, bias)
+    inputs.append(h)
+    weight, bias = layers[-1]
+    loss, grad = _l1_and_gradient(x + F.conv2d(h, weight, bias, padding=1).to(x.dtype), target, mask)
+    if dtype is not None:
+        grad = grad.to(dtype)
+    grads = [None] * len(layers)
+    for i in reversed(range(len(layers))):
+        grad_input, grad_weight, _ = _CONV_BACKWARD(grad, inputs[i], layers[i][0], None, [1, 1], [1, 1], [1, 1],
+                                                    False, [0, 0], 1, [i > 0, True, False])
+        grads[i] = (grad_weight.float(), grad.sum((0, 2, 3), dtype=torch.float32))
+        if i > 0:
+            grad = _RELU_BACKWARD(grad_input, inputs[i], 0, grad_input=grad_input)
+    return loss, grads
+
+
+def sgd_l1_step_(params: Mapping[str, torch.Tensor], x: torch.Tensor, target: torch.Tensor,
+                 mask: torch.Tensor | None, rates: Sequence, precision: str = "fp32") -> torch.Tensor:
+    """One SGD step on the L1 loss of each task t, params[name][t] -= rate *
+    gradient, in place. params: {MZSRNet name: [T, ...]} float32 on the CPU;
+    x, target [T, N, 3, h, w]; mask [T, N, 1, h, w] (1 where a pixel's loss
+    counts) or None (every pixel); rates: one float or 0-d tensor per entry
+    of params, in its order; precision: "fp32" or "tf32" (the same on the
+    CPU) or "bf16". Returns the loss of every task before the step, [T]."""
+    check_images(x, "x")
+    check_stacked(params, x.shape[0])
+    if x.device.type != "cpu":
+        raise ValueError(f"x: expected a tensor on the CPU, got {x.device}")
+    if len(rates) != len(params):
+        raise ValueError(f"rates: expected one per parameter tensor ({len(params)}), got {len(rates)}")
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    names = [(f"layers.{i}.weight", f"layers.{i}.bias") for i in range(_LAYERS)]
+    losses = []
+    with torch.no_grad():
+        for t in range(x.shape[0]):
+            layers = [(params[w][t], params[b][t]) for w, b in names]
+            loss, grads = _task_gradients(layers, x[t], target[t], None if mask is None else mask[t], dtype)
+            grads = {name: g for pair, pair_grads in zip(names, grads) for name, g in zip(pair, pair_grads)}
+            sgd_update_([p[t] for p in params.values()], [grads[name] for name in params], list(rates))
+            losses.append(loss)
+    return torch.stack(losses)
