@@ -13,12 +13,13 @@ costs again (TensorFlow keeps its own pool).
     with reuse_freed_memory(device):
         ...   # freed memory stays with malloc and the next tensors reuse it
 
-Inside the block malloc keeps what is freed (thresholds of 1 GiB). On leaving
-the outermost block it returns the free memory to the system (malloc_trim)
-and sets the thresholds to 32 MiB (mmap) and 64 MiB (trim), where glibc's own
-adjustment ends in a process that frees tensors of 32 MiB or more; they stay
-so for the rest of the process. Does nothing for a device other than the CPU
-or a C library other than glibc.
+Inside the block malloc keeps what is freed (thresholds of 1 GiB). Leaving
+the outermost block sets them to 32 MiB (mmap) and 64 MiB (trim), where
+glibc's own adjustment ends in a process that frees tensors of 32 MiB or
+more, and they stay so: from the next large free on, malloc keeps at most
+64 MiB of free memory at the top of its heap (a next adaptation starts on
+it) and gives the rest back. Does nothing for a device other than the CPU or
+a C library other than glibc.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def _libc():
         return None
     try:
         libc = ctypes.CDLL(None)
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+        return libc if hasattr(libc, "mallopt") else None
     except OSError:
         return None
 
@@ -78,5 +79,4 @@ def reuse_freed_memory(device: torch.device):
         with _lock:
             _depth -= 1
             if _depth == 0:
-                libc.malloc_trim(ctypes.c_size_t(0))
                 _set_thresholds(libc, _AFTER_MMAP, _AFTER_TRIM)

@@ -38,6 +38,49 @@ __all__ = ["sgd_l1_step_"]
 _LAYERS = len(CHANNELS) - 1
 _CONV_BACKWARD = torch.ops.aten.convolution_backward.default
 _RELU_BACKWARD = torch.ops.aten.threshold_backward.grad_input
+# oneDNN's float32 weight gradient of a channels-last convolution runs about
+# a quarter faster on rows of at least this many pixels than on rows of 128
+# or fewer (its forward and input gradient do not care): narrower maps are
+# cut into bands of rows laid side by side for it (_weight_gradient).
+WIDE_ROWS = 256
+
+
+def _weight_gradient(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The weight gradient of y = conv3x3(x, weight) (padding 1) for grad
+    dL/dy. x [N, C, H, W], grad [N, C', H, W], both channels-last -> [C', C, 3, 3].
+
+    A float32 map narrower than WIDE_ROWS is computed on a copy of it cut
+    into P pieces (each image into B bands of hb rows) laid side by side: x's
+    pieces with one row and one column of context on every side (the
+    neighbouring rows of the image, zeros outside it), grad's with zeros
+    between them, and a convolution without padding; the same sum of
+    products, in another order."""
+    n, c, h, w = x.shape
+    rows = -(-h // min(-(-WIDE_ROWS // (n * (w + 2))), h))
+    bands = -(-h // rows)
+    pieces = n * bands
+    if x.dtype != torch.float32 or w + 2 >= WIDE_ROWS or pieces == 1:
+        return _CONV_BACKWARD(grad, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                              [False, True, False])[1]
+    xs, gs = x.permute(0, 2, 3, 1), grad.permute(0, 2, 3, 1)  # [N, H, W, C] views of the channels-last storage
+    wide_x = x.new_empty(1, rows + 2, pieces * (w + 2), c)  # channels-last storage of [1, C, rows + 2, P (W + 2)]
+    wide_grad = grad.new_empty(1, rows, pieces * (w + 2) - 2, grad.shape[1])
+    for edge in (0, w + 1):  # the zero columns around each piece
+        wide_x[0, :, edge::w + 2] = 0
+    for edge in (w, w + 1):
+        wide_grad[0, :, edge::w + 2] = 0
+    for i in range(n):
+        for b in range(bands):
+            top, bottom, left = b * rows, min((b + 1) * rows, h), (i * bands + b) * (w + 2)
+            above, below = max(top - 1, 0), min(bottom + 1, h)  # x's rows in the piece, with its context
+            piece_x, piece_grad = wide_x[0, :, left + 1:left + 1 + w], wide_grad[0, :, left:left + w]
+            piece_x[:above - top + 1] = 0
+            piece_x[above - top + 1:below - top + 1] = xs[i, above:below]
+            piece_x[below - top + 1:] = 0
+            piece_grad[:bottom - top] = gs[i, top:bottom]
+            piece_grad[bottom - top:] = 0
+    return _CONV_BACKWARD(wide_grad.permute(0, 3, 1, 2), wide_x.permute(0, 3, 1, 2), weight, None,
+                          [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])[1]
 
 
 def _l1_and_gradient(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
@@ -58,9 +101,10 @@ def _task_gradients(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Te
                     mask: torch.Tensor | None, dtype: torch.dtype | None,
                     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """One task's L1 loss and the gradients of its (weight, bias) per layer,
-    float32 like the weights. x, target [N, C, h, w]; mask [N, 1, h, w] or
+    in the weights' dtype. x, target [N, C, h, w]; mask [N, 1, h, w] or
     None; dtype: the network's compute dtype (None: the weights')."""
     x = _channels_last(x)
+    param_dtype = layers[0][0].dtype
     if dtype is not None:
         layers = [(w.to(dtype), b.to(dtype)) for w, b in layers]
     h = x if dtype is None else x.to(dtype)
@@ -75,10 +119,11 @@ def _task_gradients(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Te
         grad = grad.to(dtype)
     grads = [None] * len(layers)
     for i in reversed(range(len(layers))):
-        grad_input, grad_weight, _ = _CONV_BACKWARD(grad, inputs[i], layers[i][0], None, [1, 1], [1, 1], [1, 1],
-                                                    False, [0, 0], 1, [i > 0, True, False])
-        grads[i] = (grad_weight.float(), grad.sum((0, 2, 3), dtype=torch.float32))
+        grads[i] = (_weight_gradient(grad, inputs[i], layers[i][0]).to(param_dtype),
+                    grad.sum((0, 2, 3), dtype=param_dtype))
         if i > 0:
+            grad_input = _CONV_BACKWARD(grad, inputs[i], layers[i][0], None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                        [True, False, False])[0]
             grad = _RELU_BACKWARD(grad_input, inputs[i], 0, grad_input=grad_input)
     return loss, grads
 
@@ -86,11 +131,12 @@ def _task_gradients(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Te
 def sgd_l1_step_(params: Mapping[str, torch.Tensor], x: torch.Tensor, target: torch.Tensor,
                  mask: torch.Tensor | None, rates: Sequence, precision: str = "fp32") -> torch.Tensor:
     """One SGD step on the L1 loss of each task t, params[name][t] -= rate *
-    gradient, in place. params: {MZSRNet name: [T, ...]} float32 on the CPU;
-    x, target [T, N, 3, h, w]; mask [T, N, 1, h, w] (1 where a pixel's loss
-    counts) or None (every pixel); rates: one float or 0-d tensor per entry
-    of params, in its order; precision: "fp32" or "tf32" (the same on the
-    CPU) or "bf16". Returns the loss of every task before the step, [T]."""
+    gradient, in place. params: {MZSRNet name: [T, ...]} on the CPU (float32,
+    or float64 for tests); x, target [T, N, 3, h, w] of that dtype; mask
+    [T, N, 1, h, w] (1 where a pixel's loss counts) or None (every pixel);
+    rates: one float or 0-d tensor per entry of params, in its order;
+    precision: "fp32" or "tf32" (the same on the CPU) or "bf16". Returns the
+    loss of every task before the step, [T]."""
     check_images(x, "x")
     check_stacked(params, x.shape[0])
     if x.device.type != "cpu":
