@@ -10,13 +10,14 @@ gradients, so each task runs:
   inside each convolution (stacked.conv3x3_relu);
 - the L1 loss's gradient with respect to the output directly:
   sign(out - target) / (the number of values counted), times the loss mask;
-- the backward pass: aten's convolution_backward asked for the weight
-  gradient and, except at the first layer, the input gradient (never the
-  bias gradient: the sum of the output gradient is cheaper than oneDNN's),
-  and the ReLU's backward written in place into the input gradient;
+- the backward pass: aten's convolution_backward asked for the weight and
+  bias gradients (on the maps cut into bands of the shape its kernel runs
+  fastest on, _weight_gradients) and, except at the first layer, for the
+  input gradient; the ReLU's backward written in place into the latter;
 - the update p -= rate * g of maml.sgd_update_.
 The same values as autograd through stacked_forward and adapt's L1 loss up to
-float rounding (the bias gradients and the loss are summed in another order).
+float rounding (the gradients of banded maps and the loss are summed in
+another order).
 precision "bf16" runs the network in bfloat16 from explicit casts of the
 input and the weights, as stacked's explicit strategy does under autocast:
 the residual sum, the loss and its gradient in float32, the weight gradients
@@ -38,49 +39,73 @@ __all__ = ["sgd_l1_step_"]
 _LAYERS = len(CHANNELS) - 1
 _CONV_BACKWARD = torch.ops.aten.convolution_backward.default
 _RELU_BACKWARD = torch.ops.aten.threshold_backward.grad_input
-# oneDNN's float32 weight gradient of a channels-last convolution runs about
-# a quarter faster on rows of at least this many pixels than on rows of 128
-# or fewer (its forward and input gradient do not care): narrower maps are
-# cut into bands of rows laid side by side for it (_weight_gradient).
+# The shapes oneDNN's weight-gradient kernels (channels-last, one thread)
+# run fastest on, measured on Zen 4: float32 on rows of at least WIDE_ROWS
+# pixels (about a quarter faster than on rows of 128 or fewer), bfloat16 on
+# a batch of maps of at most BF16_ROWS rows (a quarter faster than on one
+# 256 x 256 map). Their forward and input gradient do not care.
+# _weight_gradients cuts each map into bands of rows to get there.
 WIDE_ROWS = 256
+BF16_ROWS = 32
 
 
-def _weight_gradient(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The weight gradient of y = conv3x3(x, weight) (padding 1) for grad
-    dL/dy. x [N, C, H, W], grad [N, C', H, W], both channels-last -> [C', C, 3, 3].
+def _bands(x: torch.Tensor) -> tuple[int, bool]:
+    """How many bands of rows to cut each of x's maps [N, C, H, W] into for
+    the weight gradient, and whether to lay them side by side (else: as a batch)."""
+    n, _, h, w = x.shape
+    if x.dtype == torch.float32 and w + 2 < WIDE_ROWS:
+        return min(-(-WIDE_ROWS // (n * (w + 2))), h), True
+    if x.dtype == torch.bfloat16:
+        return -(-h // BF16_ROWS), False
+    return 1, False
 
-    A float32 map narrower than WIDE_ROWS is computed on a copy of it cut
-    into P pieces (each image into B bands of hb rows) laid side by side: x's
-    pieces with one row and one column of context on every side (the
-    neighbouring rows of the image, zeros outside it), grad's with zeros
-    between them, and a convolution without padding; the same sum of
-    products, in another order."""
+
+def _weight_gradients(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias gradients of y = conv3x3(x, weight, bias) (padding
+    1) for grad = dL/dy. x [N, C, H, W], grad [N, C', H, W], both
+    channels-last -> ([C', C, 3, 3], [C']).
+
+    Where _bands says so, they are computed on copies of the maps cut into
+    P bands of `rows` rows: x's with one row and one column of context on
+    every side (the image's neighbouring rows, zeros outside it), grad's
+    without, laid side by side (with zeros between grad's) or stacked as a
+    batch, by a convolution without padding: the same sum of products, in
+    another order."""
     n, c, h, w = x.shape
-    rows = -(-h // min(-(-WIDE_ROWS // (n * (w + 2))), h))
+    bands, side_by_side = _bands(x)
+    rows = -(-h // bands)
     bands = -(-h // rows)
+    if n * bands == 1 or not (side_by_side or bands > 1):
+        return _CONV_BACKWARD(grad, x, weight, [weight.shape[0]], [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                              [False, True, True])[1:]
     pieces = n * bands
-    if x.dtype != torch.float32 or w + 2 >= WIDE_ROWS or pieces == 1:
-        return _CONV_BACKWARD(grad, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
-                              [False, True, False])[1]
     xs, gs = x.permute(0, 2, 3, 1), grad.permute(0, 2, 3, 1)  # [N, H, W, C] views of the channels-last storage
-    wide_x = x.new_empty(1, rows + 2, pieces * (w + 2), c)  # channels-last storage of [1, C, rows + 2, P (W + 2)]
-    wide_grad = grad.new_empty(1, rows, pieces * (w + 2) - 2, grad.shape[1])
-    for edge in (0, w + 1):  # the zero columns around each piece
-        wide_x[0, :, edge::w + 2] = 0
-    for edge in (w, w + 1):
-        wide_grad[0, :, edge::w + 2] = 0
+    if side_by_side:  # channels-last storage of [1, C, rows + 2, P (W + 2)] and [1, C', rows, P (W + 2) - 2]
+        cut_x = x.new_empty(1, rows + 2, pieces * (w + 2), c)
+        cut_grad = grad.new_empty(1, rows, pieces * (w + 2) - 2, grad.shape[1])
+        piece_x = lambda p: cut_x[0, :, p * (w + 2):(p + 1) * (w + 2)]  # noqa: E731
+        piece_grad = lambda p: cut_grad[0, :, p * (w + 2):p * (w + 2) + w]  # noqa: E731
+        for edge in (w, w + 1):  # the zero columns between grad's pieces
+            cut_grad[0, :, edge::w + 2] = 0
+    else:  # [P, C, rows + 2, W + 2] and [P, C', rows, W]
+        cut_x = x.new_empty(pieces, rows + 2, w + 2, c)
+        cut_grad = grad.new_empty(pieces, rows, w, grad.shape[1])
+        piece_x, piece_grad = cut_x.__getitem__, cut_grad.__getitem__
     for i in range(n):
         for b in range(bands):
-            top, bottom, left = b * rows, min((b + 1) * rows, h), (i * bands + b) * (w + 2)
+            p, top, bottom = i * bands + b, b * rows, min((b + 1) * rows, h)
             above, below = max(top - 1, 0), min(bottom + 1, h)  # x's rows in the piece, with its context
-            piece_x, piece_grad = wide_x[0, :, left + 1:left + 1 + w], wide_grad[0, :, left:left + w]
-            piece_x[:above - top + 1] = 0
-            piece_x[above - top + 1:below - top + 1] = xs[i, above:below]
-            piece_x[below - top + 1:] = 0
-            piece_grad[:bottom - top] = gs[i, top:bottom]
-            piece_grad[bottom - top:] = 0
-    return _CONV_BACKWARD(wide_grad.permute(0, 3, 1, 2), wide_x.permute(0, 3, 1, 2), weight, None,
-                          [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])[1]
+            into_x, into_grad = piece_x(p), piece_grad(p)
+            into_x[:, 0] = 0
+            into_x[:, w + 1] = 0
+            into_x[:above - top + 1] = 0
+            into_x[above - top + 1:below - top + 1, 1:w + 1] = xs[i, above:below]
+            into_x[below - top + 1:] = 0
+            into_grad[:bottom - top] = gs[i, top:bottom]
+            into_grad[bottom - top:] = 0
+    return _CONV_BACKWARD(cut_grad.permute(0, 3, 1, 2), cut_x.permute(0, 3, 1, 2), weight, [weight.shape[0]],
+                          [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, True])[1:]
 
 
 def _l1_and_gradient(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
@@ -119,8 +144,7 @@ def _task_gradients(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Te
         grad = grad.to(dtype)
     grads = [None] * len(layers)
     for i in reversed(range(len(layers))):
-        grads[i] = (_weight_gradient(grad, inputs[i], layers[i][0]).to(param_dtype),
-                    grad.sum((0, 2, 3), dtype=param_dtype))
+        grads[i] = tuple(g.to(param_dtype) for g in _weight_gradients(grad, inputs[i], layers[i][0]))
         if i > 0:
             grad_input = _CONV_BACKWARD(grad, inputs[i], layers[i][0], None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
                                         [True, False, False])[0]
