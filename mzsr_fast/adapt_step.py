@@ -12,7 +12,7 @@ gradients, so each task runs:
   sign(out - target) / (the number of values counted), times the loss mask;
 - the backward pass: aten's convolution_backward asked for the weight and
   bias gradients (on the maps cut into bands of the shape its kernel runs
-  fastest on, _weight_gradients) and, except at the first layer, for the
+  fastest on, Bands) and, except at the first layer, for the
   input gradient; the ReLU's backward written in place into the latter;
 - the update p -= rate * g of maml.sgd_update_.
 The same values as autograd through stacked_forward and adapt's L1 loss up to
@@ -43,68 +43,72 @@ _RELU_BACKWARD = torch.ops.aten.threshold_backward.grad_input
 # run fastest on, measured on Zen 4: float32 on rows of at least WIDE_ROWS
 # pixels (about a quarter faster than on rows of 128 or fewer), bfloat16 on
 # a batch of maps of at most BF16_ROWS rows (a quarter faster than on one
-# 256 x 256 map). Their forward and input gradient do not care.
-# _weight_gradients cuts each map into bands of rows to get there.
+# 256 x 256 map). Their forward and input gradient do not care. The weight
+# gradients are taken on copies of the maps cut into bands of rows that have
+# those shapes (Bands).
 WIDE_ROWS = 256
 BF16_ROWS = 32
 
 
-def _bands(x: torch.Tensor) -> tuple[int, bool]:
-    """How many bands of rows to cut each of x's maps [N, C, H, W] into for
-    the weight gradient, and whether to lay them side by side (else: as a batch)."""
-    n, _, h, w = x.shape
-    if x.dtype == torch.float32 and w + 2 < WIDE_ROWS:
-        return min(-(-WIDE_ROWS // (n * (w + 2))), h), True
-    if x.dtype == torch.bfloat16:
-        return -(-h // BF16_ROWS), False
-    return 1, False
+class Bands:
+    """Maps [N, C, H, W] cut into `bands` bands of `rows` rows each, P = N
+    bands pieces, laid side by side (float32) or stacked as a batch (bf16),
+    so that a convolution without padding of the input's pieces (each with
+    one row and one column of context on every side: the image's
+    neighbouring rows, zeros outside it) gives the output gradient's pieces
+    (zeros between them side by side) the weight gradient of the whole maps:
+    the same sum of products, in another order."""
+
+    def __init__(self, x: torch.Tensor):
+        n, _, h, w = x.shape
+        self.side_by_side = x.dtype == torch.float32 and w + 2 < WIDE_ROWS
+        bands = min(-(-WIDE_ROWS // (n * (w + 2))), h) if self.side_by_side else \
+            -(-h // BF16_ROWS) if x.dtype == torch.bfloat16 else 1
+        self.rows = -(-h // bands)
+        self.bands = -(-h // self.rows)
+        # side by side, several pieces; as a batch, more pieces than images
+        self.used = n * self.bands > 1 if self.side_by_side else self.bands > 1
+
+    def cut(self, t: torch.Tensor, context: bool) -> torch.Tensor:
+        """t [N, C, H, W] channels-last cut into pieces, with (the input) or
+        without (the output gradient) context: side by side [1, C, rows (+ 2),
+        P (W + 2) (- 2)], as a batch [P, C, rows (+ 2), W (+ 2)], channels-last."""
+        n, c, h, w = t.shape
+        e, pieces = int(context), n * self.bands  # e: context pixels on each side
+        height, width = self.rows + 2 * e, w + 2 * e  # of a piece
+        if self.side_by_side:
+            out = t.new_empty(1, height, pieces * (w + 2) - 2 * (1 - e), c)  # channels-last storage
+            piece = lambda p: out[0, :, p * (w + 2):p * (w + 2) + width]  # noqa: E731
+            if not context:  # the zero columns between the pieces
+                out[0, :, w::w + 2] = 0
+                out[0, :, w + 1::w + 2] = 0
+        else:
+            out = t.new_empty(pieces, height, width, c)
+            piece = out.__getitem__
+        rows = t.permute(0, 2, 3, 1)  # [N, H, W, C]
+        for i in range(n):
+            for b in range(self.bands):
+                into, top = piece(i * self.bands + b), b * self.rows
+                first, last = max(top - e, 0), min(top + self.rows + e, h)  # t's rows in the piece
+                if context:
+                    into[:, 0] = 0
+                    into[:, width - 1] = 0
+                into[:first - top + e] = 0
+                into[first - top + e:last - top + e, e:e + w] = rows[i, first:last]
+                into[last - top + e:] = 0
+        return out.permute(0, 3, 1, 2)
 
 
-def _weight_gradients(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+def _weight_gradients(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bands: Bands,
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """The weight and bias gradients of y = conv3x3(x, weight, bias) (padding
-    1) for grad = dL/dy. x [N, C, H, W], grad [N, C', H, W], both
-    channels-last -> ([C', C, 3, 3], [C']).
-
-    Where _bands says so, they are computed on copies of the maps cut into
-    P bands of `rows` rows: x's with one row and one column of context on
-    every side (the image's neighbouring rows, zeros outside it), grad's
-    without, laid side by side (with zeros between grad's) or stacked as a
-    batch, by a convolution without padding: the same sum of products, in
-    another order."""
-    n, c, h, w = x.shape
-    bands, side_by_side = _bands(x)
-    rows = -(-h // bands)
-    bands = -(-h // rows)
-    if n * bands == 1 or not (side_by_side or bands > 1):
+    1) for grad = dL/dy, on the maps cut into bands where bands.used, else
+    directly. x [N, C, H, W], grad [N, C', H, W], both channels-last ->
+    ([C', C, 3, 3], [C'])."""
+    if not bands.used:
         return _CONV_BACKWARD(grad, x, weight, [weight.shape[0]], [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
                               [False, True, True])[1:]
-    pieces = n * bands
-    xs, gs = x.permute(0, 2, 3, 1), grad.permute(0, 2, 3, 1)  # [N, H, W, C] views of the channels-last storage
-    if side_by_side:  # channels-last storage of [1, C, rows + 2, P (W + 2)] and [1, C', rows, P (W + 2) - 2]
-        cut_x = x.new_empty(1, rows + 2, pieces * (w + 2), c)
-        cut_grad = grad.new_empty(1, rows, pieces * (w + 2) - 2, grad.shape[1])
-        piece_x = lambda p: cut_x[0, :, p * (w + 2):(p + 1) * (w + 2)]  # noqa: E731
-        piece_grad = lambda p: cut_grad[0, :, p * (w + 2):p * (w + 2) + w]  # noqa: E731
-        for edge in (w, w + 1):  # the zero columns between grad's pieces
-            cut_grad[0, :, edge::w + 2] = 0
-    else:  # [P, C, rows + 2, W + 2] and [P, C', rows, W]
-        cut_x = x.new_empty(pieces, rows + 2, w + 2, c)
-        cut_grad = grad.new_empty(pieces, rows, w, grad.shape[1])
-        piece_x, piece_grad = cut_x.__getitem__, cut_grad.__getitem__
-    for i in range(n):
-        for b in range(bands):
-            p, top, bottom = i * bands + b, b * rows, min((b + 1) * rows, h)
-            above, below = max(top - 1, 0), min(bottom + 1, h)  # x's rows in the piece, with its context
-            into_x, into_grad = piece_x(p), piece_grad(p)
-            into_x[:, 0] = 0
-            into_x[:, w + 1] = 0
-            into_x[:above - top + 1] = 0
-            into_x[above - top + 1:below - top + 1, 1:w + 1] = xs[i, above:below]
-            into_x[below - top + 1:] = 0
-            into_grad[:bottom - top] = gs[i, top:bottom]
-            into_grad[bottom - top:] = 0
-    return _CONV_BACKWARD(cut_grad.permute(0, 3, 1, 2), cut_x.permute(0, 3, 1, 2), weight, [weight.shape[0]],
+    return _CONV_BACKWARD(bands.cut(grad, context=False), bands.cut(x, context=True), weight, [weight.shape[0]],
                           [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, True])[1:]
 
 
@@ -142,13 +146,16 @@ def _task_gradients(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Te
     loss, grad = _l1_and_gradient(x + F.conv2d(h, weight, bias, padding=1).to(x.dtype), target, mask)
     if dtype is not None:
         grad = grad.to(dtype)
+    bands = Bands(h)
     grads = [None] * len(layers)
     for i in reversed(range(len(layers))):
-        grads[i] = tuple(g.to(param_dtype) for g in _weight_gradients(grad, inputs[i], layers[i][0]))
+        below = None
         if i > 0:
-            grad_input = _CONV_BACKWARD(grad, inputs[i], layers[i][0], None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
-                                        [True, False, False])[0]
-            grad = _RELU_BACKWARD(grad_input, inputs[i], 0, grad_input=grad_input)
+            below = _CONV_BACKWARD(grad, inputs[i], layers[i][0], None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                   [True, False, False])[0]
+            below = _RELU_BACKWARD(below, inputs[i], 0, grad_input=below)
+        grads[i] = tuple(g.to(param_dtype) for g in _weight_gradients(grad, inputs[i], layers[i][0], bands))
+        grad = below
     return loss, grads
 
 

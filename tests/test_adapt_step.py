@@ -82,11 +82,11 @@ def test_bf16_step_equals_autograds():
         torch.testing.assert_close(ours[name], theirs[name].detach(), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("dtype,n,h,w,c_out", [
-    (torch.float32, 1, 40, 30, 64), (torch.float32, 1, 5, 7, 3), (torch.float32, 3, 9, 20, 3),
-    (torch.float32, 2, 1, 1, 64), (torch.float32, 1, 2, 254, 8), (torch.bfloat16, 1, 70, 9, 64),
-    (torch.bfloat16, 2, 33, 5, 3), (torch.bfloat16, 1, 32, 6, 8)])
-def test_banded_weight_gradients_equal_the_direct_ones(dtype, n, h, w, c_out):
+@pytest.mark.parametrize("dtype,n,h,w,c_out,cut", [
+    (torch.float32, 1, 40, 30, 64, True), (torch.float32, 1, 5, 7, 3, True), (torch.float32, 3, 9, 20, 3, True),
+    (torch.float32, 2, 1, 1, 64, True), (torch.float32, 1, 2, 254, 8, False), (torch.bfloat16, 1, 70, 9, 64, True),
+    (torch.bfloat16, 2, 33, 5, 3, True), (torch.bfloat16, 1, 32, 6, 8, False)])
+def test_banded_weight_gradients_equal_the_direct_ones(dtype, n, h, w, c_out, cut):
     """float32 maps narrower than WIDE_ROWS are cut into bands laid side by
     side (a height not a multiple of the band's, one-pixel images, several
     images; 254 wide is not cut); bf16 maps of more than BF16_ROWS rows into
@@ -98,7 +98,9 @@ def test_banded_weight_gradients_equal_the_direct_ones(dtype, n, h, w, c_out):
     expected = torch.ops.aten.convolution_backward(grad.double(), x.double(), weight.double(), [c_out], [1, 1],
                                                    [1, 1], [1, 1], False, [0, 0], 1, [False, True, True])[1:]
     tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=2 ** -7, atol=0.5)
-    for got, want in zip(adapt_step._weight_gradients(grad, x, weight), expected):
+    bands = adapt_step.Bands(x)
+    assert bands.used == cut
+    for got, want in zip(adapt_step._weight_gradients(grad, x, weight, bands), expected):
         torch.testing.assert_close(got.double(), want, **tol)
 
 
