@@ -121,7 +121,7 @@ def test_adapt_latency(benchmark, device, impl, precision, steps):
         fn = lambda: bare_network_passes(lr, steps, net, precision)  # noqa: E731
     else:
         fn = lambda: mzsr_fast.adapt(lr, kernel, SCALE, steps=steps, model=net, precision=precision,  # noqa: E731
-                                     cuda_graph=impl == "ours_graph")
+                                     cuda_graph=impl == "ours_graph", adapt_pixels=0)  # the whole image, as plain
     against = ("plain fp32", f"bare_network {precision}") if impl.startswith("ours") else ()
     row(benchmark, f"MZSR({steps}) {device} {LR_SIZE}x{LR_SIZE} x{SCALE}", f"{impl} {precision}", against)
     benchmark.extra_info.update({"device": device, "steps": steps, "precision": precision})
@@ -160,7 +160,7 @@ def test_adaptation_step(benchmark, device, impl, precision):
         params = {n: p.detach() for n, p in net.named_parameters()}
         inputs = lambda i: (x[:, None], lr[:, None], None)  # noqa: E731
         fn = lambda: _adapt_weights(params, 1, inputs, [STEP_RATE], precision)  # noqa: E731
-        memory = reuse_freed_memory(torch.device(device))
+        memory = reuse_freed_memory()
     against = (f"plain_cl {precision}",) if impl == "ours" else ()
     row(benchmark, f"single-image adaptation step {device} {LR_SIZE}x{LR_SIZE}", f"{impl} {precision}", against)
     benchmark.extra_info.update({"device": device, "precision": precision})

@@ -9,8 +9,8 @@ from ._lazy import lazy_package
 __version__ = "0.1.0"
 
 lazy_package(__name__, modules=("io", "maml", "metrics"), names={
-    "adapt": "adapt",
-    "KernelEstimate": "blind", "estimate_kernel": "blind",
+    "adapt": "adapt", "adapt_model": "adapt",
+    "KernelEstimate": "blind", "estimate_kernel": "blind", "joint_estimate": "blind",
     "PRESETS": "degradation", "Preset": "degradation", "degrade": "degradation", "preset": "degradation",
     "backends": "dispatch", "get_default_backend": "dispatch", "set_default_backend": "dispatch",
     "gaussian_kernel": "gaussian", "sample_kernel_params": "gaussian",
@@ -25,5 +25,5 @@ __all__ = [
     "gaussian_kernel", "sample_kernel_params", "preset", "Preset", "PRESETS", "imresize",
     "blur_downsample", "anisotropic_blur_downsample", "degrade", "sgd_step", "MZSRNet", "functional_forward",
     "maml", "adapt", "load_model", "save_model", "backends", "set_default_backend", "get_default_backend",
-    "metrics", "io", "estimate_kernel", "KernelEstimate",
+    "metrics", "io", "estimate_kernel", "KernelEstimate", "adapt_model", "joint_estimate",
 ]

@@ -7,10 +7,10 @@ heap beyond its trim threshold; both thresholds follow the freed sizes, up to
 one page fault per 4 KiB, each page zero-filled by the kernel. An adaptation
 step and an inference pass allocate and free activations of 4 MiB to 300 MiB
 (64 channels of the pixels seen) layer after layer and step after step, so
-without a pool they pay that for all of them, much as a layer's convolution
-costs again (TensorFlow keeps its own pool).
+without a pool they pay that for nearly every one of them (TensorFlow keeps
+its own pool; benchmarks/results/adapt-step-2026-12-06.md has the cost).
 
-    with reuse_freed_memory(device):
+    with reuse_freed_memory():
         ...   # freed memory stays with malloc and the next tensors reuse it
 
 Inside the block malloc keeps what is freed (thresholds of 1 GiB). Leaving
@@ -18,8 +18,9 @@ the outermost block sets them to 32 MiB (mmap) and 64 MiB (trim), where
 glibc's own adjustment ends in a process that frees tensors of 32 MiB or
 more, and they stay so: from the next large free on, malloc keeps at most
 64 MiB of free memory at the top of its heap (a next adaptation starts on
-it) and gives the rest back. Does nothing for a device other than the CPU or
-a C library other than glibc.
+it) and gives the rest back. Only the CPU's memory is concerned (a CUDA
+device's has torch's caching allocator); does nothing with a C library other
+than glibc.
 """
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ import platform
 import threading
 from functools import cache
 
-import torch
 
 __all__ = ["reuse_freed_memory"]
 
@@ -60,12 +60,12 @@ def _set_thresholds(libc, mmap: int, trim: int) -> None:
 
 
 @contextlib.contextmanager
-def reuse_freed_memory(device: torch.device):
+def reuse_freed_memory():
     """Keep memory freed inside the block for the tensors allocated after it
-    (see the module's docstring); a no-op unless device is the CPU and the C
-    library is glibc. Blocks may nest and run in several threads at once."""
+    (see the module's docstring); a no-op unless the C library is glibc.
+    Blocks may nest and run in several threads at once."""
     global _depth
-    libc = _libc() if torch.device(device).type == "cpu" else None
+    libc = _libc()
     if libc is None:
         yield
         return

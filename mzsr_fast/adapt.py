@@ -13,7 +13,7 @@ import contextlib
 import numbers
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from .model import PARAMETER_NAMES, MZSRNet
 from .pretrained import ModelInfo, mode_mismatch, resolve_model, unadapted_warning
 from .resize import imresize
 
-__all__ = ["adapt", "UnadaptedModelWarning", "learning_rates", "forward_tiled", "upscale_tiled", "back_projection",
+__all__ = ["adapt", "adapt_model", "UnadaptedModelWarning", "learning_rates", "forward_tiled", "upscale_tiled", "back_projection",
            "available_memory", "RECEPTIVE_RADIUS", "AUTO_TILE", "ADAPT_PIXELS"]
 
 
@@ -151,10 +151,10 @@ def available_memory(device: torch.device) -> int | None:
 
 
 def _check_memory(images: list[torch.Tensor], scale: int, steps: int, plan: Budget | None, share: bool,
-                  tile: int) -> None:
+                  tile: int | None) -> None:
     """Refuse (ValueError) an adaptation of images ([C, H, W] each) that cannot
     fit in memory: what the steps see (the whole images, or plan's windows)
-    and the output."""
+    and, unless tile is None (no inference follows), the outputs and a tile."""
     pixels = [im.shape[-2] * im.shape[-1] for im in images]
     if not steps:
         seen = 0
@@ -163,9 +163,13 @@ def _check_memory(images: list[torch.Tensor], scale: int, steps: int, plan: Budg
     else:
         seen = sum(pixels)
     # the adaptation, the images and their sons, the outputs, and one inference tile
-    tile_pixels = min(max(pixels) * scale ** 2, (tile + 2 * RECEPTIVE_RADIUS) ** 2)
-    need = ADAPT_BYTES_PER_PIXEL * seen + IMAGE_BYTES_PER_PIXEL * sum(pixels) \
-        + OUTPUT_BYTES_PER_PIXEL * sum(pixels) * scale ** 2 + TILE_BYTES_PER_PIXEL * tile_pixels
+    # the images and their sons throughout, then the steps, then the outputs and one tile at a time
+    steps_need = ADAPT_BYTES_PER_PIXEL * seen
+    inference_need = 0
+    if tile is not None:
+        tile_pixels = min(max(pixels) * scale ** 2, (tile + 2 * RECEPTIVE_RADIUS) ** 2)
+        inference_need = OUTPUT_BYTES_PER_PIXEL * sum(pixels) * scale ** 2 + TILE_BYTES_PER_PIXEL * tile_pixels
+    need = IMAGE_BYTES_PER_PIXEL * sum(pixels) + max(steps_need, inference_need)
     free = available_memory(images[0].device)
     if free is not None and need > free:
         shape = images[int(torch.tensor(pixels).argmax())].shape
@@ -484,6 +488,94 @@ def _check_pixels(adapt_pixels) -> int:
     return adapt_pixels
 
 
+@dataclass
+class _Adapted:
+    """What _adapt gives: the adapted weights {name: [T, ...]}, the loss before
+    each step [T, steps], the model's info, the float images [C, H, W] (task
+    by task) and the form lr came in (see _images)."""
+
+    weights: dict[str, torch.Tensor]
+    losses: torch.Tensor
+    info: ModelInfo
+    images: list[torch.Tensor]
+    form: str
+    rates: list
+
+
+def _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, cuda_graph, on_step, adapt_pixels,
+           seed, share, tile) -> _Adapted:
+    """The checks and the adaptation of adapt and adapt_model (tile: the
+    inference's, for the memory check; None: no inference follows)."""
+    images, form = _images(lr)
+    scale = _checks.integer_scale(scale)
+    steps = _check_steps(steps)
+    adapt_pixels = _check_pixels(adapt_pixels)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    for name, flag in (("cuda_graph", cuda_graph), ("share", share)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name}: expected True or False, got {flag!r}")
+    device = images[0].device
+    if cuda_graph and device.type != "cuda":
+        raise ValueError(f"cuda_graph: needs lr on a CUDA device, got {device}")
+    if not torch.compiler.is_compiling():
+        for i, image in enumerate(images):
+            name = f"lr[{i}]" if form == "list" else "lr"
+            _checks.finite_tensor(image, name)
+            _checks.unit_range(image, name, stacklevel=4)
+    if share and adapt_pixels == 0 and len({im.shape for im in images}) > 1:
+        raise ValueError("adapt_pixels: 0 (whole images) with share=True needs images of one size; give a pixel "
+                         "budget, e.g. the default")
+    if isinstance(kernel, str) and kernel == "auto":
+        net, info = resolve_model(model, mode, scale, steps=steps)
+        kernels, kernel_mode = _estimated_kernels(images, scale, mode or info.mode, share), None
+    else:
+        if share and isinstance(kernel, torch.Tensor) and kernel.dim() == 3:
+            raise ValueError(f"kernel: share=True adapts all images with one kernel [k, k], got "
+                             f"{kernel.shape[0]} kernels")
+        kernels, kernel_mode = _kernels(kernel, len(images))
+        net, info = resolve_model(model, mode or kernel_mode, scale, steps=steps)
+    if info.scales and scale not in info.scales:
+        raise ValueError(f"scale: the model {info.name!r} was trained for scales {info.scales}, got {scale}")
+    mismatch = mode_mismatch(kernel_mode, info) if mode is None and steps > 0 else None
+    if mismatch:
+        warnings.warn(mismatch, UserWarning, stacklevel=3)
+    unadapted = unadapted_warning(info) if steps == 0 else None
+    if unadapted:
+        warnings.warn(unadapted, UnadaptedModelWarning, stacklevel=3)
+    mode = mode or info.mode
+    if mode not in ("direct", "bicubic"):
+        raise ValueError(f"mode: expected 'direct' or 'bicubic', got {mode!r}")
+    k = kernels.shape[-1]
+    for i, image in enumerate(images):
+        if min(image.shape[-2:]) < k:
+            name = f"lr[{i}]" if form == "list" else "lr"
+            raise ValueError(f"{name}: image of {_checks.size_text(image.shape)} is smaller than the {k}x{k} kernel")
+    rates = _schedule(schedule, info, steps)
+    tasks = [images] if share else [[im] for im in images]
+    plan = Budget.plan([[im.shape for im in task] for task in tasks], adapt_pixels, RECEPTIVE_RADIUS) \
+        if adapt_pixels and steps else None
+    if not torch.compiler.is_compiling():
+        _check_memory(images, scale, steps, plan, share, tile)
+
+    tasks = [[im.float() for im in task] for task in tasks]
+    params = {n: p.detach().to(device, torch.float32) for n, p in net.named_parameters()}
+    if not torch.compiler.is_compiling():
+        for name, p in params.items():
+            _checks.finite_tensor(p, f"model: {name}")
+    with _precision(precision), reuse_freed_memory():
+        inputs = _step_inputs(tasks, kernels, scale, mode, backend, plan, seed) if steps else None
+        adapted, losses = _adapt_weights(params, len(tasks), inputs, rates, precision, cuda_graph, on_step)
+    return _Adapted(adapted, losses, info, [im for task in tasks for im in task], form, rates)
+
+
+def _precision(precision: str):
+    """The float32 convolution precision of `precision` for the enclosed work (TF32 or IEEE)."""
+    if precision == "tf32":
+        return _tf32.fp32_precision("tf32")
+    return _tf32.fp32_precision("ieee") if precision == "fp32" else contextlib.nullcontext()
+
+
 def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | None = None,
           schedule: Sequence[float] | None = None, precision: str = "fp32", return_losses: bool = False,
           backprojection: bool = False, tile: int | None = None, backend: str | None = None,
@@ -502,7 +594,7 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
     kernel: [k, k] tensor, [B, k, k] (one per image), a preset name, a
     (theta, lambda1, lambda2) triple, a .npy/.mat path, or "auto": each
     image's kernel estimated from the image (mzsr_fast.blind.estimate_kernel,
-    x2 only, for the subsampling mode of the son). model: None (the
+    x2, x3 or x4, for the subsampling mode of the son). model: None (the
     shipped bundled model for the preset's subsampling mode and the scale,
     pretrained.default_model), a bundled name, a .safetensors path or an
     MZSRNet (left unchanged). mode: "direct" or "bicubic" subsampling of the son
@@ -534,20 +626,11 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
     with share or for a [C, H, W] image, else a list of one per image.
     return_losses and return_model add to a tuple in that order.
     """
-    images, form = _images(lr)
-    scale = _checks.integer_scale(scale)
-    steps = _check_steps(steps)
-    adapt_pixels = _check_pixels(adapt_pixels)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
     if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
         raise ValueError(f"tile: expected a positive integer or None, got {tile!r}")
-    for name, flag in (("cuda_graph", cuda_graph), ("share", share), ("return_model", return_model)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name}: expected True or False, got {flag!r}")
-    device = images[0].device
-    if cuda_graph and device.type != "cuda":
-        raise ValueError(f"cuda_graph: needs lr on a CUDA device, got {device}")
+    if not isinstance(return_model, bool):
+        raise TypeError(f"return_model: expected True or False, got {return_model!r}")
+    images, form = _images(lr)
     if form == "list" and not share and len({im.shape for im in images}) > 1:
         # images of different sizes adapted each on its own: one call per image
         results = [adapt(im, kernel[i] if isinstance(kernel, torch.Tensor) and kernel.dim() == 3 else kernel,
@@ -557,68 +640,42 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
         out += (torch.cat([r[1] for r in results]),) if return_losses else ()
         out += ([r[2] for r in results],) if return_model else ()
         return out if len(out) > 1 else out[0]
-    if not torch.compiler.is_compiling():
-        for i, image in enumerate(images):
-            name = f"lr[{i}]" if form == "list" else "lr"
-            _checks.finite_tensor(image, name)
-            _checks.unit_range(image, name)
-    if share and adapt_pixels == 0 and len({im.shape for im in images}) > 1:
-        raise ValueError("adapt_pixels: 0 (whole images) with share=True needs images of one size; give a pixel "
-                         "budget, e.g. the default")
-    if isinstance(kernel, str) and kernel == "auto":
-        net, info = resolve_model(model, mode, scale)
-        kernels, kernel_mode = _estimated_kernels(images, scale, mode or info.mode, share), None
-    else:
-        if share and isinstance(kernel, torch.Tensor) and kernel.dim() == 3:
-            raise ValueError(f"kernel: share=True adapts all images with one kernel [k, k], got "
-                             f"{kernel.shape[0]} kernels")
-        kernels, kernel_mode = _kernels(kernel, len(images))
-        net, info = resolve_model(model, mode or kernel_mode, scale)
-    if info.scales and scale not in info.scales:
-        raise ValueError(f"scale: the model {info.name!r} was trained for scales {info.scales}, got {scale}")
-    mismatch = mode_mismatch(kernel_mode, info) if mode is None and steps > 0 else None
-    if mismatch:
-        warnings.warn(mismatch, UserWarning, stacklevel=2)
-    unadapted = unadapted_warning(info) if steps == 0 else None
-    if unadapted:
-        warnings.warn(unadapted, UnadaptedModelWarning, stacklevel=2)
-    mode = mode or info.mode
-    if mode not in ("direct", "bicubic"):
-        raise ValueError(f"mode: expected 'direct' or 'bicubic', got {mode!r}")
-    k = kernels.shape[-1]
-    for i, image in enumerate(images):
-        if min(image.shape[-2:]) < k:
-            name = f"lr[{i}]" if form == "list" else "lr"
-            raise ValueError(f"{name}: image of {_checks.size_text(image.shape)} is smaller than the {k}x{k} kernel")
-    rates = _schedule(schedule, info, steps)
-    tasks = [images] if share else [[im] for im in images]
-    plan = Budget.plan([[im.shape for im in task] for task in tasks], adapt_pixels, RECEPTIVE_RADIUS) \
-        if adapt_pixels and steps else None
-    if not torch.compiler.is_compiling():
-        _check_memory(images, scale, steps, plan, share, tile or AUTO_TILE)
-
-    tasks = [[im.float() for im in task] for task in tasks]
-    images = [im for task in tasks for im in task]
-    params = {n: p.detach().to(device, torch.float32) for n, p in net.named_parameters()}
-    if not torch.compiler.is_compiling():
-        for name, p in params.items():
-            _checks.finite_tensor(p, f"model: {name}")
-    tf32 = _tf32.fp32_precision("tf32") if precision == "tf32" else \
-        _tf32.fp32_precision("ieee") if precision == "fp32" else contextlib.nullcontext()
-    with tf32, reuse_freed_memory(device):
-        inputs = _step_inputs(tasks, kernels, scale, mode, backend, plan, seed) if steps else None
-        adapted, losses = _adapt_weights(params, len(tasks), inputs, rates, precision, cuda_graph, on_step)
-        del inputs  # and the sons it holds
-        srs = _infer(adapted, images, share, scale, precision, tile, on_tile)
+    with reuse_freed_memory():  # the adaptation's freed memory, for the inference too
+        done = _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, cuda_graph, on_step,
+                      adapt_pixels, seed, share, tile or AUTO_TILE)
+        scale = int(scale)
+        with _precision(precision):
+            srs = _infer(done.weights, done.images, share, scale, precision, tile, on_tile)
     if steps and not torch.compiler.is_compiling():
-        _check_converged(losses, srs, rates)
+        _check_converged(done.losses, srs, done.rates)
     srs = [sr.clamp_(0, 1) for sr in srs]
     if backprojection:
-        srs = [back_projection(sr[None], im[None], scale)[0] for sr, im in zip(srs, images)]
-    out = (srs[0] if form == "image" else torch.stack(srs) if form == "batch" else srs,)
+        srs = [back_projection(sr[None], im[None], scale)[0] for sr, im in zip(srs, done.images)]
+    out = (srs[0] if done.form == "image" else torch.stack(srs) if done.form == "batch" else srs,)
     if return_losses:
-        out += (losses,)
+        out += (done.losses,)
     if return_model:
-        nets = [_adapted_net(adapted, t, info, steps) for t in range(len(tasks))]
-        out += (nets[0] if share or form == "image" else nets,)
+        nets = [_adapted_net(done.weights, t, done.info, steps) for t in range(done.losses.shape[0])]
+        out += (nets[0] if share or done.form == "image" else nets,)
     return out if len(out) > 1 else out[0]
+
+
+def adapt_model(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | None = None,
+                schedule: Sequence[float] | None = None, precision: str = "fp32", backend: str | None = None,
+                on_step: Callable[[int, int], None] | None = None, adapt_pixels: int = ADAPT_PIXELS,
+                seed: int = 0) -> MZSRNet:
+    """The network of MZSR(steps) adapted to lr, without super-resolving it:
+    adapt once, then apply it to anything (adapt(x, kernel, steps=0,
+    model=net), or net itself on upsampled images) and save it
+    (pretrained.save_model(path, net, net.model_info)).
+
+    lr: an image [C, H, W], a batch [B, C, H, W] or a list of images of any
+    sizes; more than one image share the adaptation (adapt's share=True). The
+    other arguments are adapt's. Returns an MZSRNet with model_info naming
+    the model it was adapted from ("NAME-adapted", notes["adapted_steps"]).
+    """
+    done = _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, False, on_step,
+                  adapt_pixels, seed, True, None)
+    if steps:
+        _check_converged(done.losses, [], done.rates)
+    return _adapted_net(done.weights, 0, done.info, steps)

@@ -3,7 +3,19 @@
 MZSR needs the LR image's kernel (docs/method.md section 8); for a real photo it is
 unknown. estimate_kernel returns an anisotropic Gaussian (docs/method.md section 2:
 theta, variances lambda1 >= lambda2) for x2 images made by blur + direct or
-bicubic subsampling (docs/method.md section 3). Three methods:
+bicubic subsampling and for x3 and x4 images made by blur + direct
+subsampling (docs/method.md section 3; the bicubic model is x2 only).
+
+The estimators work in LR pixels. A Gaussian of variance v in HR pixels is,
+on the LR grid of spacing s, one of variance v / s^2; the network was trained
+on x2 images and answers in x2 HR pixels, 4 times the LR-pixel variance. So
+every estimate is made in those units (the network's) and its variances are
+multiplied by s^2 / 4 at the end (by 1 at x2). This holds as far as natural
+images look alike at every scale, so that the image content under the blur,
+and with it the aliasing, is the same in LR pixels whatever s; what differs
+(the HR images' own softness, shrunk s^2 / 4 times more, and the larger
+kernels of the x3 and x4 distributions) is left to a small per-scale fit,
+COMBINATION. Three methods:
 
 - "learned": a small CNN (mzsr_fast/_kernelnet.py, weights
   mzsr_fast/weights/kernel_estimator.safetensors, card beside them) trained
@@ -21,7 +33,7 @@ bicubic subsampling (docs/method.md section 3). Three methods:
   true covariance, which is corrected for. It finds the angle and
   elongation well, the size less well (sharp kernels look blurrier).
 - "combined" (the default): the size from the learned estimate, the shape
-  from both, mostly the learned one, with the least-squares weights
+  from both, mostly the learned one, with the scale's least-squares weights
   COMBINATION of scripts/fit_kernel_combination.py.
 
 benchmarks/bench_blind.py compares them (results in benchmarks/results/).
@@ -42,10 +54,13 @@ from .degradation import PRESETS
 from .gaussian import gaussian_kernel
 from .ops.blur_downsample import MODES, anisotropic_blur_downsample
 
-__all__ = ["KernelEstimate", "estimate_kernel", "joint_estimate", "random_kernel_params", "kernel_l1", "METHODS", "DEFAULT_METHOD", "MIN_SIZE", "KERNEL_SIZE"]
+__all__ = ["KernelEstimate", "estimate_kernel", "joint_estimate", "random_kernel_params", "kernel_l1",
+           "gaussian_at_scale", "METHODS", "DEFAULT_METHOD", "MIN_SIZE", "KERNEL_SIZE", "SCALES"]
 
 METHODS = ("learned", "crossscale", "combined")
 DEFAULT_METHOD = "combined"
+# Scales estimated, and the subsampling modes at each (the bicubic model, bicubic_x2, is x2 only).
+SCALES = {2: ("direct", "bicubic"), 3: ("direct",), 4: ("direct",)}
 KERNEL_SIZE = 21
 # Smaller images hold too few edges for an estimate (the network's receptive field is about 30 pixels across).
 MIN_SIZE = 32
@@ -54,10 +69,12 @@ FLAT_GRADIENT = 4 / 255
 MIN_TEXTURED_PIXELS = 64
 # The kernel assumed when an image gives no evidence: the presets the models were meta-trained around.
 FALLBACK = {"direct": "g_d_2.0", "bicubic": "g_b_1.3"}
-# The combined estimate, p0 = c0 + c1 p0_learned + c2 p0_crossscale and (p1, p2) = c3 (p1, p2)_crossscale
-# + c4 (p1, p2)_learned, fitted by scripts/fit_kernel_combination.py (300 samples, seed 4) on synthetic
-# training data: size from the network alone, shape mostly from it.
-COMBINATION = (-0.0417, 1.0102, 0.0073, 0.096, 0.9393)
+# The combined estimate per scale, p0 = c0 + c1 p0_learned + c2 p0_crossscale and (p1, p2) =
+# c3 (p1, p2)_crossscale + c4 (p1, p2)_learned (in the network's units), fitted by
+# scripts/fit_kernel_combination.py (300 samples, seed 4, --scale s) on synthetic training data: size
+# from the network alone, shape mostly from it.
+COMBINATION = {2: (-0.0417, 1.0102, 0.0073, 0.096, 0.9393), 3: (0.0057, 0.864, 0.0262, 0.0311, 0.7831),
+               4: (-0.0684, 0.9451, 0.0029, -0.0083, 0.8722)}
 # Scale of KernelEstimate.confidence: a view disagreement of 0.05 in kernel L1 gives 0.5.
 CONFIDENCE_SCALE = 0.05
 
@@ -66,9 +83,10 @@ CONFIDENCE_SCALE = 0.05
 class KernelEstimate:
     """An estimated Gaussian blur kernel (docs/method.md section 2 conventions).
 
-    theta: radians in [0, pi); lambda1 >= lambda2: variances; mode: the
-    subsampling it was estimated for; spread: for "learned" and "combined"
-    the mean kernel L1 between the network's four views and their mean, for
+    theta: radians in [0, pi); lambda1 >= lambda2: variances in HR pixels of
+    the scale; mode: the subsampling it was estimated for; spread: for
+    "learned" and "combined" the mean kernel L1 between the network's four
+    views and their mean (in the network's units at every scale), for
     "crossscale" the final residual of the spectral fit (NaN for a
     fallback); confidence = 1 / (1 + spread / CONFIDENCE_SCALE) in (0, 1], a
     monotone score, not a calibrated probability (0 for a fallback);
@@ -177,7 +195,8 @@ def _log_spectrum(x: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
 
 
 def _crossscale(g: torch.Tensor, mode: str, scale: int, steps: int = 60) -> tuple[torch.Tensor, float]:
-    """g [1, 1, H, W] luma -> (p [3], final residual): fit the son's spectrum shape to the image's."""
+    """g [1, 1, H, W] luma -> (p [3] in the network's units, final residual): fit the son's spectrum shape
+    to the image's."""
     g = g.double()
     h, w = g.shape[-2:]
     bins_lr, used_lr = _spectral_bins(h, w)
@@ -197,13 +216,22 @@ def _crossscale(g: torch.Tensor, mode: str, scale: int, steps: int = 60) -> tupl
         opt.zero_grad()
         residual.backward()
         opt.step()
-    # The match is reached at (1 - 1/s^2) of the true covariance: divide it out (p0 is log det / 2).
+    # The match is reached at (1 - 1/s^2) of the true covariance: divide it out (p0 is log det / 2), and
+    # go to the network's units.
     p = p.detach().clone()
-    p[0] -= math.log(1 - 1 / scale ** 2)
+    p[0] -= math.log(1 - 1 / scale ** 2) + math.log(scale ** 2 / 4)
     return p, float(residual.detach())
 
 
-def combine(p_learned: torch.Tensor, p_cross: torch.Tensor, c=COMBINATION) -> torch.Tensor:
+def gaussian_at_scale(p: torch.Tensor, scale: int) -> tuple[float, float, float]:
+    """An estimate p [3] in the network's units (variances in HR pixels of an x2 image) -> (theta,
+    lambda1, lambda2) in HR pixels at this scale: the variances times scale^2 / 4. The network's
+    variance range LAMBDA_RANGE scales with them."""
+    theta, lambda1, lambda2 = (float(v) for v in gaussian_from_params(p.double()))
+    return theta, lambda1 * scale ** 2 / 4, lambda2 * scale ** 2 / 4
+
+
+def combine(p_learned: torch.Tensor, p_cross: torch.Tensor, c=COMBINATION[2]) -> torch.Tensor:
     """The "combined" estimate from the two methods' p [..., 3]: p0 = c0 + c1 p0_learned + c2 p0_crossscale,
     (p1, p2) = c3 (p1, p2)_crossscale + c4 (p1, p2)_learned. Returns [..., 3] float64."""
     p_learned, p_cross = p_learned.double(), p_cross.double()
@@ -211,14 +239,17 @@ def combine(p_learned: torch.Tensor, p_cross: torch.Tensor, c=COMBINATION) -> to
                       c[3] * p_cross[..., 1:] + c[4] * p_learned[..., 1:]], -1)
 
 
-def random_kernel_params(n: int, generator: torch.Generator | None = None):
-    """n kernels of the blind benchmark (and `eval --kernel random`): theta ~
-    U[0, pi), lambda1 ~ U[0.2, 5], lambda2 ~ U[0.2, lambda1]; sharp kernels
-    down to the g_d_0.2 preset and blurrier ones than the meta-training
-    distribution. Returns (theta, lambda1, lambda2), each [n] float64."""
+def random_kernel_params(n: int, generator: torch.Generator | None = None, scale: int = 2):
+    """n kernels of the blind benchmark (and `eval --kernel random`) at this
+    scale: theta ~ U[0, pi); at x2 lambda1 ~ U[0.2, 5], lambda2 ~ U[0.2,
+    lambda1] (sharp kernels down to the g_d_0.2 preset and blurrier ones than
+    the meta-training distribution), at x3 and x4 the meta-training
+    distribution (docs/method.md section 2) lambda1 ~ U[1, 2.5 scale], lambda2
+    ~ U[1, lambda1]. Returns (theta, lambda1, lambda2), each [n] float64."""
+    low, high = (0.2, 5.0) if scale == 2 else (1.0, 2.5 * scale)
     u = torch.rand(3, n, generator=generator, dtype=torch.float64)
-    lambda1 = 0.2 + 4.8 * u[1]
-    return math.pi * u[0], lambda1, 0.2 + (lambda1 - 0.2) * u[2]
+    lambda1 = low + (high - low) * u[1]
+    return math.pi * u[0], lambda1, low + (lambda1 - low) * u[2]
 
 
 def kernel_l1(estimate: torch.Tensor, true: torch.Tensor) -> float:
@@ -280,19 +311,19 @@ def _estimate_one(x: torch.Tensor, name: str, scale: int, mode: str, method: str
         p, spread = _crossscale(g, mode, scale)
     else:
         p_learned, spread = _learned(g, mode)
-        p = combine(p_learned, _crossscale(g, mode, scale)[0])
-    theta, lambda1, lambda2 = (float(v) for v in gaussian_from_params(p.double()))
+        p = combine(p_learned, _crossscale(g, mode, scale)[0], COMBINATION[scale])
+    theta, lambda1, lambda2 = gaussian_at_scale(p, scale)
     return KernelEstimate(theta, lambda1, lambda2, mode, method, 1 / (1 + spread / CONFIDENCE_SCALE), spread)
 
 
 def estimate_kernel(lr, scale: int = 2, mode: str = "direct", method: str = DEFAULT_METHOD):
-    """Estimate the Gaussian blur kernel of x2 LR images from the images alone.
+    """Estimate the Gaussian blur kernel of x2, x3 or x4 LR images from the images alone.
 
     lr: an image [C, H, W] (C = 3 RGB or 1 gray, values in [0, 1]), a batch
-    [B, C, H, W] or a list of images of any sizes. scale: 2 (the estimators
-    are for x2). mode: "direct" or "bicubic" subsampling, as the image was
-    made (g_b_* presets: "bicubic"). method: "combined" (default), "learned"
-    or "crossscale" (see the module docstring).
+    [B, C, H, W] or a list of images of any sizes. scale: 2, 3 or 4 (SCALES).
+    mode: "direct" or "bicubic" subsampling, as the image was made (g_b_*
+    presets: "bicubic"; x2 only). method: "combined" (default), "learned" or
+    "crossscale" (see the module docstring). Variances are in HR pixels.
 
     Returns a KernelEstimate for one [C, H, W] image, else a list of them.
     Images smaller than MIN_SIZE on a side, or flat ones, give the mode's
@@ -301,9 +332,11 @@ def estimate_kernel(lr, scale: int = 2, mode: str = "direct", method: str = DEFA
     [0, 1], wrong shapes or channel counts.
     """
     scale = _checks.integer_scale(scale)
-    if scale != 2:
-        raise ValueError(f"scale: the kernel estimators are for x2 images, got {scale}")
+    if scale not in SCALES:
+        raise ValueError(f"scale: the kernel estimators are for x2, x3 and x4 images, got {scale}")
     mode = _check_mode(mode)
+    if mode not in SCALES[scale]:
+        raise ValueError(f"mode: {mode!r} is estimated at x2 only (the bicubic model is x2), got scale {scale}")
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     images, as_list = _images(lr)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ModelKind", "CATALOGUE"]
+__all__ = ["ModelKind", "CATALOGUE", "BUNDLED", "ONE_STEP", "kind_of"]
 
 
 @dataclass(frozen=True)
@@ -36,3 +36,17 @@ CATALOGUE = {kind.name: kind for kind in (
     ModelKind("multiscale", "direct", (2, 3, 4), (0.01, 0.01, 0.01, 0.005, 0.005),
               tuple(round(2.0 + 0.2 * i, 1) for i in range(11)), ("g_d_2.0",)),
 )}
+
+
+# A kind's one-step model, KIND_1step: meta-trained for a single test-time step
+# (one inner step with its own learned rates). The default model of a kind
+# needs about ten steps; with steps=1, the default is its one-step model
+# where one is shipped (mzsr_fast.pretrained.default_model).
+ONE_STEP = "_1step"
+# The names of the bundled models: each kind's default model, then the one-step ones.
+BUNDLED = tuple(CATALOGUE) + tuple(name + ONE_STEP for name in CATALOGUE)
+
+
+def kind_of(name: str) -> str:
+    """The CATALOGUE key of a bundled model's name."""
+    return name.removesuffix(ONE_STEP)

@@ -255,7 +255,7 @@ def _budget(args) -> dict:
 def cmd_sr(args) -> None:
     from ._checks import size_text
     from .adapt import UnadaptedModelWarning, adapt
-    from .blind import estimate_kernel
+    from .blind import estimate_kernel, joint_estimate
     from .degradation import PRESETS
     from .io import write_like
     from .pretrained import resolve_model, unadapted_warning
@@ -263,9 +263,13 @@ def cmd_sr(args) -> None:
     steps = _steps_list(args.steps)
     device = _device(args.device)
     preset = PRESETS.get(args.kernel)
-    net, info = resolve_model(args.model, preset.mode if preset else None, args.scale, device=device)
-    if info.scales and args.scale not in info.scales:  # before any estimate: the model cannot do this scale at all
-        raise UsageError(f"scale: the model {info.name!r} was trained for scales {info.scales}, got {args.scale}")
+    # the model of each n: with no --model, the kind's one-step model for n = 1 where it is shipped
+    models = {n: resolve_model(args.model, preset.mode if preset else None, args.scale, device=device, steps=n)
+              for n in steps}
+    for net, info in models.values():
+        if info.scales and args.scale not in info.scales:  # before any estimate: the model cannot do this scale
+            raise UsageError(f"scale: the model {info.name!r} was trained for scales {info.scales}, got {args.scale}")
+    mode = models[steps[0]][1].mode  # a kind's models share their subsampling mode
     paths = _input_paths(args)
     if not paths:
         return
@@ -275,10 +279,54 @@ def cmd_sr(args) -> None:
         return os.path.join(out_dir, f"{_stem(path).removesuffix(f'_x{args.scale}')}_x{args.scale}_mzsr{n}.png")
 
     _check_outputs([(path, out_path(path, n)) for path in paths for n in steps], args.force)
-    unadapted = unadapted_warning(info) if 0 in steps else None
+    unadapted = unadapted_warning(models[0][1]) if 0 in steps else None
     if unadapted:  # once for the run, not once per image
         warnings.warn(unadapted, UnadaptedModelWarning, stacklevel=1)
     progress = _Progress()
+
+    def super_resolve(lr, kernel, n: int, label: str, **options):
+        """adapt's SR, and the seconds of its two phases: "adaptation" (the son and the steps) and "inference"."""
+        start = adapted = time.perf_counter()
+
+        def on_step(done, total):
+            nonlocal adapted
+            adapted = time.perf_counter()
+            progress(f"{label} MZSR({n})", done, total)
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UnadaptedModelWarning)  # said once, above
+                sr = adapt(lr, kernel, args.scale, steps=n, model=models[n][0],
+                           precision=args.precision, backprojection=args.backprojection, tile=args.tile,
+                           backend=args.backend, cuda_graph=args.cuda_graph, seed=args.seed, on_step=on_step,
+                           on_tile=lambda done, total: progress(f"{label} MZSR({n})", done, total, "tile"),
+                           **_budget(args), **options)
+        except ValueError as error:  # name the image
+            raise UsageError(f"{label}: {str(error).removeprefix('lr: ')}") from None
+        return sr, {"adaptation": adapted - start, "inference": time.perf_counter() - adapted}
+
+    def phases(seconds: dict) -> str:
+        return f"{sum(seconds.values()):.2f} s: " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items())
+
+    if args.share_adaptation:  # one kernel and one adaptation for all of them, then each image's inference
+        read = [(path, lr.to(device)) for path in paths if (lr := _read_input(args, path)) is not None]
+        if not read:
+            return
+        label = f"{len(read)} images"
+        kernel = args.kernel
+        if kernel == "auto":
+            estimate = joint_estimate(estimate_kernel([lr for _, lr in read], args.scale, mode=mode))
+            print(f"{label}: estimated shared kernel {estimate}")
+            kernel = estimate.kernel
+        for n in steps:
+            srs, seconds = super_resolve([lr for _, lr in read], kernel, n, label, share=True)
+            start = time.perf_counter()
+            for index, ((path, _), sr) in enumerate(zip(read, srs), 1):
+                write_like(out_path(path, n), sr, path)
+                print(f"[{index}/{len(read)}] {path} -> {out_path(path, n)} ({size_text(sr.shape)})")
+            seconds["writing"] = time.perf_counter() - start
+            print(f"{label} MZSR({n}): {phases(seconds)}")
+        return
     for index, path in enumerate(paths, 1):
         lr = _read_input(args, path)
         if lr is None:
@@ -286,26 +334,16 @@ def cmd_sr(args) -> None:
         lr = lr.to(device)
         kernel = args.kernel
         if kernel == "auto":  # estimated for the model's subsampling mode, and said so
-            estimate = estimate_kernel(lr, args.scale, mode=info.mode)
+            estimate = estimate_kernel(lr, args.scale, mode=mode)
             print(f"[{index}/{len(paths)}] {path}: estimated kernel {estimate}")
             kernel = estimate.kernel
         for n in steps:
-            start = time.perf_counter()
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UnadaptedModelWarning)  # said once, above
-                    sr = adapt(lr, kernel, args.scale, steps=n, model=net,
-                               precision=args.precision, backprojection=args.backprojection, tile=args.tile,
-                               backend=args.backend, cuda_graph=args.cuda_graph, seed=args.seed,
-                               on_step=lambda done, total, n=n: progress(f"{path} MZSR({n})", done, total),
-                               on_tile=lambda done, total, n=n: progress(f"{path} MZSR({n})", done, total, "tile"),
-                               **_budget(args))
-            except ValueError as error:  # name the image
-                raise UsageError(f"{path}: {str(error).removeprefix('lr: ')}") from None
-            seconds = time.perf_counter() - start
+            sr, seconds = super_resolve(lr, kernel, n, path)
             out = out_path(path, n)
+            start = time.perf_counter()
             write_like(out, sr, path)
-            print(f"[{index}/{len(paths)}] {path} -> {out} ({size_text(sr.shape)}, {seconds:.2f} s)")
+            seconds["writing"] = time.perf_counter() - start
+            print(f"[{index}/{len(paths)}] {path} -> {out} ({size_text(sr.shape)}, {phases(seconds)})")
 
 
 def cmd_estimate_kernel(args) -> None:
@@ -440,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     sr.add_argument("--scale", type=int, default=2)
     sr.add_argument("--kernel", default="auto",
-                    help=kernel_help + ", or 'auto' (default): estimate each image's kernel (x2) and print it")
+                    help=kernel_help + ", or 'auto' (default): estimate each image's kernel (x2, x3, x4) and print it")
     sr.add_argument("--steps", default="10",
                     help="adaptation steps n of MZSR(n) (default 10: the shipped x2 models are meta-trained for "
                          "adaptation and poor without it); comma-separated for one output per n, e.g. 0,1,10")
@@ -453,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "most N pixels in all, redrawn every step (see the README); 'all' adapts on the whole image")
     sr.add_argument("--adapt-pixels", type=_adapt_pixels, metavar="N|all", help=budget_help + " (default 65536)")
     sr.add_argument("--seed", type=int, default=0, help="seed of the budget's window draw (default 0)")
+    sr.add_argument("--share-adaptation", action="store_true",
+                    help="one kernel (estimated from all of them) and one adaptation for all the inputs (frames of "
+                         "one video, a burst, photos of one camera), then each image's own inference")
     sr.add_argument("--backprojection", action="store_true", help="4 iterations of back-projection")
     sr.add_argument("--device")
     sr.add_argument("--backend", choices=("cpu", "cuda", "triton", "torch"))
@@ -466,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--lr", metavar="DIR", help="LR folder (default: degrade the GT with --kernel)")
     evaluate.add_argument("--kernel", default="g_d_2.0",
                           help=kernel_help + ", or 'random': each GT image degraded with its own random kernel "
-                                             "(direct x2, variances 0.2-5, any angle; see --seed)")
+                                             "(direct, any angle; variances 0.2-5 at x2, the meta-training "
+                                             "distribution at x3 and x4; see --seed)")
     evaluate.add_argument("--seed", type=int, help="seed of --kernel random (default 0)")
     evaluate.add_argument("--estimate-kernel", action="store_true",
                           help="also adapt with the kernel estimated from each LR image (method mzsr-est) "
@@ -484,9 +526,10 @@ def build_parser() -> argparse.ArgumentParser:
     _force(evaluate, "existing results files")
     evaluate.set_defaults(run=cmd_eval)
 
-    estimate = commands.add_parser("estimate-kernel", help="estimate the blur kernel of x2 LR images (blind mode)")
+    estimate = commands.add_parser("estimate-kernel",
+                                   help="estimate the blur kernel of x2, x3 or x4 LR images (blind mode)")
     estimate.add_argument("inputs", nargs="+", metavar="IMAGE", help="LR image files or folders, or 'example-lr'")
-    estimate.add_argument("--scale", type=int, default=2, help="the estimators are for x2")
+    estimate.add_argument("--scale", type=int, default=2, help="2, 3 or 4 (x3 and x4: direct subsampling only)")
     estimate.add_argument("--mode", choices=("direct", "bicubic"), default="direct",
                           help="subsampling the images were made with (g_b_* presets: bicubic)")
     estimate.add_argument("--method", choices=("combined", "learned", "crossscale"), default="combined",

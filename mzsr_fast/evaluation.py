@@ -104,10 +104,10 @@ def _matching_lr(gt_path: str, lr_files: list[str], lr_dir: str, scale: int) -> 
     return found[0]
 
 
-def _lr_kernels(gt_paths: list[str], kernel, seed: int | None, lr_dir: str | None):
+def _lr_kernels(gt_paths: list[str], kernel, seed: int | None, lr_dir: str | None, scale: int):
     """[(kernel [k, k] float64, kernel mode, label)] per GT image: one shared
     kernel, or for kernel="random" each image's own draw of the blind benchmark's
-    distribution (mzsr_fast.blind.random_kernel_params) from `seed`."""
+    distribution at this scale (mzsr_fast.blind.random_kernel_params) from `seed`."""
     if kernel != "random":
         if seed is not None:
             raise ValueError("seed: only used with kernel 'random'")
@@ -120,7 +120,7 @@ def _lr_kernels(gt_paths: list[str], kernel, seed: int | None, lr_dir: str | Non
 
     generator = torch.Generator().manual_seed(0 if seed is None else seed)
     out = []
-    for theta, l1, l2 in zip(*random_kernel_params(len(gt_paths), generator)):
+    for theta, l1, l2 in zip(*random_kernel_params(len(gt_paths), generator, scale)):
         label = f"{float(theta):.4f},{float(l1):.4f},{float(l2):.4f}"
         out.append((gaussian_kernel(theta, l1, l2, 21), None, label))
     return out
@@ -136,7 +136,7 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
     multiple of scale) with the kernel and rounding to 8 bits. kernel: anything
     load_kernel accepts (a preset degrades with its own subsampling mode), or
     "random": each image gets its own kernel drawn from the blind benchmark's
-    distribution with `seed` (default 0), recorded in Score.kernel.
+    distribution at the scale with `seed` (default 0), recorded in Score.kernel.
     model: as adapt's (None: the bundled model for the preset's mode and scale).
     adapt_options: adapt's (adapt_pixels: default 0, the whole image, as the paper adapts).
     steps: n of MZSR(n); for zssr the maximum training steps (ZSSR: 3000).
@@ -155,12 +155,14 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
     if estimate_kernel and method != "mzsr":
         raise ValueError(f"estimate_kernel: only for method 'mzsr', got {method!r}")
     gt_files = _image_files(gt_dir, "--gt")
-    kernels = _lr_kernels(gt_files, kernel, seed, lr_dir)
+    kernels = _lr_kernels(gt_files, kernel, seed, lr_dir, scale)
     kernel_mode = kernels[0][1]
     device = torch.device(device or "cpu")
     estimate_mode = None
-    if method == "mzsr":  # once, not per image; None: the bundled model for the kernel's mode and scale
-        model, info = resolve_model(model, kernel_mode, scale, device=device)
+    models = {n: model for n in steps}
+    if method == "mzsr":  # once, not per image; None: the bundled model for the kernel's mode, scale and steps
+        models = {n: resolve_model(model, kernel_mode, scale, device=device, steps=n)[0] for n in steps}
+        info = models[max(steps)].model_info
         mismatch = mode_mismatch(kernel_mode, info) if max(steps) > 0 else None
         if mismatch:
             warnings.warn(mismatch, UserWarning, stacklevel=2)
@@ -185,7 +187,7 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
         if gt_path in unreadable:
             continue
         try:
-            scores += _score_image(gt_path, lr_path, image_kernel, scale, steps, method, model, device, on_image,
+            scores += _score_image(gt_path, lr_path, image_kernel, scale, steps, method, models, device, on_image,
                                    on_step, estimate_mode, adapt_options)
         except ValueError as error:
             if not str(error).startswith((gt_path, str(lr_path))):
@@ -196,7 +198,7 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
     return scores
 
 
-def _score_image(gt_path, lr_path, image_kernel, scale, steps, method, model, device, on_image, on_step,
+def _score_image(gt_path, lr_path, image_kernel, scale, steps, method, models, device, on_image, on_step,
                  estimate_mode, adapt_options) -> list[Score]:
     """evaluate's Scores of one GT image (and its LR file, or None: degrade the
     GT with image_kernel, a (kernel, mode, label) of _lr_kernels). With
@@ -221,7 +223,7 @@ def _score_image(gt_path, lr_path, image_kernel, scale, steps, method, model, de
     for n in ([0] if method == "bicubic" else steps):
         for run_method, run_kernel, run_label, run_l1 in runs:
             step_hook = (lambda done, total, n=n: on_step(name, n, done, total)) if on_step else None
-            sr = super_resolve(lr, run_kernel, scale, n, method, model, step_hook, size=gt.shape[-2:],
+            sr = super_resolve(lr, run_kernel, scale, n, method, models.get(n), step_hook, size=gt.shape[-2:],
                                **adapt_options)
             psnr, ssim = metrics.psnr_ssim(sr, gt, scale)
             now = time.perf_counter()

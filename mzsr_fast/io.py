@@ -162,6 +162,24 @@ def read_image(path, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).to(dtype)
 
 
+# Rows of an image converted to integers at a time: bounds the float64
+# intermediates of a large image (a 48-megapixel output is 1.2 GB in float64).
+QUANTISE_ELEMENTS = 1 << 22
+
+
+def _quantised(x: torch.Tensor, bits: int) -> np.ndarray:
+    """x [C, H, W] clipped to [0, 1] and rounded to `bits` bits (in float64, a
+    band of rows at a time): [H, W, C] uint8 or uint16."""
+    peak, dtype = (255, np.uint8) if bits == 8 else (65535, np.uint16)
+    channels, height, width = x.shape
+    out = np.empty((height, width, channels), dtype)
+    band = max(1, QUANTISE_ELEMENTS // (channels * width))
+    for top in range(0, height, band):
+        rows = torch.round(x[:, top:top + band].detach().double().clamp(0, 1) * peak)
+        out[top:top + band] = rows.to(torch.int32).permute(1, 2, 0).cpu().numpy()
+    return out
+
+
 def write_image(path, x: torch.Tensor, bits: int = 8) -> None:
     """Write x ([3, H, W], [1, H, W] or a batch of one) clipped and rounded to
     `bits` (8, or 16 for a .png file) bits per channel.
@@ -177,20 +195,18 @@ def write_image(path, x: torch.Tensor, bits: int = 8) -> None:
         raise ValueError(f"bits: expected 8 or 16, got {bits!r}")
     if bits == 16 and not path.lower().endswith(".png"):
         raise ValueError(f"{path}: 16-bit images are written as PNG only, expected a .png file name")
-    peak, dtype = (255, torch.uint8) if bits == 8 else (65535, torch.int32)
-    array = torch.round(x4[0].detach().double().clamp(0, 1) * peak).to(dtype).cpu().numpy()
+    array = _quantised(x4[0], bits)  # [H, W, C]
+    height, width, channels = array.shape
     if bits == 16:
-        channels, height, width = array.shape
-        rows = array.transpose(1, 2, 0).reshape(height, width * channels).astype(np.uint16)
         writer = png.Writer(width, height, greyscale=channels == 1, bitdepth=16)
         with atomic_open(path) as f:
-            writer.write(f, rows)
+            writer.write(f, array.reshape(height, width * channels))
         return
     extension = os.path.splitext(path)[1].lower()
     image_format = Image.registered_extensions().get(extension)
     if image_format is None or image_format not in Image.SAVE:
         raise ValueError(f"{path}: cannot write an image with this file name (unknown extension {extension!r})")
-    image = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
+    image = Image.fromarray(array[..., 0] if channels == 1 else array)
     try:
         with atomic_open(path) as f:
             image.save(f, format=image_format)

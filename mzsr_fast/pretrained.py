@@ -13,10 +13,10 @@ from safetensors.torch import load_file, safe_open
 from safetensors.torch import save as save_safetensors
 
 from ._files import atomic_write
-from .catalogue import CATALOGUE, ModelKind
+from .catalogue import BUNDLED, CATALOGUE, ONE_STEP, ModelKind, kind_of
 from .model import PARAMETER_NAMES, MZSRNet, state_dict_mismatch
 
-__all__ = ["ModelKind", "CATALOGUE", "ModelInfo", "bundled_info", "load_model", "save_model", "bundled_models",
+__all__ = ["ModelKind", "CATALOGUE", "BUNDLED", "ModelInfo", "bundled_info", "load_model", "save_model", "bundled_models",
            "default_model", "resolve_model", "mode_mismatch", "load_tf_checkpoint", "import_tf_checkpoint",
            "kind_for", "is_meta_learned", "unadapted_warning", "parse_schedule", "format_schedule", "is_per_tensor", "Schedule"]
 
@@ -115,9 +115,9 @@ class ModelInfo:
 
 
 def bundled_info(name: str) -> ModelInfo:
-    """What the bundled model `name` (a CATALOGUE key) stands for."""
-    kind = CATALOGUE[name]
-    return ModelInfo(name, name, kind.mode, kind.scales)
+    """What the bundled model `name` (one of BUNDLED) stands for."""
+    kind = CATALOGUE[kind_of(name)]
+    return ModelInfo(name, kind.name, kind.mode, kind.scales)
 
 
 def _bundled_path(name: str):
@@ -125,32 +125,33 @@ def _bundled_path(name: str):
 
 
 def bundled_models() -> dict[str, bool]:
-    """Bundled model names and whether their weights are shipped in this install."""
-    return {name: _bundled_path(name).is_file() for name in CATALOGUE}
+    """Bundled model names (BUNDLED) and whether their weights are shipped in this install."""
+    return {name: _bundled_path(name).is_file() for name in BUNDLED}
 
 
-def default_model(mode: str | None = None, scale: int | None = None) -> str:
-    """The bundled model used when none is named: the first shipped one trained
-    for this scale (None: any) and subsampling mode (None: direct), else the
-    first shipped one for the scale, else direct_x2. So at scale 2 a g_b_*
-    kernel gets bicubic_x2; at scale 4 every kernel gets direct_x4."""
-    fits_scale = [name for name, shipped in bundled_models().items()
-                  if shipped and (scale is None or scale in CATALOGUE[name].scales)]
-    for name in fits_scale:
-        if CATALOGUE[name].mode == (mode or "direct"):
-            return name
-    return fits_scale[0] if fits_scale else "direct_x2"
+def default_model(mode: str | None = None, scale: int | None = None, steps: int | None = None) -> str:
+    """The bundled model used when none is named: the first shipped kind
+    trained for this scale (None: any) and subsampling mode (None: direct),
+    else the first shipped one for the scale, else direct_x2; for steps=1 its
+    one-step model where that is shipped. So at scale 2 a g_b_* kernel gets
+    bicubic_x2; at scale 4 every kernel gets direct_x4."""
+    shipped = bundled_models()
+    fits_scale = [name for name in CATALOGUE if shipped[name] and (scale is None or scale in CATALOGUE[name].scales)]
+    fits_mode = [name for name in fits_scale if CATALOGUE[name].mode == (mode or "direct")]
+    name = (fits_mode or fits_scale or ["direct_x2"])[0]
+    return name + ONE_STEP if steps == 1 and shipped.get(name + ONE_STEP) else name
 
 
-def resolve_model(model, mode: str | None, scale: int | None, device=None) -> tuple[MZSRNet, "ModelInfo"]:
-    """load_model(model), where None stands for default_model(mode, scale)."""
-    return load_model(default_model(mode, scale) if model is None else model, device=device)
+def resolve_model(model, mode: str | None, scale: int | None, device=None,
+                  steps: int | None = None) -> tuple[MZSRNet, "ModelInfo"]:
+    """load_model(model), where None stands for default_model(mode, scale, steps)."""
+    return load_model(default_model(mode, scale, steps) if model is None else model, device=device)
 
 
 def is_meta_learned(info: "ModelInfo") -> bool:
     """Whether the model was meta-trained for test-time adaptation (a bundled
     model, or a file written by the meta-trainer): poor until adapted."""
-    return info.name in CATALOGUE or info.name.startswith("metatrain-")
+    return info.name in BUNDLED or info.name.startswith("metatrain-")
 
 
 def unadapted_warning(info: "ModelInfo") -> str | None:
@@ -168,7 +169,8 @@ def mode_mismatch(kernel_mode: str | None, info: "ModelInfo") -> str | None:
     degrades the son with its own mode), or None when it fits."""
     if kernel_mode in (None, info.mode):
         return None
-    fitting = [name for name, shipped in bundled_models().items() if shipped and CATALOGUE[name].mode == kernel_mode]
+    fitting = [name for name, shipped in bundled_models().items()
+               if shipped and name in CATALOGUE and CATALOGUE[name].mode == kernel_mode]
     hint = f"the shipped {fitting[0]!r} fits it" if fitting else f"no {kernel_mode} model is shipped yet"
     return (f"kernel: the preset comes with {kernel_mode} subsampling, but the model {info.name!r} adapts with "
             f"{info.mode} subsampling; {hint}")
@@ -192,7 +194,7 @@ def load_model(model=None, device=None) -> tuple[MZSRNet, ModelInfo]:
     if not isinstance(name, (str, os.PathLike)):
         raise TypeError(f"model: expected None, a bundled name, a path or an MZSRNet, got {type(model).__name__}")
     name = os.fspath(name)
-    if name in CATALOGUE:
+    if name in BUNDLED:
         path = _bundled_path(name)
         if not path.is_file():
             raise ValueError(f"model: the bundled model {name!r} is not trained yet (no weights shipped); "
@@ -201,7 +203,7 @@ def load_model(model=None, device=None) -> tuple[MZSRNet, ModelInfo]:
     elif os.path.isfile(name):
         path = name
     else:
-        raise ValueError(f"model: {name!r} is neither a bundled model ({', '.join(CATALOGUE)}) nor a file")
+        raise ValueError(f"model: {name!r} is neither a bundled model ({', '.join(BUNDLED)}) nor a file")
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata()
@@ -219,7 +221,7 @@ def load_model(model=None, device=None) -> tuple[MZSRNet, ModelInfo]:
         raise ValueError(f"model: {path}: weights do not fit MZSRNet: {mismatch}")
     net.load_state_dict(state)
     info = ModelInfo.from_metadata(meta, os.path.splitext(os.path.basename(path))[0], source=path)
-    if name in CATALOGUE:  # what the name stands for, with the file's notes and schedule
+    if name in BUNDLED:  # what the name stands for, with the file's notes and schedule
         info = replace(bundled_info(name), notes=info.notes, own_schedule=info.own_schedule)
     net.model_info = info  # lets a loaded net be passed around without losing its info
     return (net.to(device) if device is not None else net), info

@@ -88,6 +88,10 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="default: the bundled model for the kernel and scale")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--frames", type=int, default=0, metavar="N",
+                        help="instead: cut N frames of --frame-size pixels from each photo and compare adapting "
+                             "each alone (at the default budget) with one adaptation shared by all (share=True)")
+    parser.add_argument("--frame-size", type=int, default=512, metavar="PX", help="HR side of a frame")
     parser.add_argument("--out", required=True, help="JSON lines, appended")
     parser.add_argument("--table", action="store_true", help="print the summary of --out and exit")
     args = parser.parse_args(argv)
@@ -105,6 +109,12 @@ def main(argv=None) -> int:
         generator = torch.Generator().manual_seed(args.seed)
         for path, (theta, l1, l2) in zip(files, zip(*random_kernel_params(len(files), generator))):
             kernels[path] = (gaussian_kernel(theta, l1, l2, 21), f"{float(theta):.4f},{float(l1):.4f},{float(l2):.4f}")
+    if args.frames:
+        for path in files:
+            kernel, label = kernels[path] if args.kernel == "random" else (mz.preset(args.kernel).kernel, args.kernel)
+            if (os.path.basename(path), label, "frames", args.frames, args.steps) not in done:
+                shared_frames(path, kernel, label, args)
+        return 0
     runs = [("whole", 0)] + [(v, int(b)) for v in args.variants.split(",") for b in args.budgets.split(",")]
     for path in files:
         kernel, label = kernels[path] if args.kernel == "random" else (mz.preset(args.kernel).kernel, args.kernel)
@@ -128,12 +138,44 @@ def main(argv=None) -> int:
     return 0
 
 
+def shared_frames(path: str, kernel, label: str, args) -> None:
+    """args.frames frames of one photo (HR crops of args.frame_size on a grid, degraded
+    alike) adapted each alone and all together (share=True): one JSON line with the
+    mean PSNR and the seconds of each."""
+    gt = modcrop(read_image(path, torch.float64), args.scale)
+    side = args.frame_size
+    rows, cols = gt.shape[-2] // side, gt.shape[-1] // side
+    if rows * cols < args.frames:
+        print(f"{path}: too small for {args.frames} frames of {side} px, skipped", file=sys.stderr)
+        return
+    crops = [gt[:, r * side:(r + 1) * side, c * side:(c + 1) * side]
+             for r in range(rows) for c in range(cols)][:args.frames]
+    mode = None if args.kernel == "random" else mz.preset(args.kernel).mode
+    lrs = [degraded_lr(crop, kernel, args.scale, mode).float() for crop in crops]
+    row = dict(photo=os.path.basename(path), kernel=label, variant="frames", budget=args.frames, steps=args.steps,
+               frame_lr_pixels=lrs[0].shape[-2] * lrs[0].shape[-1])
+    for name, run in (("alone", lambda: [mz.adapt(lr, kernel, args.scale, steps=args.steps, model=args.model,
+                                                  seed=args.seed) for lr in lrs]),
+                      ("shared", lambda: mz.adapt(lrs, kernel, args.scale, steps=args.steps, model=args.model,
+                                                  seed=args.seed, share=True))):
+        start = time.perf_counter()
+        srs = run()
+        row[f"{name}_seconds"] = time.perf_counter() - start
+        row[f"{name}_psnr"] = statistics.mean(metrics.psnr_ssim(quantise(sr.double()), crop, args.scale)[0]
+                                              for sr, crop in zip(srs, crops))
+    with open(args.out, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), file=sys.stderr, flush=True)
+
+
 def table(path: str) -> str:
     """Markdown: per (kernel, variant, budget), the mean and worst PSNR change
     against whole-image adaptation over the photos of at least 4x that many
     LR pixels, and the mean adaptation-and-inference seconds."""
     with open(path) as f:
         rows = [json.loads(line) for line in f]
+    frames = [r for r in rows if r["variant"] == "frames"]
+    rows = [r for r in rows if r["variant"] != "frames"]
     whole = {(r["photo"], r["kernel"], r["steps"]): r for r in rows if r["variant"] == "whole"}
     groups: dict = {}
     for r in rows:
@@ -149,6 +191,11 @@ def table(path: str) -> str:
         lines.append(f"| {kind} | {steps} | {name} | {pixels} | {len(pairs)} | {statistics.mean(deltas):+.3f} / "
                      f"{min(deltas):+.3f} | {statistics.mean(r['seconds'] for r, _ in pairs):.1f} / "
                      f"{statistics.mean(b['seconds'] for _, b in pairs):.1f} |")
+    if frames:
+        lines += ["", "| photo | kernel | frames | frame LR px | PSNR alone / shared (dB) | seconds alone / shared |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['photo']} | {r['kernel']} | {r['budget']} | {r['frame_lr_pixels']} | {r['alone_psnr']:.2f} / "
+                  f"{r['shared_psnr']:.2f} | {r['alone_seconds']:.1f} / {r['shared_seconds']:.1f} |" for r in frames]
     return "\n".join(lines)
 
 

@@ -21,14 +21,14 @@ import sys
 
 from safetensors import safe_open
 
-from mzsr_fast.pretrained import CATALOGUE, ModelInfo, bundled_info, load_model, save_model
+from mzsr_fast.pretrained import BUNDLED, ModelInfo, bundled_info, load_model, save_model
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("weights", help="a metatrain run folder (its latest.safetensors is shipped) or one of "
                         "its .safetensors checkpoints")
-    parser.add_argument("name", choices=sorted(CATALOGUE), help="bundled model name")
+    parser.add_argument("name", choices=BUNDLED, help="bundled model name")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "mzsr_fast", "weights"),
                         help="folder of the bundled models (default: the package's mzsr_fast/weights)")
     parser.add_argument("--init-iterations", type=int, default=0, metavar="K",

@@ -37,13 +37,13 @@ VAL_KERNELS = 2  # random kernels per held-out image
 VAL_MIN_LR = 48  # held-out images need an LR at least this large on each side
 
 
-def load_images(root: str, patch: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def load_images(root: str, patch: int, scale: int = 2) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Luma [1, H, W] of the images under root, sorted by path, split into
     (training, validation: every tenth), each keeping those large enough for
-    an LR patch of patch x patch."""
+    an LR patch of patch x patch at this scale."""
     paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
                    if f.lower().endswith(IMAGE_EXTENSIONS))
-    hr = 2 * patch + 2 * MARGIN
+    hr = scale * patch + 2 * MARGIN
     images = [luma(read_image(p)[None])[0] for p in paths]
     split = ([im for i, im in enumerate(images) if i % 10], images[::10])
     return tuple([im for im in part if min(im.shape[-2:]) >= hr] for part in split)
@@ -90,11 +90,11 @@ def make_batch(images, n: int, patch: int, g: torch.Generator, bicubic_fraction:
     return lr.float(), bicubic, theta, l1, l2
 
 
-def benchmark_lr(hr: torch.Tensor, theta, lambda1, lambda2, mode: str = "direct") -> torch.Tensor:
-    """The x2 LR of hr [1, 1, H, W] (cropped to even sides) as the blind benchmark makes it
+def benchmark_lr(hr: torch.Tensor, theta, lambda1, lambda2, mode: str = "direct", scale: int = 2) -> torch.Tensor:
+    """The LR of hr [1, 1, H, W] (cropped to multiples of scale) as the blind benchmark makes it
     (evaluation.degraded_lr: float64, 8 bits) with the kernel (theta, lambda1, lambda2)."""
     kernel = gaussian_kernel(torch.as_tensor(theta, dtype=torch.float64), lambda1, lambda2, 21)
-    return degraded_lr(modcrop(hr, 2), kernel, 2, mode)
+    return degraded_lr(modcrop(hr, scale), kernel, scale, mode)
 
 
 def validation_set(images, seed: int = 1234) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:

@@ -92,15 +92,25 @@ def test_tiled_equals_untiled():
     torch.testing.assert_close(forward_tiled(net, x, 16).detach(), net(x).detach(), rtol=1e-5, atol=1e-6)
 
 
-def test_graph_step_logic_without_a_gpu(monkeypatch):
+@pytest.mark.parametrize("windows", [False, True])
+def test_graph_step_logic_without_a_gpu(monkeypatch, windows):
     """The CUDA-graph path (WARMUP_STEPS eager steps, then replays of one
     captured step with the rate in a tensor, losses read from its static
-    output) with the capture replaced by a step that writes one static
-    buffer: it must give the eager path's weights and losses exactly."""
+    output, each step's inputs copied into the captured ones) with the
+    capture replaced by a step that writes one static buffer: it must give
+    the eager path's weights and losses exactly, for the whole images and for
+    windows that change every step (a pixel budget)."""
     net = _small_net()
     params = {n: p.detach() for n, p in net.named_parameters()}
-    x, target = torch.rand(2, 3, 20, 18), torch.rand(2, 3, 20, 18)
     rates = learning_rates(CATALOGUE["direct_x2"].schedule, adapt_module.WARMUP_STEPS + 3)
+    g = torch.Generator().manual_seed(0)
+    if windows:  # step i: its own 3 windows of 12x10 and loss masks
+        steps = [(torch.rand(2, 3, 3, 12, 10, generator=g), torch.rand(2, 3, 3, 12, 10, generator=g),
+                  (torch.rand(2, 3, 1, 12, 10, generator=g) > 0.3).float()) for _ in rates]
+        inputs = lambda i: tuple(t.clone() for t in steps[i])  # noqa: E731  (new tensors, as a budget's draw)
+    else:
+        x, target = torch.rand(2, 1, 3, 20, 18, generator=g), torch.rand(2, 1, 3, 20, 18, generator=g)
+        inputs = lambda i: (x, target, None)  # noqa: E731
     captured = []
 
     def static_capture(step, device):
@@ -115,14 +125,14 @@ def test_graph_step_logic_without_a_gpu(monkeypatch):
 
     monkeypatch.setattr(adapt_module, "_side_stream", lambda device: contextlib.nullcontext())
     monkeypatch.setattr(adapt_module, "_capture", static_capture)
-    eager_weights, eager_losses = adapt_module._adapt_weights(params, x, target, rates, "fp32")
-    graph_weights, graph_losses = adapt_module._adapt_weights(params, x, target, rates, "fp32", cuda_graph=True)
+    eager_weights, eager_losses = adapt_module._adapt_weights(params, 2, inputs, rates, "fp32")
+    graph_weights, graph_losses = adapt_module._adapt_weights(params, 2, inputs, rates, "fp32", cuda_graph=True)
     assert len(captured) == 1
     torch.testing.assert_close(graph_losses, eager_losses, rtol=0, atol=0)
     for name in params:
         torch.testing.assert_close(graph_weights[name], eager_weights[name], rtol=0, atol=0)
     short = rates[:adapt_module.WARMUP_STEPS]  # nothing left to replay: no capture
-    adapt_module._adapt_weights(params, x, target, short, "fp32", cuda_graph=True)
+    adapt_module._adapt_weights(params, 2, inputs, short, "fp32", cuda_graph=True)
     assert len(captured) == 1
 
 
@@ -204,7 +214,8 @@ def test_preset_of_another_subsampling_mode_warns():
 @pytest.mark.filterwarnings("ignore::mzsr_fast.adapt.UnadaptedModelWarning")
 def test_no_model_asks_for_the_bundled_model_of_the_kernels_mode(monkeypatch):
     asked = []
-    monkeypatch.setattr(pretrained, "default_model", lambda mode, scale: asked.append((mode, scale)) or "direct_x2")
+    monkeypatch.setattr(pretrained, "default_model",
+                        lambda mode, scale, steps: asked.append((mode, scale)) or "direct_x2")
     lr = torch.rand(3, 24, 24)
     mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=0)
     mzsr_fast.adapt(lr, mzsr_fast.preset("g_d_2.0").kernel, 2, steps=0)
@@ -337,19 +348,21 @@ def test_final_inference_is_tiled_by_default(monkeypatch):
     net = _small_net()
     lr = torch.rand(1, 3, 40, 36)
     whole = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=1, model=net, tile=10 ** 6)
-    tiles, untouched = [], adapt_module.forward_tiled
+    tiles, untouched = [], adapt_module.upscale_tiled
     monkeypatch.setattr(adapt_module, "AUTO_TILE", 32)
-    monkeypatch.setattr(adapt_module, "forward_tiled", lambda fn, x, tile: tiles.append(tile) or untouched(fn, x, tile))
+    monkeypatch.setattr(adapt_module, "upscale_tiled",
+                        lambda fn, lr, scale, tile, **kw: tiles.append(tile) or untouched(fn, lr, scale, tile, **kw))
     auto = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=1, model=net)
     assert tiles == [32]
     torch.testing.assert_close(auto, whole, rtol=1e-5, atol=1e-6)
 
 
 def test_an_image_too_large_for_memory_is_refused(monkeypatch):
-    monkeypatch.setattr(adapt_module, "available_memory", lambda device: 2 ** 20)
-    with pytest.raises(ValueError, match=r"lr: 24x24 \(height x width\) x2 needs about 2 MiB for the adaptation"):
-        mzsr_fast.adapt(torch.rand(3, 24, 24), "g_d_2.0", steps=1, model=_small_net())
-    mzsr_fast.adapt(torch.rand(3, 24, 24), "g_d_2.0", steps=0, model=_small_net())  # the output alone fits
+    monkeypatch.setattr(adapt_module, "available_memory", lambda device: 4 * 2 ** 20)
+    lr = torch.rand(3, 48, 48)
+    with pytest.raises(ValueError, match=r"lr: 48x48 \(height x width\) x2 needs about 6 MiB for the adaptation"):
+        mzsr_fast.adapt(lr, "g_d_2.0", steps=1, model=_small_net(), tile=16, adapt_pixels=0)
+    mzsr_fast.adapt(lr, "g_d_2.0", steps=0, model=_small_net(), tile=16)  # the output and a tile fit
 
 
 def test_steps_0_with_a_meta_learned_model_warns_and_names_what_to_use():

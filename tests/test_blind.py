@@ -26,9 +26,9 @@ def butterfly():
     return read_image(example_path("example"), torch.float64)
 
 
-def _lr(hr, theta, lambda1, lambda2, mode="direct"):
+def _lr(hr, theta, lambda1, lambda2, mode="direct", scale=2):
     kernel = mz.gaussian_kernel(torch.tensor(float(theta), dtype=torch.float64), lambda1, lambda2, 21)
-    return (torch.round(mz.degrade(hr, kernel, 2, mode=mode) * 255) / 255).float(), kernel
+    return (torch.round(mz.degrade(hr, kernel, scale, mode=mode) * 255) / 255).float(), kernel
 
 
 def test_parametrisation_round_trip_and_ambiguities():
@@ -100,6 +100,31 @@ def test_random_anisotropic_kernels_recovered(butterfly):
     assert sum(errors) / 4 < TOLERANCE_RANDOM and sum(errors) < sum(assumed), (errors, assumed)
 
 
+@pytest.mark.parametrize("scale,tolerance", [
+    # Measured on this image: x3 0.094 (assuming g_d_2.0: 0.44), x4 0.110 (0.60).
+    (3, 0.2),
+    (4, 0.25),
+])
+def test_x3_x4_random_kernels_recovered(butterfly, scale, tolerance):
+    # The scale's meta-training distribution (variances 1..2.5 scale), LR 85 and 64 px.
+    theta, l1, l2 = random_kernel_params(4, torch.Generator().manual_seed(5), scale)
+    assert float(l1.max()) <= 2.5 * scale and float(l2.min()) >= 1
+    hr = butterfly[:, :255, :255] if scale == 3 else butterfly
+    lrs, kernels = zip(*(_lr(hr, t, a, b, scale=scale) for t, a, b in zip(theta, l1, l2)))
+    estimates = estimate_kernel(torch.stack(lrs), scale)
+    errors = [kernel_l1(e.kernel, k) for e, k in zip(estimates, kernels)]
+    assumed = [kernel_l1(mz.preset("g_d_2.0").kernel, k) for k in kernels]
+    assert sum(errors) / 4 < tolerance and sum(errors) < sum(assumed) / 2, (errors, assumed)
+
+
+def test_variances_are_in_hr_pixels_of_the_scale(butterfly):
+    # The same LR read at x2 and at x4: the x4 answer is the x2 one's variances times 4 (one network, LR units).
+    lr, _ = _lr(butterfly, 0.4, 6.0, 2.0, scale=4)
+    x2, x4 = estimate_kernel(lr, 2, method="learned"), estimate_kernel(lr, 4, method="learned")
+    assert x4.theta == pytest.approx(x2.theta)
+    assert (x4.lambda1, x4.lambda2) == pytest.approx((4 * x2.lambda1, 4 * x2.lambda2))
+
+
 def test_crossscale_method_gives_a_valid_estimate(butterfly):
     lr, _ = _lr(butterfly, 0.5, 3.0, 1.0)
     est = estimate_kernel(lr, method="crossscale")
@@ -133,7 +158,8 @@ def test_tiny_image_falls_back_with_warning():
     (torch.rand(64, 64), {}, "lr: expected an image [C, H, W] or a batch"),
     (torch.rand(2, 64, 64), {}, "lr: expected 1 (gray) or 3 (RGB) channels, got 2"),
     (torch.rand(3, 64, 64) * 255, {}, "lr: expected values in [0, 1]"),
-    (torch.rand(3, 64, 64), {"scale": 4}, "scale: the kernel estimators are for x2 images, got 4"),
+    (torch.rand(3, 64, 64), {"scale": 5}, "scale: the kernel estimators are for x2, x3 and x4 images, got 5"),
+    (torch.rand(3, 64, 64), {"scale": 3, "mode": "bicubic"}, "mode: 'bicubic' is estimated at x2 only"),
     (torch.rand(3, 64, 64), {"mode": "nearest"}, "mode: expected one of"),
     (torch.rand(3, 64, 64), {"method": "kernelgan"}, "method: expected one of"),
     ([], {}, "lr: expected at least one image"),
@@ -149,6 +175,46 @@ def test_adapt_auto_uses_the_estimate(butterfly):
     est = estimate_kernel(lr)
     auto = mz.adapt(lr, "auto", 2, steps=1)
     assert torch.equal(auto, mz.adapt(lr, est.kernel, 2, steps=1))
+
+
+@pytest.mark.parametrize("scale", [3, 4])
+def test_adapt_auto_at_x3_and_x4(butterfly, scale):
+    lr, _ = _lr(butterfly[:, :32 * scale, :32 * scale], 0.0, 2.0 * scale, 1.5 * scale, scale=scale)  # LR 32 x 32
+    est = estimate_kernel(lr, scale)
+    assert est.fallback is None
+    auto = mz.adapt(lr, "auto", scale, steps=1)  # the shipped model for the scale: multiscale, direct_x4
+    assert auto.shape == (3, 32 * scale, 32 * scale)
+    assert torch.equal(auto, mz.adapt(lr, est.kernel, scale, steps=1))
+
+
+@pytest.fixture(scope="module")
+def small_lrs(butterfly, tmp_path_factory):
+    """{scale: path of a 32 x 32 LR PNG} made at x3 and x4 (direct) from the butterfly."""
+    folder = tmp_path_factory.mktemp("lr")
+    paths = {}
+    for scale in (3, 4):
+        lr, _ = _lr(butterfly[:, :32 * scale, :32 * scale], 0.5, 2.0 * scale, scale, scale=scale)
+        paths[scale] = folder / f"small_x{scale}.png"
+        Image.fromarray(np.round(lr.numpy().transpose(1, 2, 0) * 255).astype(np.uint8)).save(paths[scale])
+    return paths
+
+
+@pytest.mark.parametrize("scale", [3, 4])
+def test_cli_sr_blind_at_x3_and_x4(tmp_path, capsys, small_lrs, scale):
+    # The defaults (--kernel auto, --steps 10, the model for the scale) with only --scale.
+    assert main(["sr", str(small_lrs[scale]), "-o", str(tmp_path), "--scale", str(scale)]) == 0
+    out = capsys.readouterr().out
+    assert f"small_x{scale}.png: estimated kernel theta=" in out and "(direct, combined" in out
+    assert Image.open(tmp_path / f"small_x{scale}_mzsr10.png").size == (32 * scale, 32 * scale)
+
+
+@pytest.mark.parametrize("scale", [3, 4])
+def test_cli_estimate_kernel_at_x3_and_x4(capsys, small_lrs, scale):
+    assert main(["estimate-kernel", str(small_lrs[scale]), "--scale", str(scale), "--json"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    assert record["mode"] == "direct" and record["fallback"] is None
+    # Made with variances (2 s, s): the estimate is in HR pixels of the scale, not of x2.
+    assert scale < record["lambda1"] < 4 * scale and record["lambda1"] >= record["lambda2"] > 0.5 * scale
 
 
 def test_cli_estimate_kernel(capsys):
@@ -185,15 +251,31 @@ def test_cli_eval_random_kernels_with_estimate(tmp_path, capsys, butterfly):
     assert "kernel random (seed 3)" in capsys.readouterr().out
 
 
+def test_cli_eval_random_kernels_at_x3_come_from_its_distribution(tmp_path, butterfly):
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    array = np.round(butterfly[:, :96, :96].numpy().transpose(1, 2, 0) * 255).astype(np.uint8)
+    Image.fromarray(array).save(gt / "a.png")
+    args = ["eval", "--gt", str(gt), "--kernel", "random", "--seed", "3", "--scale", "3", "--steps", "0",
+            "--estimate-kernel", "-o", str(tmp_path / "out")]
+    assert main(args) == 0
+    scores = json.load(open(tmp_path / "out" / "results.json"))["scores"]
+    (true,) = [s for s in scores if s["method"] == "mzsr" and s["image"] != "mean"]
+    theta, l1, l2 = random_kernel_params(1, torch.Generator().manual_seed(3), 3)
+    assert true["kernel"] == f"{float(theta[0]):.4f},{float(l1[0]):.4f},{float(l2[0]):.4f}"
+    assert all(s["kernel_l1"] is not None for s in scores if s["method"] == "mzsr-est")
+
+
 @pytest.mark.parametrize("args,message", [
-    (["estimate-kernel", "example-lr", "--scale", "3"], "scale: the kernel estimators are for x2 images"),
+    (["estimate-kernel", "example-lr", "--scale", "5"], "scale: the kernel estimators are for x2, x3 and x4 images"),
+    (["estimate-kernel", "example-lr", "--scale", "3", "--mode", "bicubic"], "mode: 'bicubic' is estimated at x2 only"),
     (["estimate-kernel", "missing.png"], "missing.png: no such file"),
     (["estimate-kernel", "example-lr", "--mode", "nearest"], None),
     (["eval", "--gt", "GT", "--kernel", "g_d_2.0", "--seed", "1"], "--seed: only used with --kernel random"),
     (["eval", "--gt", "GT", "--kernel", "random", "--lr", "GT"], "--kernel random: degrades the GT images itself"),
     (["eval", "--gt", "GT", "--method", "bicubic", "--estimate-kernel"], "--estimate-kernel: only with --method mzsr"),
-    (["sr", "example-lr", "-o", "GT", "--kernel", "auto", "--scale", "4", "--model", "PLAIN"],
-     "scale: the kernel estimators are for x2 images, got 4"),
+    (["sr", "example-lr", "-o", "GT", "--kernel", "auto", "--scale", "5", "--model", "PLAIN"],
+     "scale: the kernel estimators are for x2, x3 and x4 images, got 5"),
 ])
 def test_cli_misuse_exit_2(tmp_path, capsys, args, message):
     net = mz.MZSRNet()

@@ -1,12 +1,13 @@
 """Adaptation on a pixel budget (mzsr_fast.budget, adapt(adapt_pixels=...)), shared
 adaptation of several images, the adapted model, and the tiled upscaling."""
+import importlib
 import math
 
 import pytest
 import torch
 
 import mzsr_fast
-from mzsr_fast import adapt as adapt_module
+adapt_module = importlib.import_module("mzsr_fast.adapt")
 from mzsr_fast.adapt import RECEPTIVE_RADIUS, upscale_tiled
 from mzsr_fast.blind import KernelEstimate, joint_estimate
 from mzsr_fast.budget import GRID, MIN_PIXELS, Budget, texture_weights
@@ -197,6 +198,15 @@ def test_shared_adaptation_refuses_one_kernel_per_image_and_whole_images_of_seve
                         share=True)
     with pytest.raises(ValueError, match="adapt_pixels: 0 .whole images. with share=True needs images of one size"):
         mzsr_fast.adapt(images, "g_d_2.0", 2, steps=1, model=_net(), share=True, adapt_pixels=0)
+
+
+def test_adapt_model_is_the_shared_adaptation_without_the_inference():
+    images = [_image(40, 44), _image(36, 30, 1)]
+    net = mzsr_fast.adapt_model(images, "g_d_2.0", 2, steps=2, model=_net(), adapt_pixels=2048)
+    _, shared = mzsr_fast.adapt(images, "g_d_2.0", 2, steps=2, model=_net(), share=True, adapt_pixels=2048,
+                                return_model=True)
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), shared.parameters()))
+    assert net.model_info.notes["adapted_steps"] == 2
 
 
 def test_return_model_of_a_batch_gives_one_network_per_image():

@@ -394,13 +394,14 @@ def test_sr_refuses_an_image_too_large_for_memory(tmp_path, model_file, capsys, 
     import importlib
 
     adapt_module = importlib.import_module("mzsr_fast.adapt")
-    monkeypatch.setattr(adapt_module, "available_memory", lambda device: 8 * 2 ** 20)
-    args = ["sr", "example-lr", "-o", str(tmp_path), "--model", model_file]
-    assert main(args + ["--steps", "1"]) == 2  # 128x128 LR: 2.5 KB per pixel to adapt, 40 MiB
+    monkeypatch.setattr(adapt_module, "available_memory", lambda device: 20 * 2 ** 20)
+    args = ["sr", "example-lr", "-o", str(tmp_path), "--model", model_file, "--tile", "64"]
+    assert main(args + ["--steps", "1", "--adapt-pixels", "all"]) == 2  # 128x128 LR: 2.5 KB per pixel, 40 MiB
     err = capsys.readouterr().err
-    assert "butterfly_lr_g_d_2.0.png: 128x128 (height x width) x2 needs about 46 MiB" in err
-    assert "more than the 8 MiB available on cpu" in err and err.count("\n") == 1
-    assert main(args + ["--steps", "0"]) == 0  # the output alone, 96 B per output pixel: 6 MiB
+    assert "butterfly_lr_g_d_2.0.png: 128x128 (height x width) x2 needs about 41 MiB" in err
+    assert "more than the 20 MiB available on cpu" in err and err.count("\n") == 1
+    assert main(args + ["--steps", "1", "--adapt-pixels", "4096"]) == 0  # 4096 pixels a step: 10 MiB
+    assert main(args + ["--steps", "0", "--force"]) == 0  # the output and a 64-pixel tile: 6 MiB
 
 
 def test_eval_seconds_are_what_the_user_waits_scoring_included(tmp_path, monkeypatch):
@@ -427,3 +428,31 @@ def test_sr_steps_0_with_a_meta_learned_model_warns_once_for_the_run(tmp_path, r
     assert main(["sr", str(tmp_path / "a.png"), "-o", str(tmp_path / "p"), "--steps", "1", "--kernel", "g_d_2.0",
                  "--model", "direct_x2"]) == 0
     assert not [w for w in recwarn if w.category.__name__ == "UnadaptedModelWarning"]
+
+
+def test_sr_adapt_pixels_all_or_a_budget_and_bad_values(tmp_path, model_file, capsys):
+    _rgb(tmp_path / "a.png", 60, 64)
+    base = ["sr", str(tmp_path / "a.png"), "--steps", "2", "--kernel", "g_d_2.0", "--model", model_file]
+    assert main(base + ["-o", str(tmp_path / "all"), "--adapt-pixels", "all"]) == 0
+    assert main(base + ["-o", str(tmp_path / "fits"), "--adapt-pixels", str(60 * 64)]) == 0
+    assert main(base + ["-o", str(tmp_path / "budget"), "--adapt-pixels", "1024", "--seed", "3"]) == 0
+    whole = read_image(tmp_path / "all" / "a_x2_mzsr2.png")
+    assert torch.equal(read_image(tmp_path / "fits" / "a_x2_mzsr2.png"), whole)  # within the budget: whole
+    assert not torch.equal(read_image(tmp_path / "budget" / "a_x2_mzsr2.png"), whole)
+    capsys.readouterr()
+    assert main(base + ["-o", str(tmp_path / "bad"), "--adapt-pixels", "many"]) == 2
+    assert "--adapt-pixels: expected a number of pixels or 'all', got 'many'" in capsys.readouterr().err
+    assert main(base + ["-o", str(tmp_path / "bad"), "--adapt-pixels", "100"]) == 2
+    assert "adapt_pixels: expected 0 (whole images) or an integer >= 1024, got 100" in capsys.readouterr().err
+
+
+def test_sr_share_adaptation_writes_every_frame_with_one_estimated_kernel(tmp_path, model_file, capsys):
+    frames = [tmp_path / f"frame{i}.png" for i in range(3)]
+    for i, frame in enumerate(frames):
+        _rgb(frame, 40 + i, 44, seed=i)
+    assert main(["sr", *map(str, frames), "-o", str(tmp_path / "o"), "--steps", "1", "--share-adaptation",
+                 "--model", model_file]) == 0
+    out = capsys.readouterr().out
+    assert out.count("estimated shared kernel") == 1 and "3 images MZSR(1):" in out
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [f"frame{i}_x2_mzsr1.png" for i in range(3)]
+    assert read_image(tmp_path / "o" / "frame2_x2_mzsr1.png").shape == (3, 84, 88)

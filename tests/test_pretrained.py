@@ -56,6 +56,39 @@ def test_default_model_follows_the_kernels_mode_and_scale(monkeypatch, shipped, 
     assert pretrained.default_model(mode, scale) == expected
 
 
+@pytest.mark.parametrize("shipped,mode,steps,expected", [
+    ({"direct_x2", "direct_x2_1step"}, "direct", 1, "direct_x2_1step"),
+    ({"direct_x2", "direct_x2_1step"}, "direct", 10, "direct_x2"),
+    ({"direct_x2", "direct_x2_1step"}, "direct", None, "direct_x2"),
+    ({"direct_x2", "direct_x2_1step"}, "direct", 0, "direct_x2"),
+    ({"direct_x2", "bicubic_x2", "direct_x2_1step"}, "bicubic", 1, "bicubic_x2"),  # bicubic_x2 has no one-step model
+    ({"direct_x2"}, "direct", 1, "direct_x2"),
+])
+def test_one_step_the_default_is_the_kinds_one_step_model_where_shipped(monkeypatch, shipped, mode, steps, expected):
+    monkeypatch.setattr(pretrained, "bundled_models", lambda: {name: name in shipped for name in pretrained.BUNDLED})
+    assert pretrained.default_model(mode, 2, steps) == expected
+
+
+def test_a_one_step_model_loads_as_its_kind_and_adapt_picks_it_for_one_step(monkeypatch, tmp_path):
+    import shutil
+
+    import torch
+
+    import mzsr_fast
+    path = tmp_path / "direct_x2_1step.safetensors"
+    shutil.copy(resources.files("mzsr_fast") / "weights" / "direct_x2.safetensors", path)
+    bundled_path = pretrained._bundled_path
+    monkeypatch.setattr(pretrained, "_bundled_path",
+                        lambda name: path if name == "direct_x2_1step" else bundled_path(name))
+    net, info = load_model("direct_x2_1step")
+    assert (info.name, info.kind, info.mode, info.scales) == ("direct_x2_1step", "direct_x2", "direct", (2,))
+    assert pretrained.is_meta_learned(info)
+    lr = torch.rand(3, 24, 24)
+    _, one = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=1, return_model=True)
+    _, ten = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=2, return_model=True)
+    assert (one.model_info.name, ten.model_info.name) == ("direct_x2_1step-adapted", "direct_x2-adapted")
+
+
 def test_the_catalogue_states_each_model_once():
     """Trainer variants, bundled models and schedules all come from CATALOGUE."""
     from mzsr_fast.train.metatrain import MetaLearner  # noqa: F401  (the trainer reads CATALOGUE)

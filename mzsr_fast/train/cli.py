@@ -161,6 +161,9 @@ def register_train_commands(commands) -> None:
     meta.add_argument("--inner-lr", type=float, help="inner SGD rate alpha (default 0.01)")
     meta.add_argument("--learn-inner-lr", action="store_true", default=None,
                       help="learn one inner rate per step and parameter tensor (MAML++)")
+    meta.add_argument("--inner-lr-from-init", action="store_true", default=None,
+                      help="with --learn-inner-lr: the rates start from the --init model's own test-time schedule "
+                           "(its learned or reference rates) instead of --inner-lr")
     meta.add_argument("--meta-lr", type=float, help="meta Adam rate beta (default 1e-4)")
     meta.add_argument("--order", type=int, choices=(1, 2), help="gradient order (default 2)")
     meta.add_argument("--first-order", action="store_true", help="same as --order 1")

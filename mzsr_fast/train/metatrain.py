@@ -41,6 +41,8 @@ class MetatrainConfig(RunSettings):
     starts from the reference initialisation (not what the paper does).
     task_batch: patches in each of the support and query sets of a task.
     msl: MAML++ multi-step loss; off: the loss after the last step only.
+    inner_lr_from_init: the learned rates start from the init model's own
+    schedule (pretrained.ModelInfo.schedule) instead of inner_lr.
     msl_decay: per-iteration fall of the first K-1 MSL weights (None: the
     reference's 1 / K / (10000 / 3), 6e-5 for K = 5); they stop at 0.03 / K
     and the last weight takes the rest (docs/method.md section 7).
@@ -57,6 +59,7 @@ class MetatrainConfig(RunSettings):
     inner_steps: int = 5
     inner_lr: float = 0.01
     learn_inner_lr: bool = False
+    inner_lr_from_init: bool = False
     meta_lr: float = 1e-4
     order: int = 2
     first_order_until: int = 0
@@ -74,6 +77,9 @@ class MetatrainConfig(RunSettings):
         self.check_run_settings()
         non_negative_int(self, "first_order_until")
         positive_float(self, "inner_lr", "meta_lr")
+        if self.inner_lr_from_init and not self.learn_inner_lr:
+            raise ValueError("inner_lr_from_init: the init model's schedule is where learned rates start; "
+                             "it needs learn_inner_lr (--learn-inner-lr)")
         if self.variant not in CATALOGUE:
             raise ValueError(f"variant: expected one of {sorted(CATALOGUE)}, got {self.variant!r}")
         if self.order not in (1, 2):
@@ -105,8 +111,7 @@ class MetaLearner(Trainer):
         groups = [{"params": list(self.model.parameters())}]
         self.inner_lr = None
         if config.learn_inner_lr:
-            self.inner_lr = torch.nn.Parameter(
-                torch.full((config.inner_steps, len(self.names)), config.inner_lr, device=self.device))
+            self.inner_lr = torch.nn.Parameter(self._initial_rates().to(self.device))
             groups.append({"params": [self.inner_lr]})
         self.optimizer = torch.optim.Adam(groups, lr=config.meta_lr)
         k = config.inner_steps
@@ -120,6 +125,21 @@ class MetaLearner(Trainer):
             size = max(PRESETS[name].size for name in self.val_kernels)
             self._val_images = validation.load_images(config.val_dir or self.holdout, self.variant.scales[0],
                                                       min_lr_size=size, crop=config.val_crop)
+
+    def _initial_rates(self) -> torch.Tensor:
+        """The learnable inner rates' start, [inner_steps, tensors]: inner_lr
+        everywhere, or with inner_lr_from_init the init model's own test-time
+        schedule (its per-step rows, the last repeating), so that a run from a
+        model with learned rates starts where that model is."""
+        c = self.config
+        rates = torch.full((c.inner_steps, len(self.names)), c.inner_lr)
+        if c.inner_lr_from_init and c.init:  # a resumed run (no init) takes its checkpoint's rates instead
+            from ..adapt import learning_rates
+            from ..pretrained import load_model
+
+            for step, entry in enumerate(learning_rates(load_model(c.init)[1].schedule, c.inner_steps)):
+                rates[step] = torch.tensor(entry, dtype=torch.float32)
+        return rates
 
     # -- data -------------------------------------------------------------
     def batch(self, step: int) -> TaskBatch:

@@ -102,6 +102,23 @@ def test_learned_inner_rates_are_the_models_test_time_schedule(image_dir, tmp_pa
     assert schedule[1][5] == pytest.approx(float(learner.inner_lr[1, 5].detach()))
 
 
+def test_learned_rates_can_start_from_the_init_models_schedule(image_dir, tmp_path):
+    from mzsr_fast.pretrained import ModelInfo, load_model, save_model
+
+    rows = (tuple(0.001 * (i + 1) for i in range(16)), tuple(0.002 * (i + 1) for i in range(16)))
+    net = load_model("direct_x2")[0]
+    save_model(tmp_path / "init.safetensors", net, ModelInfo("init", own_schedule=rows))
+    learner = MetaLearner(tiny_meta(image_dir, tmp_path / "run", init=str(tmp_path / "init.safetensors"),
+                                    learn_inner_lr=True, inner_lr_from_init=True, inner_steps=3))
+    expected = torch.tensor([rows[0], rows[1], rows[1]])  # the last row repeats
+    torch.testing.assert_close(learner.inner_lr.detach(), expected)
+    plain = MetaLearner(tiny_meta(image_dir, tmp_path / "plain", init=str(tmp_path / "init.safetensors"),
+                                  learn_inner_lr=True, inner_lr=0.03))
+    assert bool((plain.inner_lr.detach() == 0.03).all())
+    with pytest.raises(ValueError, match="inner_lr_from_init: .* needs learn_inner_lr"):
+        MetaLearner(tiny_meta(image_dir, tmp_path / "bad", inner_lr_from_init=True))
+
+
 @pytest.mark.parametrize("order", [1, 2])
 def test_cpu_bf16_meta_gradient_is_close_to_fp32(image_dir, tmp_path, order):
     """--amp on the CPU: the same iteration's meta-gradient in bf16 autocast and

@@ -1,0 +1,46 @@
+"""Adaptation on a pixel budget: MZSR(10) adaptation time against the LR image's size.
+
+Rows of the group "MZSR(10) adaptation cpu fp32": mzsr_fast.adapt_model (the son,
+the windows and the ten steps; no inference) of a 512x512 and of a 4000x3000 LR
+image with the default budget (adapt.ADAPT_PIXELS), and of the 512x512 image
+adapted whole (adapt_pixels=0, the paper's protocol). Printed after the table, as
+timing.py's speed-ups (the other row's time over this one's): the 512x512 image's
+time over the 4000x3000 image's (the budget's promise: at least 1 / 1.2 = 0.83),
+and whole-image adaptation's time over the budget's on the 512x512 image.
+
+Run: pytest benchmarks/bench_budget.py --benchmark-only -s
+"""
+import os
+from functools import cache
+
+import pytest
+import torch
+
+import mzsr_fast
+from timing import row
+
+THREADS = int(os.environ.get("MZSR_BENCH_THREADS", "2"))
+
+
+@cache
+def _photo(height: int, width: int) -> torch.Tensor:
+    """A textured LR image [3, height, width]: smooth shapes with noise (no flat regions to skip)."""
+    g = torch.Generator().manual_seed(0)
+    y, x = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+                          indexing="ij")
+    base = 0.5 + 0.25 * torch.sin(x / 13.0) * torch.cos(y / 17.0) + 0.1 * torch.sin((x + y) / 5.0)
+    return (base + 0.05 * torch.rand(3, height, width, generator=g)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("size,pixels", [((512, 512), None), ((3000, 4000), None), ((512, 512), 0)],
+                         ids=["512x512", "4000x3000", "512x512-whole"])
+def test_adaptation_time_against_image_size(benchmark, size, pixels):
+    torch.set_num_threads(THREADS)
+    lr = _photo(*size)
+    budget = {} if pixels is None else {"adapt_pixels": pixels}
+    name = f"{size[1]}x{size[0]} LR" + (" whole" if pixels == 0 else "")
+    against = ("512x512 LR",) if name != "512x512 LR" else ("512x512 LR whole",)
+    row(benchmark, "MZSR(10) adaptation cpu fp32", name, against)
+    benchmark.extra_info.update(lr_pixels=size[0] * size[1], adapt_pixels=pixels, threads=THREADS)
+    benchmark.pedantic(lambda: mzsr_fast.adapt_model(lr, "g_d_2.0", 2, steps=10, model="direct_x2", **budget),
+                       rounds=2, iterations=1, warmup_rounds=1)
