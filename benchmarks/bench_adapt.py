@@ -9,9 +9,18 @@ plain way in fp32 ("plain fp32") and the bare network passes in each precision
 passes is printed after pytest-benchmark's table (timing.py). The degradation
 and the resizes are rows of "adapt stages DEVICE".
 
-Run: pytest benchmarks/bench_adapt.py --benchmark-only -s
+One adaptation step of one image, group "single-image adaptation step DEVICE
+256x256": ours (the step adapt runs, inside its reuse_freed_memory) against a
+plain channels-last PyTorch step ("plain_cl": one weight set, F.conv2d,
+autograd, p -= lr * g; bf16 under autocast), in fp32 and bf16.
+
+Run: [MZSR_BENCH_THREADS=n] pytest benchmarks/bench_adapt.py --benchmark-only -s
+(one thread and CPU time, as on a shared machine: MZSR_BENCH_THREADS=1 ...
+--benchmark-timer=time.process_time)
 """
+import contextlib
 import copy
+import os
 from functools import cache
 
 import pytest
@@ -19,13 +28,18 @@ import torch
 import torch.nn.functional as F
 
 import mzsr_fast
-from mzsr_fast.adapt import learning_rates
+from mzsr_fast._heap import reuse_freed_memory
+from mzsr_fast.adapt import _adapt_weights, learning_rates
 from mzsr_fast.pretrained import CATALOGUE
 from mzsr_fast.reference.blur_downsample import blur
 from timing import row, sync
 
 LR_SIZE = 256
 SCALE = 2
+STEP_RATE = 0.01
+
+if os.environ.get("MZSR_BENCH_THREADS"):  # e.g. 1 on a machine whose other core is busy
+    torch.set_num_threads(int(os.environ["MZSR_BENCH_THREADS"]))
 
 
 def plain_mzsr(lr, kernel, steps, net):
@@ -58,6 +72,18 @@ def bare_network_passes(lr, steps, net, precision):
         memory_format=torch.channels_last)
     with torch.no_grad(), autocast:
         mzsr_fast.functional_forward(named, big)
+
+
+def plain_step(params, x, target, precision):
+    """One plain adaptation step: params {name: tensor} (requiring grad),
+    functional_forward (F.conv2d, F.relu) on x [1, 3, H, W] channels-last,
+    autograd, p -= lr * g."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = mzsr_fast.functional_forward(params, x)
+    grads = torch.autograd.grad(F.l1_loss(out.float(), target), list(params.values()))
+    with torch.no_grad():
+        for p, g in zip(params.values(), grads):
+            p -= STEP_RATE * g
 
 
 @cache
@@ -115,3 +141,28 @@ def test_adapt_stage(benchmark, device, stage):
                       mzsr_fast.imresize(lr, scale=2))
     row(benchmark, f"adapt stages {device}", stage)
     benchmark.pedantic(lambda: (fn(), sync(device)), rounds=5, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("device,impl,precision", [
+    pytest.param(device, impl, precision, marks=_needs(device), id=f"{device}-{impl}-{precision}")
+    for device in ("cpu", "cuda") for impl in ("ours", "plain_cl") for precision in ("fp32", "bf16")])
+def test_adaptation_step(benchmark, device, impl, precision):
+    """One step of one image's adaptation on LR_SIZE x LR_SIZE pixels: ours
+    (adapt's _adapt_weights for one step, in adapt's reuse_freed_memory)
+    against the plain channels-last step."""
+    net, lr, _ = _problem(device)
+    x = torch.rand_like(lr).contiguous(memory_format=torch.channels_last)
+    if impl == "plain_cl":
+        params = {n: p.detach().clone().requires_grad_() for n, p in net.named_parameters()}
+        fn = lambda: plain_step(params, x, lr, precision)  # noqa: E731
+        memory = contextlib.nullcontext()
+    else:
+        params = {n: p.detach() for n, p in net.named_parameters()}
+        inputs = lambda i: (x[:, None], lr[:, None], None)  # noqa: E731
+        fn = lambda: _adapt_weights(params, 1, inputs, [STEP_RATE], precision)  # noqa: E731
+        memory = reuse_freed_memory()
+    against = (f"plain_cl {precision}",) if impl == "ours" else ()
+    row(benchmark, f"single-image adaptation step {device} {LR_SIZE}x{LR_SIZE}", f"{impl} {precision}", against)
+    benchmark.extra_info.update({"device": device, "precision": precision})
+    with memory:
+        benchmark.pedantic(lambda: (fn(), sync(device)), rounds=5, iterations=1, warmup_rounds=1)

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from . import _checks, _tf32
+from ._heap import reuse_freed_memory
+from .adapt_step import sgd_l1_step_
 from .budget import MIN_PIXELS, Budget, texture_weights
 from .degradation import degrade, load_kernel
 from .maml import LOSSES, sgd_update_, stacked_forward
@@ -328,7 +330,9 @@ def _adapt_weights(params: dict[str, torch.Tensor], tasks: int, inputs: Callable
     copy of the weights (the tasks of the batched inner loop).
 
     params: shared weights (on the images' device); tasks: T, the number of
-    images; inputs(i): step i's (x, target, mask), StepInputs.
+    images; inputs(i): step i's (x, target, mask), StepInputs. On the CPU a
+    step is adapt_step.sgd_l1_step_ (its gradients written out), elsewhere
+    autograd through stacked_forward.
     cuda_graph: the first WARMUP_STEPS steps run eagerly on a side stream,
     the step (forward, backward, update, with the rate in a device tensor) is
     then captured once as a CUDA graph and replayed for the remaining steps,
@@ -350,6 +354,8 @@ def _adapt_weights(params: dict[str, torch.Tensor], tasks: int, inputs: Callable
 
     def step() -> torch.Tensor:
         x, target, mask = current
+        if device.type == "cpu":
+            return sgd_l1_step_(dict(zip(names, weights)), x, target, mask, rate_of_tensor, precision)
         with _autocast(x.device, precision, cache=not cuda_graph):
             out = stacked_forward(dict(zip(names, weights)), x)
         per_task = _l1_loss(out, target, mask)  # [T]; task t depends on its weights only
@@ -587,7 +593,7 @@ def _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, 
     if not torch.compiler.is_compiling():
         for name, p in params.items():
             _checks.finite_tensor(p, f"model: {name}")
-    with _precision(precision):
+    with _precision(precision), reuse_freed_memory():
         inputs = _step_inputs(tasks, kernels, scale, mode, backend, plan, seed) if steps else None
         adapted, losses = _adapt_weights(params, len(tasks), inputs, rates, precision, cuda_graph, on_step)
     return _Adapted(adapted, losses, info, [im for task in tasks for im in task], form, rates)
@@ -664,11 +670,12 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
         out += (torch.cat([r[1] for r in results]),) if return_losses else ()
         out += ([r[2] for r in results],) if return_model else ()
         return out if len(out) > 1 else out[0]
-    done = _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, cuda_graph, on_step,
-                  adapt_pixels, seed, share, tile or AUTO_TILE)
-    scale = int(scale)
-    with _precision(precision):
-        srs = _infer(done.weights, done.images, share, scale, precision, tile, on_tile)
+    with reuse_freed_memory():  # the adaptation's freed memory, for the inference too
+        done = _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, cuda_graph, on_step,
+                      adapt_pixels, seed, share, tile or AUTO_TILE)
+        scale = int(scale)
+        with _precision(precision):
+            srs = _infer(done.weights, done.images, share, scale, precision, tile, on_tile)
     if steps and not torch.compiler.is_compiling():
         _check_converged(done.losses, srs, done.rates)
     srs = [sr.clamp_(0, 1) for sr in srs]

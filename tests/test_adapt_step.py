@@ -1,0 +1,149 @@
+"""The written-out adaptation step (mzsr_fast.adapt_step) against autograd
+through stacked_forward (the step adapt ran before, and still runs off the
+CPU): the same losses and weights, tight in float64, to float rounding in
+float32, and bf16's weight gradients unchanged. Also: the band layout of
+its float32 weight gradient, the fused convolution and ReLU, and the malloc
+thresholds of _heap.reuse_freed_memory."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mzsr_fast import _heap, adapt_step, stacked
+from mzsr_fast.adapt import _autocast, _l1_loss
+from mzsr_fast.maml import sgd_update_
+from mzsr_fast.model import MZSRNet
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RATE = 0.5  # large, so that every gradient moves the weights visibly
+
+
+def _weights(tasks: int, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    net = MZSRNet()
+    net.reset_parameters(torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(4)
+    return {n: (p.detach() + 0.01 * torch.randn(p.shape, generator=gen)).to(dtype)[None].repeat(
+        tasks, *([1] * p.dim())) for n, p in net.named_parameters()}
+
+
+def _l1_in_its_dtype(out, target, mask):
+    """adapt's _l1_loss without its cast to float32 (for float64)."""
+    error = (out - target).abs()
+    if mask is None:
+        return error.flatten(1).mean(1)
+    return (error * mask).flatten(1).sum(1) / (mask.flatten(1).sum(1) * out.shape[2])
+
+
+def _autograd_step(params, x, target, mask, precision):
+    """The step through autograd: stacked_forward, adapt's L1 loss (in x's
+    dtype for float64), torch.autograd.grad."""
+    weights = [p.requires_grad_() for p in params.values()]
+    with _autocast(x.device, precision):
+        out = stacked.stacked_forward(dict(zip(params, weights)), x)
+    losses = (_l1_in_its_dtype if x.dtype == torch.float64 else _l1_loss)(out, target, mask)
+    grads = torch.autograd.grad(losses.sum(), weights)
+    sgd_update_(weights, list(grads), [RATE] * len(weights))
+    return losses.detach()
+
+
+def _problem(tasks, n, h, w, masked, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(tasks, n, 3, h, w, generator=gen, dtype=dtype)
+    target = torch.rand(tasks, n, 3, h, w, generator=gen, dtype=dtype)
+    mask = (torch.rand(tasks, n, 1, h, w, generator=gen) > 0.3).to(dtype) if masked else None
+    return x, target, mask
+
+
+@pytest.mark.parametrize("tasks,n,h,w,masked", [(1, 1, 14, 12, False), (2, 1, 9, 16, False), (2, 3, 10, 7, True)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_step_equals_autograd(tasks, n, h, w, masked, dtype):
+    x, target, mask = _problem(tasks, n, h, w, masked, dtype)
+    ours, theirs = _weights(tasks, dtype), _weights(tasks, dtype)
+    for _ in range(2):
+        losses = adapt_step.sgd_l1_step_(ours, x, target, mask, [RATE] * len(ours))
+        expected = _autograd_step(theirs, x, target, mask, "fp32")
+        tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(losses, expected, **tol)
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name].detach(), **tol)
+        assert not torch.equal(ours[name], _weights(tasks, dtype)[name]), f"{name} was not updated"
+
+
+def test_bf16_step_equals_autograds():
+    """bf16: the same kernels on the same bf16 tensors as autograd through
+    stacked's explicit strategy (maps of at most BF16_ROWS rows are not cut)."""
+    x, target, _ = _problem(1, 1, 12, 10, False)
+    ours, theirs = _weights(1), _weights(1)
+    for _ in range(2):
+        losses = adapt_step.sgd_l1_step_(ours, x, target, None, [RATE] * len(ours), "bf16")
+        torch.testing.assert_close(losses, _autograd_step(theirs, x, target, None, "bf16"), rtol=1e-6, atol=0)
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name].detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype,n,h,w,c_out,cut", [
+    (torch.float32, 1, 40, 30, 64, True), (torch.float32, 1, 5, 7, 3, True), (torch.float32, 3, 9, 20, 3, True),
+    (torch.float32, 2, 1, 1, 64, True), (torch.float32, 1, 2, 254, 8, False), (torch.bfloat16, 1, 70, 9, 64, True),
+    (torch.bfloat16, 2, 33, 5, 3, True), (torch.bfloat16, 1, 32, 6, 8, False)])
+def test_banded_weight_gradients_equal_the_direct_ones(dtype, n, h, w, c_out, cut):
+    """float32 maps narrower than WIDE_ROWS are cut into bands laid side by
+    side (a height not a multiple of the band's, one-pixel images, several
+    images; 254 wide is not cut); bf16 maps of more than BF16_ROWS rows into
+    a batch of bands (32 rows are not cut)."""
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(n, 16, h, w, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(n, c_out, h, w, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(c_out, 16, 3, 3, generator=gen).to(dtype)
+    expected = torch.ops.aten.convolution_backward(grad.double(), x.double(), weight.double(), [c_out], [1, 1],
+                                                   [1, 1], [1, 1], False, [0, 0], 1, [False, True, True])[1:]
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=2 ** -7, atol=0.5)
+    bands = adapt_step.Bands(x)
+    assert bands.used == cut
+    for got, want in zip(adapt_step._weight_gradients(grad, x, weight, bands), expected):
+        torch.testing.assert_close(got.double(), want, **tol)
+
+
+def test_step_checks_its_arguments():
+    x, target, _ = _problem(1, 1, 6, 6, False)
+    params = _weights(1)
+    with pytest.raises(ValueError, match="rates: expected one per parameter tensor"):
+        adapt_step.sgd_l1_step_(params, x, target, None, [RATE])
+    with pytest.raises(ValueError, match=r"params\['layers.0.weight'\]: expected a stacked tensor \[T=2"):
+        adapt_step.sgd_l1_step_(params, x.expand(2, -1, -1, -1, -1), target, None, [RATE] * len(params))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_conv_relu_equals_conv_then_relu(dtype):
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 8, 9, 11, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(5, 8, 3, 3, generator=gen).to(dtype), torch.randn(5, generator=gen).to(dtype)
+    expected = torch.relu(torch.nn.functional.conv2d(x, weight, bias, padding=1))
+    with torch.no_grad():
+        torch.testing.assert_close(stacked.conv3x3_relu(x, weight, bias), expected, rtol=0, atol=0)
+    weight.requires_grad_()
+    out = stacked.conv3x3_relu(x, weight, bias)  # with autograd: differentiable
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert out.grad_fn is not None
+
+
+class _FakeLibc:
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, param, value):
+        self.calls.append((param, value.value))
+        return 1
+
+
+def test_reuse_freed_memory_raises_then_settles_mallocs_thresholds(monkeypatch):
+    libc = _FakeLibc()
+    monkeypatch.setattr(_heap, "_libc", lambda: libc)
+    with _heap.reuse_freed_memory():
+        with _heap.reuse_freed_memory():  # nested: only the outermost block acts
+            assert libc.calls == [(_heap._M_MMAP_THRESHOLD, _heap._KEEP), (_heap._M_TRIM_THRESHOLD, _heap._KEEP)]
+        assert len(libc.calls) == 2
+    assert libc.calls[2:] == [(_heap._M_MMAP_THRESHOLD, 32 << 20), (_heap._M_TRIM_THRESHOLD, 64 << 20)]
+    monkeypatch.setattr(_heap, "_libc", lambda: None)  # not glibc: nothing
+    with _heap.reuse_freed_memory():
+        pass
