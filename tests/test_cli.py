@@ -462,3 +462,27 @@ def test_sr_help_names_the_default_pixel_budget(capsys):
     from mzsr_fast.adapt import ADAPT_PIXELS
     assert main(["sr", "--help"]) == 0
     assert f"(default {ADAPT_PIXELS})" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.slow
+def test_the_readmes_phone_photo_command_runs(tmp_path, capsys):
+    """The README's large-photo command, on a photo larger than the pixel budget
+    (so the windows, the tiled inference and the phase times all run)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    command = re.search(r"<!-- phone-command -->\n```\n(.*?)\n```", readme).group(1)
+    args = shlex.split(command)
+    assert args[:2] == ["mzsr-fast", "sr"] and "phone.jpg" in args
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:300, 0:420]
+    photo = 128 + 60 * np.sin(x / 9.0)[..., None] * np.cos(y / 11.0)[..., None] + rng.normal(0, 12, (300, 420, 3))
+    Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)).save(tmp_path / "phone.jpg", quality=95)
+    args = [str(tmp_path / "phone.jpg") if a == "phone.jpg" else str(tmp_path / a) if a == "out" else a
+            for a in args[1:]]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "estimated kernel" in out and re.search(r"adaptation [0-9.]+ s, inference [0-9.]+ s, writing", out)
+    assert read_image(tmp_path / "out" / "phone_x2_mzsr10.png").shape == (3, 600, 840)
