@@ -8,6 +8,11 @@ timing.py's speed-ups (the other row's time over this one's): the 512x512 image'
 time over the 4000x3000 image's (the budget's promise: at least 1 / 1.2 = 0.83),
 and whole-image adaptation's time over the budget's on the 512x512 image.
 
+Rows of the group "8 frames 128x128 LR MZSR(10) cpu fp32": one adaptation shared
+by the 8 frames and the 8 inferences (adapt(frames, share=True)) against one
+frame's adaptation and the 8 inferences with its network (adapt_model, then
+adapt(steps=0) per frame): the promise is at most 1.3x.
+
 Run: pytest benchmarks/bench_budget.py --benchmark-only -s
 """
 import os
@@ -44,3 +49,26 @@ def test_adaptation_time_against_image_size(benchmark, size, pixels):
     benchmark.extra_info.update(lr_pixels=size[0] * size[1], adapt_pixels=pixels, threads=THREADS)
     benchmark.pedantic(lambda: mzsr_fast.adapt_model(lr, "g_d_2.0", 2, steps=10, model="direct_x2", **budget),
                        rounds=2, iterations=1, warmup_rounds=1)
+
+
+def _frames() -> list[torch.Tensor]:
+    """8 frames of 128x128: crops of one textured image."""
+    photo = _photo(256, 512)
+    return [photo[:, r:r + 128, c:c + 128] for r in (0, 128) for c in (0, 128, 256, 384)]
+
+
+@pytest.mark.parametrize("impl", ["shared", "one frame adapted"])
+def test_shared_adaptation_of_8_frames(benchmark, impl):
+    torch.set_num_threads(THREADS)
+    frames = _frames()
+
+    def one_frame_adapted():
+        net = mzsr_fast.adapt_model(frames[0], "g_d_2.0", 2, steps=10, model="direct_x2")
+        return [mzsr_fast.adapt(frame, "g_d_2.0", 2, steps=0, model=net) for frame in frames]
+
+    fn = one_frame_adapted if impl == "one frame adapted" else \
+        lambda: mzsr_fast.adapt(frames, "g_d_2.0", 2, steps=10, model="direct_x2", share=True)
+    row(benchmark, "8 frames 128x128 LR MZSR(10) cpu fp32", impl,
+        ("one frame adapted",) if impl == "shared" else ())
+    benchmark.extra_info.update(threads=THREADS)
+    benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=1)

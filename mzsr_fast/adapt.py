@@ -583,6 +583,8 @@ def _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, 
             raise ValueError(f"{name}: image of {_checks.size_text(image.shape)} is smaller than the {k}x{k} kernel")
     rates = _schedule(schedule, info, steps)
     tasks = [images] if share else [[im] for im in images]
+    if share and adapt_pixels:  # a shared step sees no more than one image's steps would: it costs as much
+        adapt_pixels = min(adapt_pixels, max(MIN_PIXELS, *(im.shape[-2] * im.shape[-1] for im in images)))
     plan = Budget.plan([[im.shape for im in task] for task in tasks], adapt_pixels, RECEPTIVE_RADIUS) \
         if adapt_pixels and steps else None
     if not torch.compiler.is_compiling():
@@ -640,6 +642,8 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
     adapted on windows of at most that many pixels in all, drawn anew for
     every step from a generator seeded with `seed`; one at or under it is
     adapted whole, exactly as with 0 (whole images, the paper's protocol).
+    A shared step sees at most as many pixels as the largest of its images
+    holds, so one adaptation for many images costs what one image's does.
     tile: final inference on tiles of this many output pixels (bounded
     memory; None: AUTO_TILE); the result equals the untiled one. An
     adaptation (about ADAPT_BYTES_PER_PIXEL per LR pixel it sees) and output

@@ -200,12 +200,23 @@ def test_shared_adaptation_of_images_of_any_sizes_and_the_model_it_returns(tmp_p
 
 def test_shared_adaptation_of_images_of_one_size_within_the_budget_is_one_task_of_whole_images():
     net = _net()
-    images = [_image(30, 32), _image(30, 32, 1)]
-    shared = mzsr_fast.adapt(images, "g_d_2.0", 2, steps=2, model=net, share=True, adapt_pixels=2 * 30 * 32)
+    images = [_image(21, 24), _image(21, 24, 1)]  # 1,008 pixels in all: within the smallest budget
+    shared = mzsr_fast.adapt(images, "g_d_2.0", 2, steps=2, model=net, share=True, adapt_pixels=MIN_PIXELS)
     whole = mzsr_fast.adapt(images, "g_d_2.0", 2, steps=2, model=net, share=True, adapt_pixels=0)
     assert all(torch.equal(a, b) for a, b in zip(shared, whole))
     alone = mzsr_fast.adapt(images, "g_d_2.0", 2, steps=2, model=net)  # a list without share: each on its own
     assert not torch.equal(alone[0], shared[0])
+
+
+def test_a_shared_step_sees_no_more_pixels_than_the_largest_image(monkeypatch):
+    seen = []
+    plan = Budget.plan
+    monkeypatch.setattr(Budget, "plan", classmethod(lambda cls, shapes, pixels, margin: seen.append(pixels)
+                                                    or plan.__func__(cls, shapes, pixels, margin)))
+    frames = [_image(40, 44), _image(40, 44, 1), _image(36, 30, 2)]
+    mzsr_fast.adapt(frames, "g_d_2.0", 2, steps=1, model=_net(), share=True, adapt_pixels=32768)
+    mzsr_fast.adapt(frames[0], "g_d_2.0", 2, steps=1, model=_net(), adapt_pixels=32768)
+    assert seen == [40 * 44, 32768]
 
 
 def test_shared_adaptation_refuses_one_kernel_per_image_and_whole_images_of_several_sizes():
