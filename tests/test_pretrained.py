@@ -102,11 +102,13 @@ def test_the_catalogue_states_each_model_once():
 # What each shipped model's card reports on Set5 (MZSR(10), dB, the card's own
 # table), less 0.05 dB: a model that scores lower has regressed, and shipping new
 # weights means updating the card and this table together.
-SET5_FLOORS = {  # name: (kernel preset, scale, MZSR(10) floor)
-    "direct_x2": ("g_d_2.0", 2, 35.75),
-    "bicubic_x2": ("g_b_1.3", 2, 36.02),
-    "direct_x4": ("g_d_2.0", 4, 30.16),
-    "multiscale": ("g_d_2.0", 3, 32.32),
+SET5_FLOORS = {  # name: (kernel preset, scale, steps n the model is for, MZSR(n) floor)
+    "direct_x2": ("g_d_2.0", 2, 10, 35.75),
+    "bicubic_x2": ("g_b_1.3", 2, 10, 36.02),
+    "direct_x4": ("g_d_2.0", 4, 10, 30.16),
+    "multiscale": ("g_d_2.0", 3, 10, 32.32),
+    "direct_x2_1step": ("g_d_2.0", 2, 1, 34.62),
+    "bicubic_x2_1step": ("g_b_1.3", 2, 1, 34.60),
 }
 # What the ten steps must add at least (MZSR(10) - MZSR(0), dB), where the project
 # promises it: the default model on Set5 g_d_2.0 (0.5 dB).
@@ -118,9 +120,14 @@ SET5_ADAPTATION_GAIN = {"direct_x2": 0.5}
 def test_shipped_model_scores_what_its_card_says_and_adaptation_never_hurts(shared_dir, name):
     from mzsr_fast.evaluation import evaluate
 
-    kernel, scale, floor = SET5_FLOORS[name]
-    scores = evaluate(str(shared_dir / "data" / "Set5"), kernel, scale, [0, 1, 10], model=name)
-    mean = {n: sum(s.psnr for s in scores if s.steps == n) / 5 for n in (0, 1, 10)}
-    assert mean[10] >= floor, mean
-    assert mean[10] >= mean[1] >= mean[0], mean
-    assert mean[10] - mean[0] >= SET5_ADAPTATION_GAIN.get(name, 0.0), mean
+    kernel, scale, steps, floor = SET5_FLOORS[name]
+    scores = evaluate(str(shared_dir / "data" / "Set5"), kernel, scale, sorted({0, 1, steps}), model=name)
+    mean = {n: sum(s.psnr for s in scores if s.steps == n) / 5 for n in sorted({0, 1, steps})}
+    assert mean[steps] >= floor, mean
+    assert mean[steps] >= mean[1], mean
+    # A one-step model's step is sized on the held-out split for every preset: on g_d_2.0, the
+    # kernel its network already fits, it costs up to 0.15 dB against no step (Set5 34.81 ->
+    # 34.67 for direct_x2_1step) while it gains 1.6 to 3 dB on sharp and anisotropic kernels.
+    assert mean[1] >= mean[0] - (0.2 if steps == 1 else 0.0), mean
+    if name in SET5_ADAPTATION_GAIN:
+        assert mean[steps] - mean[0] >= SET5_ADAPTATION_GAIN[name], mean
