@@ -14,13 +14,14 @@ its own pool; benchmarks/results/adapt-step-2026-12-06.md has the cost).
         ...   # freed memory stays with malloc and the next tensors reuse it
 
 Inside the block malloc keeps what is freed (thresholds of 1 GiB). Leaving
-the outermost block sets them to 32 MiB (mmap) and 64 MiB (trim), where
-glibc's own adjustment ends in a process that frees tensors of 32 MiB or
-more, and they stay so: from the next large free on, malloc keeps at most
-64 MiB of free memory at the top of its heap (a next adaptation starts on
-it) and gives the rest back. Only the CPU's memory is concerned (a CUDA
-device's has torch's caching allocator); does nothing with a C library other
-than glibc.
+the outermost block gives what it kept back to the system (malloc_trim) and
+sets the thresholds to 32 MiB (mmap) and 64 MiB (trim), where glibc's own
+adjustment ends in a process that frees tensors of 32 MiB or more, and they
+stay so. Kept memory counts as used for the system (MemAvailable, which the
+memory check reads) and for whatever the caller allocates next, such as the
+8-bit output of a 48-megapixel image. Only the CPU's memory is concerned (a
+CUDA device's has torch's caching allocator); does nothing with a C library
+other than glibc.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def _libc():
         return None
     try:
         libc = ctypes.CDLL(None)
-        return libc if hasattr(libc, "mallopt") else None
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
     except OSError:
         return None
 
@@ -80,3 +81,4 @@ def reuse_freed_memory():
             _depth -= 1
             if _depth == 0:
                 _set_thresholds(libc, _AFTER_MMAP, _AFTER_TRIM)
+                libc.malloc_trim(ctypes.c_size_t(0))

@@ -6,6 +6,8 @@ its float32 weight gradient, the fused convolution and ReLU, and the malloc
 thresholds of _heap.reuse_freed_memory."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -135,15 +137,33 @@ class _FakeLibc:
         self.calls.append((param, value.value))
         return 1
 
+    def malloc_trim(self, pad):
+        self.calls.append(("trim", pad.value))
+        return 1
 
-def test_reuse_freed_memory_raises_then_settles_mallocs_thresholds(monkeypatch):
+
+def test_reuse_freed_memory_raises_then_settles_mallocs_thresholds_and_trims(monkeypatch):
     libc = _FakeLibc()
     monkeypatch.setattr(_heap, "_libc", lambda: libc)
     with _heap.reuse_freed_memory():
         with _heap.reuse_freed_memory():  # nested: only the outermost block acts
             assert libc.calls == [(_heap._M_MMAP_THRESHOLD, _heap._KEEP), (_heap._M_TRIM_THRESHOLD, _heap._KEEP)]
         assert len(libc.calls) == 2
-    assert libc.calls[2:] == [(_heap._M_MMAP_THRESHOLD, 32 << 20), (_heap._M_TRIM_THRESHOLD, 64 << 20)]
+    assert libc.calls[2:] == [(_heap._M_MMAP_THRESHOLD, 32 << 20), (_heap._M_TRIM_THRESHOLD, 64 << 20), ("trim", 0)]
     monkeypatch.setattr(_heap, "_libc", lambda: None)  # not glibc: nothing
     with _heap.reuse_freed_memory():
         pass
+
+
+@pytest.mark.skipif(_heap._libc() is None, reason="needs glibc")
+def test_memory_kept_inside_the_block_is_given_back_after_it():
+    def resident_bytes():
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    before = resident_bytes()
+    with _heap.reuse_freed_memory():
+        blocks = [torch.ones(16 << 20) for _ in range(4)]  # 4 x 64 MiB, kept by malloc once freed
+        del blocks
+        assert resident_bytes() - before > 200 << 20
+    assert resident_bytes() - before < 32 << 20
