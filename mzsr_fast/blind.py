@@ -43,7 +43,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 
 import torch
@@ -77,6 +77,12 @@ COMBINATION = {2: (-0.0417, 1.0102, 0.0073, 0.096, 0.9393), 3: (0.0057, 0.864, 0
                4: (-0.0684, 0.9451, 0.0029, -0.0083, 0.8722)}
 # Scale of KernelEstimate.confidence: a view disagreement of 0.05 in kernel L1 gives 0.5.
 CONFIDENCE_SCALE = 0.05
+# An image larger than ESTIMATE_SIDE x ESTIMATE_SIDE pixels is estimated on its
+# ESTIMATE_WINDOWS most textured windows of that size (disjoint cells of a grid),
+# whose estimates are joined as joint_estimate joins frames: the blur is the same
+# everywhere in the image, while the estimators' time and memory grow with it.
+ESTIMATE_SIDE = 256
+ESTIMATE_WINDOWS = 4
 
 
 @dataclass(frozen=True)
@@ -305,6 +311,33 @@ def _estimate_one(x: torch.Tensor, name: str, scale: int, mode: str, method: str
     gradient = torch.maximum((g[..., 1:, :-1] - g[..., :-1, :-1]).abs(), (g[..., :-1, 1:] - g[..., :-1, :-1]).abs())
     if int((gradient > FLAT_GRADIENT).sum()) < MIN_TEXTURED_PIXELS:
         return _fallback(mode, method, "image is flat (almost no edges or texture) and shows no blur")
+    windows = _textured_windows(g, gradient)
+    if len(windows) == 1:
+        return _estimate_luma(windows[0], scale, mode, method)
+    estimates = [_estimate_luma(window, scale, mode, method) for window in windows]
+    spread = sum(e.spread for e in estimates) / len(estimates)
+    return replace(joint_estimate(estimates), method=method, spread=spread)
+
+
+def _textured_windows(g: torch.Tensor, gradient: torch.Tensor) -> list[torch.Tensor]:
+    """g [1, 1, H, W] luma, gradient [1, 1, H - 1, W - 1] its magnitude -> [g] when
+    it holds at most ESTIMATE_SIDE^2 pixels, else its ESTIMATE_WINDOWS most
+    textured (highest mean gradient) cells of a grid of windows of that many
+    pixels (ESTIMATE_SIDE square, or as high as a strip and wider)."""
+    h, w = g.shape[-2:]
+    if h * w <= ESTIMATE_SIDE ** 2:
+        return [g]
+    wh = min(h, ESTIMATE_SIDE)
+    ww = min(w, ESTIMATE_SIDE ** 2 // wh)
+    wh = min(h, ESTIMATE_SIDE ** 2 // ww)
+    cells = [(top, left) for top in range(0, h - wh + 1, wh) for left in range(0, w - ww + 1, ww)]
+    texture = torch.tensor([float(gradient[..., top:top + wh, left:left + ww].mean()) for top, left in cells])
+    chosen = texture.argsort(descending=True)[:ESTIMATE_WINDOWS].tolist()
+    return [g[..., cells[i][0]:cells[i][0] + wh, cells[i][1]:cells[i][1] + ww] for i in sorted(chosen)]
+
+
+def _estimate_luma(g: torch.Tensor, scale: int, mode: str, method: str) -> KernelEstimate:
+    """The estimate of one checked luma image g [1, 1, H, W]."""
     if method == "learned":
         p, spread = _learned(g, mode)
     elif method == "crossscale":

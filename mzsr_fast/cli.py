@@ -315,8 +315,9 @@ def cmd_sr(args) -> None:
         label = f"{len(read)} images"
         kernel = args.kernel
         if kernel == "auto":
+            start = time.perf_counter()
             estimate = joint_estimate(estimate_kernel([lr for _, lr in read], args.scale, mode=mode))
-            print(f"{label}: estimated shared kernel {estimate}")
+            print(f"{label}: estimated shared kernel {estimate} in {time.perf_counter() - start:.2f} s")
             kernel = estimate.kernel
         for n in steps:
             srs, seconds = super_resolve([lr for _, lr in read], kernel, n, label, share=True)
@@ -334,8 +335,9 @@ def cmd_sr(args) -> None:
         lr = lr.to(device)
         kernel = args.kernel
         if kernel == "auto":  # estimated for the model's subsampling mode, and said so
+            start = time.perf_counter()
             estimate = estimate_kernel(lr, args.scale, mode=mode)
-            print(f"[{index}/{len(paths)}] {path}: estimated kernel {estimate}")
+            print(f"[{index}/{len(paths)}] {path}: estimated kernel {estimate} in {time.perf_counter() - start:.2f} s")
             kernel = estimate.kernel
         for n in steps:
             sr, seconds = super_resolve(lr, kernel, n, path)

@@ -132,6 +132,34 @@ def test_crossscale_method_gives_a_valid_estimate(butterfly):
     assert abs(float(est.kernel.sum()) - 1) < 1e-12
 
 
+def test_large_images_are_estimated_on_their_most_textured_windows(butterfly, monkeypatch):
+    """Above ESTIMATE_SIDE^2 pixels the estimators see the ESTIMATE_WINDOWS
+    most textured disjoint windows of that size, joined like frames."""
+    from mzsr_fast import blind
+
+    lr, true = _lr(butterfly, 0.5, 3.0, 1.5)  # 128x128
+    big = torch.full((3, 256, 192), 0.5)
+    big[:, 128:, 64:] = lr[:, :, :128]  # the texture fills the bottom right cells only
+    monkeypatch.setattr(blind, "ESTIMATE_SIDE", 64)
+    monkeypatch.setattr(blind, "ESTIMATE_WINDOWS", 3)
+    seen, estimate_luma = [], blind._estimate_luma
+    monkeypatch.setattr(blind, "_estimate_luma", lambda g, *a: seen.append(g) or estimate_luma(g, *a))
+    est = estimate_kernel(big)
+    assert len(seen) == 3 and all(g.shape[-2:] == (64, 64) for g in seen)
+    textured = blind.luma(big[None, :, 128:, 64:])
+    assert all(any(torch.equal(g, textured[..., i:i + 64, j:j + 64]) for i in (0, 64) for j in (0, 64))
+               for g in seen)
+    assert est.method == "combined" and est.lambda1 >= est.lambda2 > 0 and 0 < est.confidence <= 1
+    assert kernel_l1(est.kernel, true) < 2 * TOLERANCE_RANDOM
+    seen.clear()
+    estimate_kernel(lr)  # 128x128 = 4 windows' pixels, of which 3 are taken
+    assert len(seen) == 3
+    monkeypatch.setattr(blind, "ESTIMATE_SIDE", 128)
+    seen.clear()
+    estimate_kernel(lr[:, :100, :])  # at most ESTIMATE_SIDE^2 pixels: whole
+    assert len(seen) == 1 and seen[0].shape[-2:] == (100, 128)
+
+
 def test_list_of_images_of_different_sizes(butterfly):
     lr, _ = _lr(butterfly, 0.0, 2.0, 2.0)
     estimates = estimate_kernel([lr, lr[:, :64, :100]])
