@@ -14,7 +14,8 @@ its own pool; benchmarks/results/adapt-step-2026-12-06.md has the cost).
         ...   # freed memory stays with malloc and the next tensors reuse it
 
 Inside the block malloc keeps what is freed (thresholds of 1 GiB). Leaving
-the outermost block gives what it kept back to the system (malloc_trim) and
+the outermost block gives what it kept back to the system (malloc_trim),
+all but 64 MiB at the top of the heap (a next adaptation starts on it), and
 sets the thresholds to 32 MiB (mmap) and 64 MiB (trim), where glibc's own
 adjustment ends in a process that frees tensors of 32 MiB or more, and they
 stay so. Kept memory counts as used for the system (MemAvailable, which the
@@ -81,4 +82,4 @@ def reuse_freed_memory():
             _depth -= 1
             if _depth == 0:
                 _set_thresholds(libc, _AFTER_MMAP, _AFTER_TRIM)
-                libc.malloc_trim(ctypes.c_size_t(0))
+                libc.malloc_trim(ctypes.c_size_t(_AFTER_TRIM))
