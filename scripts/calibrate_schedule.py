@@ -3,10 +3,13 @@ images (never on the test sets), and optionally store the best in the file.
 
 Usage:
   python scripts/calibrate_schedule.py MODEL.safetensors DATA_DIR [--holdout N] [--val-crop 192]
-      [--kernels g_d_2.0] [--scale S] [--steps 10] [--multipliers 0.25,0.5,1,2,4] [--write]
+      [--kernels g_d_2.0] [--scale S] [--steps 10] [--multipliers 0.25,0.5,1,2,4] [--per-layer] [--write]
 
 The candidates are the model's current schedule scaled by each multiplier
-(candidates with a rate of 1 or more are left out). Each is scored by the mean
+(candidates with a rate of 1 or more are left out). With --per-layer, the best
+of them is then refined one layer at a time, in order: that layer's rates
+(weight and bias, every step) times 0.5 and times 2, each kept when it scores
+higher (a per-tensor schedule results). Each is scored by the mean
 MZSR(steps) PSNR over the held-out images (mzsr_fast.train.data.holdout_paths:
 the split a run with --holdout N keeps out of training; N defaults to the
 one the model's training run recorded) degraded with each kernel preset,
@@ -19,7 +22,9 @@ import dataclasses
 import os
 import sys
 
+from mzsr_fast.adapt import learning_rates
 from mzsr_fast.degradation import PRESETS
+from mzsr_fast.model import PARAMETER_NAMES
 from mzsr_fast.pretrained import format_schedule, is_per_tensor, load_model, save_model
 from mzsr_fast.train.data import holdout_paths
 from mzsr_fast.train.validation import load_images, mzsr_psnr
@@ -30,6 +35,14 @@ def scaled(schedule, factor: float):
     if is_per_tensor(schedule):
         return tuple(tuple(v * factor for v in row) for row in schedule)
     return tuple(r * factor for r in schedule)
+
+
+def layer_scaled(schedule, steps: int, layer: int, factor: float):
+    """A per-tensor schedule of `steps` rows (the last entry repeated) with
+    layer's weight and bias rates times factor."""
+    rows = [row if is_per_tensor(schedule) else (row,) * len(PARAMETER_NAMES) for row in learning_rates(schedule, steps)]
+    names = (f"layers.{layer}.weight", f"layers.{layer}.bias")
+    return tuple(tuple(v * factor if name in names else v for name, v in zip(PARAMETER_NAMES, row)) for row in rows)
 
 
 def largest_rate(schedule) -> float:
@@ -47,6 +60,7 @@ def main(argv=None) -> int:
     parser.add_argument("--scale", type=int, help="the scale scored (default: the model's first)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--multipliers", default="0.25,0.5,1,2,4")
+    parser.add_argument("--per-layer", action="store_true", help="then refine the best one layer at a time")
     parser.add_argument("--write", action="store_true", help="store the best schedule in MODEL")
     args = parser.parse_args(argv)
 
@@ -62,22 +76,32 @@ def main(argv=None) -> int:
     kernels = args.kernels.split(",") if args.kernels else ["g_b_1.3" if info.mode == "bicubic" else "g_d_2.0"]
     images = load_images(holdout_paths(args.data_dir, holdout), scale,
                          min_lr_size=max(PRESETS[k].size for k in kernels), crop=args.val_crop)
+
+    def score(label: str, schedule):
+        scores = mzsr_psnr(net, images, kernels, scale, steps=(1, args.steps), schedule=schedule, mode=info.mode)
+        one = sum(v for k, v in scores.items() if k.endswith("_mzsr1")) / len(kernels)
+        many = sum(v for k, v in scores.items() if k.endswith(f"_mzsr{args.steps}")) / len(kernels)
+        print(f"{label:<18} MZSR(1) {one:.3f} dB  MZSR({args.steps}) {many:.3f} dB", flush=True)
+        return many, one, label, schedule
+
     results = []
     for factor in (float(m) for m in args.multipliers.split(",")):
         schedule = scaled(info.schedule, factor)
         if largest_rate(schedule) >= 1:
             print(f"x{factor:<5g} left out: a rate of 1 or more")
             continue
-        scores = mzsr_psnr(net, images, kernels, scale, steps=(1, args.steps), schedule=schedule, mode=info.mode)
-        one = sum(v for k, v in scores.items() if k.endswith("_mzsr1")) / len(kernels)
-        many = sum(v for k, v in scores.items() if k.endswith(f"_mzsr{args.steps}")) / len(kernels)
-        results.append((many, one, factor, schedule))
-        print(f"x{factor:<5g} MZSR(1) {one:.3f} dB  MZSR({args.steps}) {many:.3f} dB", flush=True)
+        results.append(score(f"x{factor:g}", schedule))
     best = max(results, key=lambda r: r[0])
-    print(f"best: x{best[2]:g} ({format_schedule(best[3])}), MZSR({args.steps}) {best[0]:.3f} dB on "
+    if args.per_layer:
+        for layer in range(len(PARAMETER_NAMES) // 2):
+            for factor in (0.5, 2.0):
+                schedule = layer_scaled(best[3], args.steps, layer, factor)
+                if largest_rate(schedule) < 1:
+                    best = max(best, score(f"{best[2]}, layer {layer} x{factor:g}", schedule), key=lambda r: r[0])
+    print(f"best: {best[2]} ({format_schedule(best[3])}), MZSR({args.steps}) {best[0]:.3f} dB on "
           f"{len(images)} held-out images, kernels {','.join(kernels)}")
     if args.write:
-        notes = dict(info.notes, calibration=f"x{best[2]:g} on {len(images)} held-out images of {args.data_dir} "
+        notes = dict(info.notes, calibration=f"{best[2]} on {len(images)} held-out images of {args.data_dir} "
                                              f"at scale {scale}")
         save_model(args.model, net, dataclasses.replace(info, notes=notes, own_schedule=best[3]))
         print(f"wrote the schedule into {args.model}")
