@@ -94,10 +94,11 @@ def main(argv=None) -> int:
     best = max(results, key=lambda r: r[0])
     if args.per_layer:
         for layer in range(len(PARAMETER_NAMES) // 2):
+            base = best
             for factor in (0.5, 2.0):
-                schedule = layer_scaled(best[3], args.steps, layer, factor)
+                schedule = layer_scaled(base[3], args.steps, layer, factor)
                 if largest_rate(schedule) < 1:
-                    best = max(best, score(f"{best[2]}, layer {layer} x{factor:g}", schedule), key=lambda r: r[0])
+                    best = max(best, score(f"{base[2]}, layer {layer} x{factor:g}", schedule), key=lambda r: r[0])
     print(f"best: {best[2]} ({format_schedule(best[3])}), MZSR({args.steps}) {best[0]:.3f} dB on "
           f"{len(images)} held-out images, kernels {','.join(kernels)}")
     if args.write:
