@@ -14,8 +14,9 @@ its own pool; benchmarks/results/adapt-step-2026-12-06.md has the cost).
         ...   # freed memory stays with malloc and the next tensors reuse it
 
 Inside the block malloc keeps what is freed (thresholds of 1 GiB). Leaving
-the outermost block gives what it kept back to the system (malloc_trim),
-all but 64 MiB at the top of the heap (a next adaptation starts on it), and
+the outermost block gives what it kept back to the system (malloc_trim:
+the free pages of every thread's arena, all but 64 MiB at the top of the
+main heap, where a next adaptation starts), and
 sets the thresholds to 32 MiB (mmap) and 64 MiB (trim), where glibc's own
 adjustment ends in a process that frees tensors of 32 MiB or more, and they
 stay so. Kept memory counts as used for the system (MemAvailable, which the

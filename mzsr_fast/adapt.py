@@ -71,22 +71,31 @@ def _autocast(device: torch.device, precision: str, cache: bool = True):
     return contextlib.nullcontext()
 
 
+def _spans(length: int, tile: int, margin: int):
+    """One axis of _tiles: ((start, stop), (window start, window stop)) of
+    ceil(length / tile) tiles of equal length (the last one shorter by less
+    than their count), each window min(tile length + 2 margin, length) long."""
+    size = -(-length // -(-length // tile))
+    span = min(size + 2 * margin, length)
+    for start in range(0, length, size):
+        window = min(max(start - margin, 0), length - span)
+        yield (start, min(start + size, length)), (window, window + span)
+
+
 def _tiles(height: int, width: int, tile: int | None, margin: int):
-    """The tiles of tile x tile pixels covering an image, row by row, each as
-    (top, left, bottom, right) and its window (t0, l0, t1, l1): the tile with
-    at least `margin` pixels of context where the image has them. Every
-    window has the same size, min(tile + 2 margin, side): near an edge it is
-    shifted inwards rather than cut, so each tile's maps take the same memory
-    and malloc reuses one tile's for the next (windows of several sizes
-    fragment its heap: 4.7 GB peak instead of 1.1 GB for a 1500x2000 LR at x2)."""
+    """The tiles of at most tile x tile pixels covering an image, row by row,
+    each as (top, left, bottom, right) and its window (t0, l0, t1, l1): the
+    tile with at least `margin` pixels of context where the image has them.
+    The tiles split each side evenly, and every window has the same size:
+    near an edge it is shifted inwards rather than cut, so each tile's maps
+    take the same memory and malloc reuses one tile's for the next (windows
+    of several sizes fragment its heap: 4.7 GB peak instead of 1.1 GB for a
+    1500x2000 LR at x2)."""
     if tile is None:
         tile = max(height, width)
-    span_h, span_w = min(tile + 2 * margin, height), min(tile + 2 * margin, width)
-    for top in range(0, height, tile):
-        t0 = min(max(top - margin, 0), height - span_h)
-        for left in range(0, width, tile):
-            l0 = min(max(left - margin, 0), width - span_w)
-            yield (top, left, min(top + tile, height), min(left + tile, width)), (t0, l0, t0 + span_h, l0 + span_w)
+    for (top, bottom), (t0, t1) in _spans(height, tile, margin):
+        for (left, right), (l0, l1) in _spans(width, tile, margin):
+            yield (top, left, bottom, right), (t0, l0, t1, l1)
 
 
 def forward_tiled(fn, x: torch.Tensor, tile: int | None, margin: int = RECEPTIVE_RADIUS) -> torch.Tensor:

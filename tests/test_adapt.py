@@ -357,20 +357,27 @@ def test_final_inference_is_tiled_by_default(monkeypatch):
     torch.testing.assert_close(auto, whole, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("height, width, tile, margin", [(40, 36, 16, 8), (61, 100, 32, 5), (20, 90, 64, 8), (7, 7, 3, 8)])
+@pytest.mark.parametrize("height, width, tile, margin",
+                         [(40, 36, 16, 8), (61, 100, 32, 5), (20, 90, 64, 8), (7, 7, 3, 8), (1030, 1030, 1024, 8)])
 def test_tile_windows_are_one_size_and_hold_each_tile_with_its_context(height, width, tile, margin):
-    """Every tile's window has the same size (malloc reuses one tile's maps
-    for the next) and holds the tile with `margin` pixels around it wherever
-    the image has them; the tiles cover the image once."""
+    """ceil(side / tile) tiles per side of near-equal length, every window of
+    one size (malloc reuses one tile's maps for the next) holding its tile
+    with `margin` pixels around it wherever the image has them; the tiles
+    cover the image once."""
     covered = torch.zeros(height, width, dtype=torch.int)
-    sizes = set()
+    sizes, heights, widths = set(), set(), set()
     for (top, left, bottom, right), (t0, l0, t1, l1) in adapt_module._tiles(height, width, tile, margin):
         covered[top:bottom, left:right] += 1
         sizes.add((t1 - t0, l1 - l0))
+        heights.add(bottom - top)
+        widths.add(right - left)
         assert 0 <= t0 <= max(top - margin, 0) and min(bottom + margin, height) <= t1 <= height
         assert 0 <= l0 <= max(left - margin, 0) and min(right + margin, width) <= l1 <= width
-    assert sizes == {(min(tile + 2 * margin, height), min(tile + 2 * margin, width))}
-    assert bool((covered == 1).all())
+    assert len(sizes) == 1 and bool((covered == 1).all())
+    rows, cols = -(-height // tile), -(-width // tile)
+    assert len(list(adapt_module._tiles(height, width, tile, margin))) == rows * cols
+    assert max(heights) <= tile and max(widths) <= tile
+    assert max(heights) - min(heights) < rows and max(widths) - min(widths) < cols  # no thin last tile
 
 
 def test_an_image_too_large_for_memory_is_refused(monkeypatch):
