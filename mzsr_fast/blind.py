@@ -78,9 +78,10 @@ COMBINATION = {2: (-0.0417, 1.0102, 0.0073, 0.096, 0.9393), 3: (0.0057, 0.864, 0
 # Scale of KernelEstimate.confidence: a view disagreement of 0.05 in kernel L1 gives 0.5.
 CONFIDENCE_SCALE = 0.05
 # An image larger than ESTIMATE_SIDE x ESTIMATE_SIDE pixels is estimated on its
-# ESTIMATE_WINDOWS most textured windows of that size (disjoint cells of a grid),
-# whose estimates are joined as joint_estimate joins frames: the blur is the same
-# everywhere in the image, while the estimators' time and memory grow with it.
+# ESTIMATE_WINDOWS most textured windows of that size (_textured_windows), whose
+# estimates are joined as joint_estimate joins frames (its confidence; the spread
+# is the windows' mean): the blur is the same everywhere in the image, while the
+# estimators' time and memory grow with it.
 ESTIMATE_SIDE = 256
 ESTIMATE_WINDOWS = 4
 
@@ -319,20 +320,32 @@ def _estimate_one(x: torch.Tensor, name: str, scale: int, mode: str, method: str
     return replace(joint_estimate(estimates), method=method, spread=spread)
 
 
+def _starts(length: int, size: int) -> list[int]:
+    """ceil(length / size) window starts, evenly spaced from 0 to length - size."""
+    count = -(-length // size)
+    return [0] if count == 1 else [round(i * (length - size) / (count - 1)) for i in range(count)]
+
+
 def _textured_windows(g: torch.Tensor, gradient: torch.Tensor) -> list[torch.Tensor]:
     """g [1, 1, H, W] luma, gradient [1, 1, H - 1, W - 1] its magnitude -> [g] when
     it holds at most ESTIMATE_SIDE^2 pixels, else its ESTIMATE_WINDOWS most
-    textured (highest mean gradient) cells of a grid of windows of that many
-    pixels (ESTIMATE_SIDE square, or as high as a strip and wider)."""
+    textured (highest mean gradient) windows of that many pixels: ESTIMATE_SIDE
+    square, or, in a strip, the strip's whole width (height) and as long as the
+    pixel count allows. The windows are placed on a grid that covers the image
+    (evenly spaced, overlapping where the sides do not divide) and one with
+    fewer than MIN_TEXTURED_PIXELS edge pixels is taken only if none has more."""
     h, w = g.shape[-2:]
     if h * w <= ESTIMATE_SIDE ** 2:
         return [g]
     wh = min(h, ESTIMATE_SIDE)
     ww = min(w, ESTIMATE_SIDE ** 2 // wh)
     wh = min(h, ESTIMATE_SIDE ** 2 // ww)
-    cells = [(top, left) for top in range(0, h - wh + 1, wh) for left in range(0, w - ww + 1, ww)]
-    texture = torch.tensor([float(gradient[..., top:top + wh, left:left + ww].mean()) for top, left in cells])
-    chosen = texture.argsort(descending=True)[:ESTIMATE_WINDOWS].tolist()
+    cells = [(top, left) for top in _starts(h, wh) for left in _starts(w, ww)]
+    crops = [gradient[..., top:top + wh, left:left + ww] for top, left in cells]
+    texture = torch.tensor([float(c.mean()) for c in crops])
+    edges = [int((c > FLAT_GRADIENT).sum()) for c in crops]
+    ranked = texture.argsort(descending=True).tolist()
+    chosen = [i for i in ranked if edges[i] >= MIN_TEXTURED_PIXELS][:ESTIMATE_WINDOWS] or ranked[:1]
     return [g[..., cells[i][0]:cells[i][0] + wh, cells[i][1]:cells[i][1] + ww] for i in sorted(chosen)]
 
 
