@@ -423,7 +423,8 @@ def _model_summary(info) -> str:
     """One line on a shipped model: mode, scales, training iterations, schedule."""
     from .pretrained import format_schedule, is_per_tensor
 
-    schedule = f"per-tensor table of {len(info.schedule)} steps" if is_per_tensor(info.schedule) else \
+    rows = len(info.schedule)
+    schedule = f"per-tensor table of {rows} step{'s' if rows > 1 else ''}" if is_per_tensor(info.schedule) else \
         format_schedule(info.schedule)
     return (f"shipped: {info.mode} x{','.join(map(str, info.scales))}, "
             f"{info.notes.get('step', 'unknown')} meta-training iterations, schedule {schedule}")
