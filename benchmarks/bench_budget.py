@@ -13,6 +13,12 @@ by the 8 frames and the 8 inferences (adapt(frames, share=True)) against one
 frame's adaptation and the 8 inferences with its network (adapt_model, then
 adapt(steps=0) per frame): the promise is at most 1.3x.
 
+Rows of the group "kernel estimate cpu": blind mode's estimate_kernel of a 512x512
+and of a 4000x3000 LR image (each on its blind.ESTIMATE_WINDOWS most textured
+windows), against a 1024x1024 image estimated whole (blind.ESTIMATE_SIDE raised
+past it: the estimators on every pixel, as before the windows; a whole 4000x3000
+image takes about 100 s and 5 GB).
+
 Run: pytest benchmarks/bench_budget.py --benchmark-only -s
 """
 import os
@@ -72,3 +78,18 @@ def test_shared_adaptation_of_8_frames(benchmark, impl):
         ("one frame adapted",) if impl == "shared" else ())
     benchmark.extra_info.update(threads=THREADS)
     benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("size,whole", [((512, 512), False), ((3000, 4000), False), ((1024, 1024), True)],
+                         ids=["512x512", "4000x3000", "1024x1024-whole"])
+def test_kernel_estimate_time_against_image_size(benchmark, monkeypatch, size, whole):
+    from mzsr_fast import blind
+
+    torch.set_num_threads(THREADS)
+    lr = _photo(*size)
+    if whole:
+        monkeypatch.setattr(blind, "ESTIMATE_SIDE", max(size))
+    name = f"{size[1]}x{size[0]} LR" + (" whole" if whole else "")
+    row(benchmark, "kernel estimate cpu", name, ("1024x1024 LR whole",) if not whole else ())
+    benchmark.extra_info.update(lr_pixels=size[0] * size[1], threads=THREADS)
+    benchmark.pedantic(lambda: blind.estimate_kernel(lr), rounds=2, iterations=1, warmup_rounds=1)
