@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import _checks, _tf32
-from ._heap import reuse_freed_memory
+from ._heap import give_back, reuse_freed_memory
 from .adapt_step import sgd_l1_step_
 from .budget import MIN_PIXELS, Budget, texture_weights
 from .degradation import degrade, load_kernel
@@ -694,6 +694,8 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
         scale = int(scale)
         with _precision(precision):
             srs = _infer(done.weights, done.images, share, scale, precision, tile, on_tile)
+    if any(max(im.shape[-2:]) * scale > (tile or AUTO_TILE) for im in done.images):
+        give_back()  # a tiled image's maps, kept by malloc, would lie under its large output
     if steps and not torch.compiler.is_compiling():
         _check_converged(done.losses, srs, done.rates)
     srs = [sr.clamp_(0, 1) for sr in srs]

@@ -142,21 +142,24 @@ class _FakeLibc:
         return 1
 
 
-def test_reuse_freed_memory_raises_then_settles_mallocs_thresholds_and_trims(monkeypatch):
+def test_reuse_freed_memory_raises_then_settles_mallocs_thresholds(monkeypatch):
     libc = _FakeLibc()
     monkeypatch.setattr(_heap, "_libc", lambda: libc)
     with _heap.reuse_freed_memory():
         with _heap.reuse_freed_memory():  # nested: only the outermost block acts
             assert libc.calls == [(_heap._M_MMAP_THRESHOLD, _heap._KEEP), (_heap._M_TRIM_THRESHOLD, _heap._KEEP)]
         assert len(libc.calls) == 2
-    assert libc.calls[2:] == [(_heap._M_MMAP_THRESHOLD, 32 << 20), (_heap._M_TRIM_THRESHOLD, 64 << 20), ("trim", 64 << 20)]
+    assert libc.calls[2:] == [(_heap._M_MMAP_THRESHOLD, 32 << 20), (_heap._M_TRIM_THRESHOLD, 64 << 20)]
+    _heap.give_back()
+    assert libc.calls[4:] == [("trim", 64 << 20)]
     monkeypatch.setattr(_heap, "_libc", lambda: None)  # not glibc: nothing
     with _heap.reuse_freed_memory():
         pass
+    _heap.give_back()
 
 
 @pytest.mark.skipif(_heap._libc() is None, reason="needs glibc")
-def test_memory_kept_inside_the_block_is_given_back_after_it():
+def test_memory_kept_inside_the_block_is_given_back_on_request():
     def resident_bytes():
         with open("/proc/self/statm") as statm:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -166,4 +169,6 @@ def test_memory_kept_inside_the_block_is_given_back_after_it():
         blocks = [torch.ones(32 << 20) for _ in range(4)]  # 4 x 128 MiB, kept by malloc once freed
         del blocks
         assert resident_bytes() - before > 400 << 20
+    assert resident_bytes() - before > 400 << 20  # kept for the next block
+    _heap.give_back()
     assert resident_bytes() - before < 96 << 20  # 64 MiB stay at the top of the heap
