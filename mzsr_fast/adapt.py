@@ -28,8 +28,8 @@ from .model import PARAMETER_NAMES, MZSRNet
 from .pretrained import ModelInfo, mode_mismatch, resolve_model, unadapted_warning
 from .resize import imresize
 
-__all__ = ["adapt", "adapt_model", "UnadaptedModelWarning", "learning_rates", "forward_tiled", "upscale_tiled", "back_projection",
-           "available_memory", "RECEPTIVE_RADIUS", "AUTO_TILE", "ADAPT_PIXELS"]
+__all__ = ["adapt", "adapt_model", "UnadaptedModelWarning", "learning_rates", "forward_tiled", "upscale_tiled",
+           "back_projection", "available_memory", "RECEPTIVE_RADIUS", "AUTO_TILE", "ADAPT_PIXELS"]
 
 
 class UnadaptedModelWarning(UserWarning):
@@ -98,6 +98,11 @@ def _tiles(height: int, width: int, tile: int | None, margin: int):
             yield (top, left, bottom, right), (t0, l0, t1, l1)
 
 
+def _more_than_one_tile(height: int, width: int, tile: int | None) -> bool:
+    """Whether an output of height x width pixels takes several tiles of tile x tile (None: one)."""
+    return tile is not None and (height > tile or width > tile)
+
+
 def forward_tiled(fn, x: torch.Tensor, tile: int | None, margin: int = RECEPTIVE_RADIUS) -> torch.Tensor:
     """fn(x) computed on tiles of tile x tile output pixels, each with `margin`
     pixels of context, so memory stays bounded. For a network whose receptive
@@ -106,7 +111,7 @@ def forward_tiled(fn, x: torch.Tensor, tile: int | None, margin: int = RECEPTIVE
     x: [B, C, H, W] -> [B, C, H, W].
     """
     h, w = x.shape[-2:]
-    if tile is None or (h <= tile and w <= tile):
+    if not _more_than_one_tile(h, w, tile):
         return fn(x)
     out = torch.empty_like(x)
     for (top, left, bottom, right), (t0, l0, t1, l1) in _tiles(h, w, tile, margin):
@@ -449,10 +454,10 @@ def _son_up_window(image: torch.Tensor, kernel: torch.Tensor, scale: int, mode: 
     return up[:, top - a0:top - a0 + height, left - b0:left - b0 + width]
 
 
-def _budget_inputs(tasks: list[list[torch.Tensor]], kernels: torch.Tensor, scale: int, mode: str,
+def _budget_inputs(tasks: list[list[torch.Tensor]], kernels: list[torch.Tensor], scale: int, mode: str,
                    backend: str | None, plan: Budget, seed: int) -> Callable[[int], StepInputs]:
     """Step i on plan.count windows per task of tasks[t][j] ([C, H, W]),
-    degraded with kernels ([k, k], or [T, k, k] one per task), drawn for that
+    degraded with task t's kernels[t] ([k, k]), drawn for that
     step by texture_weights with a generator seeded by seed (step i is the
     generator's i-th draw). Each window's son is made from the pixels around
     it (_son_up_window), so a step costs the same for any image size."""
@@ -462,8 +467,7 @@ def _budget_inputs(tasks: list[list[torch.Tensor]], kernels: torch.Tensor, scale
     def inputs(i: int) -> StepInputs:
         windows = plan.draw(weights, generator)
         x = torch.stack([torch.stack([
-            _son_up_window(tasks[t][j], kernels[t] if kernels.dim() == 3 else kernels, scale, mode, backend,
-                           top, left, plan.wh, plan.ww)
+            _son_up_window(tasks[t][j], kernels[t], scale, mode, backend, top, left, plan.wh, plan.ww)
             for j, top, left in task.tolist()]) for t, task in enumerate(windows)])
         return x, plan.crop(tasks, windows), plan.loss_mask(windows, tasks[0][0].device)
 
@@ -474,10 +478,11 @@ def _step_inputs(tasks: list[list[torch.Tensor]], kernels: torch.Tensor, scale: 
                  backend: str | None, plan: Budget | None, seed: int) -> Callable[[int], StepInputs]:
     """The adaptation steps' inputs for tasks[t][j] ([C, H, W]) degraded with
     kernels ([k, k], or [T, k, k] one per task): the whole images, or plan's windows."""
+    task_kernels = [kernels[t] if kernels.dim() == 3 else kernels for t in range(len(tasks))]
     if plan is not None:
-        return _budget_inputs(tasks, kernels, scale, mode, backend, plan, seed)
-    son_ups = [[_son_up(image, kernels[t] if kernels.dim() == 3 else kernels, scale, mode, backend)
-                for image in task] for t, task in enumerate(tasks)]
+        return _budget_inputs(tasks, task_kernels, scale, mode, backend, plan, seed)
+    son_ups = [[_son_up(image, kernel, scale, mode, backend) for image in task]
+               for task, kernel in zip(tasks, task_kernels)]
     return _whole_image_inputs(son_ups, tasks)
 
 
@@ -536,7 +541,7 @@ def _check_pixels(adapt_pixels) -> int:
 class _Adapted:
     """What _adapt gives: the adapted weights {name: [T, ...]}, the loss before
     each step [T, steps], the model's info, the float images [C, H, W] (task
-    by task) and the form lr came in (see _images)."""
+    by task), the form lr came in (see _images) and the steps' rates."""
 
     weights: dict[str, torch.Tensor]
     losses: torch.Tensor
@@ -694,7 +699,7 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
         scale = int(scale)
         with _precision(precision):
             srs = _infer(done.weights, done.images, share, scale, precision, tile, on_tile)
-    if any(max(im.shape[-2:]) * scale > (tile or AUTO_TILE) for im in done.images):
+    if any(_more_than_one_tile(im.shape[-2] * scale, im.shape[-1] * scale, tile or AUTO_TILE) for im in done.images):
         give_back()  # a tiled image's maps, kept by malloc, would lie under its large output
     if steps and not torch.compiler.is_compiling():
         _check_converged(done.losses, srs, done.rates)

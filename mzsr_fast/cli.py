@@ -308,17 +308,22 @@ def cmd_sr(args) -> None:
     def phases(seconds: dict) -> str:
         return f"{sum(seconds.values()):.2f} s: " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items())
 
+    def estimated(lr, label: str, shared: bool = False) -> torch.Tensor:
+        """The kernel of lr (an image, or a list whose one kernel is joined:
+        shared) estimated for the model's subsampling mode, said with its time."""
+        start = time.perf_counter()
+        estimate = estimate_kernel(lr, args.scale, mode=mode)
+        estimate = joint_estimate(estimate) if shared else estimate
+        print(f"{label}: estimated {'shared ' if shared else ''}kernel {estimate} in "
+              f"{time.perf_counter() - start:.2f} s")
+        return estimate.kernel
+
     if args.share_adaptation:  # one kernel and one adaptation for all of them, then each image's inference
         read = [(path, lr.to(device)) for path in paths if (lr := _read_input(args, path)) is not None]
         if not read:
             return
         label = f"{len(read)} images"
-        kernel = args.kernel
-        if kernel == "auto":
-            start = time.perf_counter()
-            estimate = joint_estimate(estimate_kernel([lr for _, lr in read], args.scale, mode=mode))
-            print(f"{label}: estimated shared kernel {estimate} in {time.perf_counter() - start:.2f} s")
-            kernel = estimate.kernel
+        kernel = estimated([lr for _, lr in read], label, shared=True) if args.kernel == "auto" else args.kernel
         for n in steps:
             srs, seconds = super_resolve([lr for _, lr in read], kernel, n, label, share=True)
             start = time.perf_counter()
@@ -333,12 +338,7 @@ def cmd_sr(args) -> None:
         if lr is None:
             continue
         lr = lr.to(device)
-        kernel = args.kernel
-        if kernel == "auto":  # estimated for the model's subsampling mode, and said so
-            start = time.perf_counter()
-            estimate = estimate_kernel(lr, args.scale, mode=mode)
-            print(f"[{index}/{len(paths)}] {path}: estimated kernel {estimate} in {time.perf_counter() - start:.2f} s")
-            kernel = estimate.kernel
+        kernel = estimated(lr, f"[{index}/{len(paths)}] {path}") if args.kernel == "auto" else args.kernel
         for n in steps:
             sr, seconds = super_resolve(lr, kernel, n, path)
             out = out_path(path, n)
