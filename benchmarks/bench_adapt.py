@@ -2,7 +2,7 @@
 final inference) against a plain eager PyTorch implementation of the same
 steps and against the bare network passes, with the stages timed apart.
 
-Rows of the group "MZSR(n) DEVICE 256x256 x2": ours in fp32 and bf16 (on CUDA,
+Rows of the group "MZSR(n) DEVICE 256x256 x2": ours in fp32, tf32 and bf16 (on CUDA,
 also with the adaptation step captured as a CUDA graph: "ours_graph"), the
 plain way in fp32 ("plain fp32") and the bare network passes in each precision
 ("bare_network"); each of ours's speed-up over the plain way and over the bare
@@ -12,7 +12,8 @@ and the resizes are rows of "adapt stages DEVICE".
 One adaptation step of one image, group "single-image adaptation step DEVICE
 256x256": ours (the step adapt runs, inside its reuse_freed_memory) against a
 plain channels-last PyTorch step ("plain_cl": one weight set, F.conv2d,
-autograd, p -= lr * g; bf16 under autocast), in fp32 and bf16.
+autograd, p -= lr * g; bf16 under autocast), in fp32 and bf16 (ours also in tf32,
+against the plain fp32 step).
 
 Run: [MZSR_BENCH_THREADS=n] pytest benchmarks/bench_adapt.py --benchmark-only -s
 (one thread and CPU time, as on a shared machine: MZSR_BENCH_THREADS=1 ...
@@ -100,11 +101,13 @@ def _needs(device: str):
 
 
 def _rows():
-    """(device, implementation, precision): ours_graph on CUDA only, plain in fp32 only."""
+    """(device, implementation, precision): ours_graph on CUDA only, plain in fp32 only,
+    tf32 (the fast float32 mode) for ours only."""
     rows = []
     for device in ("cpu", "cuda"):
         for impl in ("ours", "ours_graph", "plain", "bare_network"):
-            for precision in ("fp32",) if impl == "plain" else ("fp32", "bf16"):
+            for precision in ("fp32",) if impl == "plain" else ("fp32", "tf32", "bf16") if impl == "ours" \
+                    else ("fp32", "bf16"):
                 if impl != "ours_graph" or device == "cuda":
                     rows.append(pytest.param(device, impl, precision, marks=_needs(device),
                                              id=f"{device}-{impl}-{precision}"))
@@ -122,7 +125,8 @@ def test_adapt_latency(benchmark, device, impl, precision, steps):
     else:
         fn = lambda: mzsr_fast.adapt(lr, kernel, SCALE, steps=steps, model=net, precision=precision,  # noqa: E731
                                      cuda_graph=impl == "ours_graph", adapt_pixels=0)  # the whole image, as plain
-    against = ("plain fp32", f"bare_network {precision}") if impl.startswith("ours") else ()
+    bare = "bf16" if precision == "bf16" else "fp32"
+    against = ("plain fp32", f"bare_network {bare}") if impl.startswith("ours") else ()
     row(benchmark, f"MZSR({steps}) {device} {LR_SIZE}x{LR_SIZE} x{SCALE}", f"{impl} {precision}", against)
     benchmark.extra_info.update({"device": device, "steps": steps, "precision": precision})
     benchmark.pedantic(lambda: (fn(), sync(device)), rounds=2, iterations=1, warmup_rounds=1)
@@ -145,7 +149,8 @@ def test_adapt_stage(benchmark, device, stage):
 
 @pytest.mark.parametrize("device,impl,precision", [
     pytest.param(device, impl, precision, marks=_needs(device), id=f"{device}-{impl}-{precision}")
-    for device in ("cpu", "cuda") for impl in ("ours", "plain_cl") for precision in ("fp32", "bf16")])
+    for device in ("cpu", "cuda") for impl in ("ours", "plain_cl")
+    for precision in (("fp32", "tf32", "bf16") if impl == "ours" else ("fp32", "bf16"))])
 def test_adaptation_step(benchmark, device, impl, precision):
     """One step of one image's adaptation on LR_SIZE x LR_SIZE pixels: ours
     (adapt's _adapt_weights for one step, in adapt's reuse_freed_memory)
@@ -161,7 +166,7 @@ def test_adaptation_step(benchmark, device, impl, precision):
         inputs = lambda i: (x[:, None], lr[:, None], None)  # noqa: E731
         fn = lambda: _adapt_weights(params, 1, inputs, [STEP_RATE], precision)  # noqa: E731
         memory = reuse_freed_memory()
-    against = (f"plain_cl {precision}",) if impl == "ours" else ()
+    against = (f"plain_cl {'bf16' if precision == 'bf16' else 'fp32'}",) if impl == "ours" else ()
     row(benchmark, f"single-image adaptation step {device} {LR_SIZE}x{LR_SIZE}", f"{impl} {precision}", against)
     benchmark.extra_info.update({"device": device, "precision": precision})
     with memory:

@@ -5,8 +5,10 @@ import_tf_checkpoint for ours), same LR image, kernel (g_d_2.0), steps and
 learning rates (the reference's direct x2 schedule), adaptation on the whole
 image (adapt_pixels=0: the 256x256 one is over the default pixel budget), one
 thread each; the rounds alternate between the two. Reports the largest output difference and
-the time ratio ours / original (median over the rounds) for our fp32 and bf16
-(the original is fp32).
+the time ratio ours / original (median over the rounds) for our fp32, tf32 (the
+fast float32 mode: Winograd convolutions in the steps too) and bf16 (the
+original is fp32). fp32 fails beyond 1e-5 of the original's output, tf32
+beyond 1e-3 (TOLERANCE).
 
     MZSR_REFERENCE_DIR=../MZSR MZSR_REFERENCE_PYTHON=../tfvenv/bin/python \\
         pytest benchmarks/bench_reference.py --benchmark-only -s
@@ -51,7 +53,10 @@ METHOD, MODEL_KIND, KERNEL, SCALE = 0, "direct_x2", "g_d_2.0", 2
 MODULES = ("tensorflow", "numpy", "scipy", "imageio")
 IMAGES = {"butterfly-lr": "example-lr", "butterfly": "example"}  # LR inputs: 128x128 and 256x256
 ROUNDS = 5
-TOLERANCE = 1e-5  # fp32 outputs: largest absolute difference allowed
+# Largest absolute output difference allowed: fp32 follows the original's
+# arithmetic; tf32 (Winograd convolutions in the steps) rounds differently, and
+# the steps' sign-of-error gradients carry that to about 1e-4 after ten steps.
+TOLERANCE = {"fp32": 1e-5, "tf32": 1e-3}
 
 
 class Unavailable(Exception):
@@ -201,7 +206,7 @@ def reference():
         worker.close()
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
 @pytest.mark.parametrize("steps", [1, 10])
 @pytest.mark.parametrize("name", list(IMAGES))
 def test_against_reference(benchmark, reference, name, steps, precision):
@@ -230,5 +235,6 @@ def test_against_reference(benchmark, reference, name, steps, precision):
         "ours_over_original": paired_ratio(ours, original), "max_abs_diff": max_diff,
         "checkpoint": found.checkpoint.name, "tensorflow": worker.version})
     print(format_row(name, lr.shape, steps, precision, ours, original, original_network, max_diff))
-    if precision == "fp32":
-        assert max_diff <= TOLERANCE, f"fp32 output differs from the original's by {max_diff:.2e} > {TOLERANCE}"
+    if precision in TOLERANCE:
+        assert max_diff <= TOLERANCE[precision], \
+            f"{precision} output differs from the original's by {max_diff:.2e} > {TOLERANCE[precision]}"

@@ -16,7 +16,7 @@ lazy_package(__name__, modules=("io", "maml", "metrics"), names={
     "gaussian_kernel": "gaussian", "sample_kernel_params": "gaussian",
     "MZSRNet": "model", "functional_forward": "model",
     "anisotropic_blur_downsample": "ops.blur_downsample", "blur_downsample": "ops.blur_downsample",
-    "sgd_step": "ops.sgd_step",
+    "sgd_step": "ops.sgd_step", "conv3x3_winograd": "ops.conv3x3_winograd",
     "load_model": "pretrained", "save_model": "pretrained",
     "imresize": "resize",
 })
@@ -25,5 +25,5 @@ __all__ = [
     "gaussian_kernel", "sample_kernel_params", "preset", "Preset", "PRESETS", "imresize",
     "blur_downsample", "anisotropic_blur_downsample", "degrade", "sgd_step", "MZSRNet", "functional_forward",
     "maml", "adapt", "load_model", "save_model", "backends", "set_default_backend", "get_default_backend",
-    "metrics", "io", "estimate_kernel", "KernelEstimate", "adapt_model", "joint_estimate",
+    "metrics", "io", "estimate_kernel", "KernelEstimate", "adapt_model", "joint_estimate", "conv3x3_winograd",
 ]

@@ -6,7 +6,8 @@ float32 results on a GPU then differ from the CPU's by about 1e-3 relative.
 adapt(precision="fp32") runs in IEEE float32 (no TF32) and precision="tf32"
 allows it explicitly. Uses the per-backend fp32_precision settings of newer
 torch, else the older allow_tf32 flags (never a mix: torch warns about that).
-Only flags change: on the CPU this is a no-op.
+Only flags change: on the CPU this is a no-op (there, precision="tf32" picks
+the Winograd convolutions in the adaptation steps instead: mzsr_fast.adapt_step).
 """
 from __future__ import annotations
 

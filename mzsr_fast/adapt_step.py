@@ -12,12 +12,20 @@ gradients, so each task runs:
   sign(out - target) / (the number of values counted), times the loss mask;
 - the backward pass: aten's convolution_backward asked for the weight and
   bias gradients (on the maps cut into bands of the shape its kernel runs
-  fastest on, Bands) and, except at the first layer, for the
-  input gradient; the ReLU's backward written in place into the latter;
+  fastest on, Bands) and, except at the first layer, the input gradient
+  (_input_gradient); the ReLU's backward written in place into the latter;
 - the update p -= rate * g of maml.sgd_update_.
 The same values as autograd through stacked_forward and adapt's L1 loss up to
 float rounding (the weight gradients of banded maps, the float32 bias
 gradients and the loss are summed in another order).
+precision "fp32" takes every convolution from oneDNN's direct kernels, the
+arithmetic of the original TensorFlow implementation, whose adaptation it
+then follows to 1e-6. "tf32" (the fast float32 mode) takes the forward and
+input-gradient convolutions of the 64 -> 64 layers from the Winograd kernel
+(ops.conv3x3_winograd: each as accurate, the sums in another order, a step
+about a fifth faster): since the loss's gradient is the sign of each
+pixel's error, steps that round differently drift apart, about 1e-4 after
+ten steps, with no change in quality.
 precision "bf16" runs the network in bfloat16 from explicit casts of the
 input and the weights, as stacked's explicit strategy does under autocast:
 the residual sum, the loss and its gradient in float32, the weight gradients
@@ -32,6 +40,7 @@ import torch.nn.functional as F
 
 from .maml import sgd_update_
 from .model import CHANNELS
+from .ops.conv3x3_winograd import conv3x3_winograd, winograd_pays
 from .stacked import _channels_last, check_images, check_stacked, conv3x3_relu
 
 __all__ = ["sgd_l1_step_"]
@@ -119,6 +128,17 @@ def _weight_gradients(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     return grad_weight, grad_bias if in_onednn else grad.sum((0, 2, 3))
 
 
+def _input_gradient(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, winograd: bool) -> torch.Tensor:
+    """dL/dx of y = conv3x3(x, weight) (padding 1) for grad = dL/dy: with
+    winograd where it pays, the Winograd convolution of grad with the
+    weight's channels swapped and its taps reversed, else oneDNN's
+    input-gradient kernel. grad [N, C', H, W], x [N, C, H, W], both
+    channels-last, weight [C', C, 3, 3] -> [N, C, H, W]."""
+    if winograd and winograd_pays(grad, weight):
+        return conv3x3_winograd(grad, weight.transpose(0, 1).flip(2, 3))
+    return _CONV_BACKWARD(grad, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False])[0]
+
+
 def _l1_and_gradient(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """One task's L1 loss (the mean of |out - target| over every value, or
@@ -134,11 +154,12 @@ def _l1_and_gradient(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
 
 
 def _task_gradients(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor, target: torch.Tensor,
-                    mask: torch.Tensor | None, dtype: torch.dtype | None,
+                    mask: torch.Tensor | None, dtype: torch.dtype | None, winograd: bool,
                     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """One task's L1 loss and the gradients of its (weight, bias) per layer,
     in the weights' dtype. x, target [N, C, h, w]; mask [N, 1, h, w] or
-    None; dtype: the network's compute dtype (None: the weights')."""
+    None; dtype: the network's compute dtype (None: the weights');
+    winograd: the Winograd kernel for the convolutions where it pays."""
     x = _channels_last(x)
     param_dtype = layers[0][0].dtype
     if dtype is not None:
@@ -147,7 +168,7 @@ def _task_gradients(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Te
     inputs = []  # each layer's input, for its weight gradient (and the ReLU's backward before it)
     for weight, bias in layers[:-1]:
         inputs.append(h)
-        h = conv3x3_relu(h, weight, bias)
+        h = conv3x3_relu(h, weight, bias, winograd)
     inputs.append(h)
     weight, bias = layers[-1]
     loss, grad = _l1_and_gradient(x + F.conv2d(h, weight, bias, padding=1).to(x.dtype), target, mask)
@@ -158,8 +179,7 @@ def _task_gradients(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Te
     for i in reversed(range(len(layers))):
         below = None
         if i > 0:
-            below = _CONV_BACKWARD(grad, inputs[i], layers[i][0], None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
-                                   [True, False, False])[0]
+            below = _input_gradient(grad, inputs[i], layers[i][0], winograd)
             below = _RELU_BACKWARD(below, inputs[i], 0, grad_input=below)
         grads[i] = tuple(g.to(param_dtype) for g in _weight_gradients(grad, inputs[i], layers[i][0], bands))
         grad = below
@@ -173,8 +193,8 @@ def sgd_l1_step_(params: Mapping[str, torch.Tensor], x: torch.Tensor, target: to
     or float64 for tests); x, target [T, N, 3, h, w] of that dtype; mask
     [T, N, 1, h, w] (1 where a pixel's loss counts) or None (every pixel);
     rates: one float or 0-d tensor per entry of params, in its order;
-    precision: "fp32" or "tf32" (the same on the CPU) or "bf16". Returns the
-    loss of every task before the step, [T]."""
+    precision: "fp32", "tf32" (Winograd convolutions, see above) or "bf16".
+    Returns the loss of every task before the step, [T]."""
     check_images(x, "x")
     check_stacked(params, x.shape[0])
     if x.device.type != "cpu":
@@ -187,7 +207,8 @@ def sgd_l1_step_(params: Mapping[str, torch.Tensor], x: torch.Tensor, target: to
     with torch.no_grad():
         for t in range(x.shape[0]):
             layers = [(params[w][t], params[b][t]) for w, b in names]
-            loss, grads = _task_gradients(layers, x[t], target[t], None if mask is None else mask[t], dtype)
+            loss, grads = _task_gradients(layers, x[t], target[t], None if mask is None else mask[t], dtype,
+                                          precision == "tf32")
             grads = {name: g for pair, pair_grads in zip(names, grads) for name, g in zip(pair, pair_grads)}
             sgd_update_([p[t] for p in params.values()], [grads[name] for name in params], list(rates))
             losses.append(loss)

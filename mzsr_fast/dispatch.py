@@ -25,6 +25,9 @@ PREFERENCE = {
     "blur_downsample": {"cpu": ("cpu", "torch"), "cuda": ("cuda", "triton", "torch")},
     "sgd_step": {"cpu": ("cpu", "torch"), "cuda": ("cuda", "triton", "torch")},
 }
+# Ops with a CPU kernel only and no backend choice: their callers decide when to
+# use them (conv3x3_winograd: on a GPU, cuDNN picks its own fast convolutions).
+CPU_ONLY = ("conv3x3_winograd",)
 
 # The extension's custom ops each fused op needs (the schemas of csrc/ops/<op>.cpp):
 # an extension built from older sources that lacks one leaves the backend unavailable.

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import CHANNELS, functional_forward
+from .ops.conv3x3_winograd import conv3x3_winograd, winograd_pays
 
 __all__ = ["stacked_forward", "stack_params", "STRATEGIES", "PREFERRED_STRATEGY", "conv3x3", "relu", "conv3x3_relu"]
 
@@ -157,14 +158,19 @@ def _pointwise_conv():
     return getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
 
 
-def conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def conv3x3_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                 winograd: bool = True) -> torch.Tensor:
     """relu(conv3x3(x, weight, bias)), differentiable like them. Where no
-    gradient is wanted, on the CPU, in one oneDNN convolution with the ReLU
-    as its post-op: no second pass over the output, no second tensor of its
-    size, the same values. x [N, C, H, W] (channels-last for speed), weight
+    gradient is wanted, on the CPU, in one kernel with the ReLU inside: with
+    winograd, the Winograd convolution where it pays (float32, many
+    channels: ops.conv3x3_winograd; the same sums in another order), else
+    oneDNN's convolution with the ReLU as its post-op (the same values as
+    conv then relu). x [N, C, H, W] (channels-last for speed), weight
     [C', C, 3, 3], bias [C'] -> [N, C', H, W]."""
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return relu(conv3x3(x, weight, bias))
+    if winograd and winograd_pays(x, weight):
+        return conv3x3_winograd(x, weight, bias, relu=True)
     fused = _pointwise_conv()
     if fused is not None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) \
             and torch.backends.mkldnn.enabled:

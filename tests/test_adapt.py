@@ -161,7 +161,9 @@ def _conv_tf32_setting():
 def test_fp32_is_ieee_and_tf32_is_asked_for(monkeypatch, precision, expected):
     """precision="fp32" runs the network with TF32 off in CUDA convolutions (so
     a GPU matches the CPU up to summation order), "tf32" with it on; torch's
-    own setting is restored after. On the CPU both give the same numbers."""
+    own setting is restored after. On the CPU tf32 takes the Winograd
+    convolutions in the steps: fp32's numbers up to float rounding (two steps
+    of sign-of-error gradients can carry a flipped sign: a few 1e-6 at most)."""
     seen = []
     forward = adapt_module.stacked_forward
 
@@ -176,7 +178,8 @@ def test_fp32_is_ieee_and_tf32_is_asked_for(monkeypatch, precision, expected):
     out = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=2, model=net, precision=precision)
     assert seen and set(seen) == {expected}
     assert _conv_tf32_setting() == before
-    assert torch.equal(out, mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=2, model=net, precision="fp32"))
+    fp32 = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=2, model=net, precision="fp32")
+    torch.testing.assert_close(out, fp32, rtol=0, atol=0 if precision == "fp32" else 1e-5)
 
 
 def test_bf16_close_to_fp32():

@@ -1,7 +1,8 @@
 """The written-out adaptation step (mzsr_fast.adapt_step) against autograd
 through stacked_forward (the step adapt ran before, and still runs off the
 CPU): the same losses and weights, tight in float64, to float rounding in
-float32, and bf16's weight gradients unchanged. Also: the band layout of
+float32 (also with precision "tf32", the Winograd convolutions), and bf16's
+weight gradients unchanged. Also: the band layout of
 its float32 weight gradient, the fused convolution and ReLU, and the malloc
 thresholds of _heap.reuse_freed_memory."""
 from __future__ import annotations
@@ -15,6 +16,7 @@ from mzsr_fast import _heap, adapt_step, stacked
 from mzsr_fast.adapt import _autocast, _l1_loss
 from mzsr_fast.maml import sgd_update_
 from mzsr_fast.model import MZSRNet
+from mzsr_fast.ops.conv3x3_winograd import conv3x3_winograd
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -58,18 +60,37 @@ def _problem(tasks, n, h, w, masked, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("tasks,n,h,w,masked", [(1, 1, 14, 12, False), (2, 1, 9, 16, False), (2, 3, 10, 7, True)])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_step_equals_autograd(tasks, n, h, w, masked, dtype):
+@pytest.mark.parametrize("dtype,precision", [(torch.float64, "fp32"), (torch.float32, "fp32"),
+                                             (torch.float32, "tf32")])  # tf32: Winograd convolutions
+def test_step_equals_autograd(tasks, n, h, w, masked, dtype, precision):
     x, target, mask = _problem(tasks, n, h, w, masked, dtype)
     ours, theirs = _weights(tasks, dtype), _weights(tasks, dtype)
     for _ in range(2):
-        losses = adapt_step.sgd_l1_step_(ours, x, target, mask, [RATE] * len(ours))
+        losses = adapt_step.sgd_l1_step_(ours, x, target, mask, [RATE] * len(ours), precision)
         expected = _autograd_step(theirs, x, target, mask, "fp32")
         tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(losses, expected, **tol)
     for name in ours:
         torch.testing.assert_close(ours[name], theirs[name].detach(), **tol)
         assert not torch.equal(ours[name], _weights(tasks, dtype)[name]), f"{name} was not updated"
+
+
+def test_only_tf32_takes_winograd_in_the_step(monkeypatch):
+    """fp32 keeps oneDNN's direct convolutions (the original's arithmetic); tf32 takes
+    the Winograd kernel for the forward and input gradient of the six 64 -> 64 layers."""
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return conv3x3_winograd(*args, **kwargs)
+
+    monkeypatch.setattr(adapt_step, "conv3x3_winograd", counted)
+    monkeypatch.setattr(stacked, "conv3x3_winograd", counted)
+    x, target, _ = _problem(1, 1, 8, 8, False)
+    for precision, expected in (("fp32", 0), ("bf16", 0), ("tf32", 12)):
+        calls.clear()
+        adapt_step.sgd_l1_step_(_weights(1), x, target, None, [RATE] * 16, precision)
+        assert len(calls) == expected, precision
 
 
 def test_bf16_step_equals_autograds():

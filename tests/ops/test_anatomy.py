@@ -7,7 +7,10 @@
 - the Triton op of each schema is mzsr_fast::<name>_triton, implemented by
   the launcher <name> of kernels/<op>.py, with the schema of the C++ op
   mzsr_fast::<name> (csrc/ops/<op>.cpp);
-- the package imports and runs its other backends where Triton is missing.
+- the package imports and runs its other backends where Triton is missing;
+- a CPU-only op (dispatch.CPU_ONLY) has a schema, a CPU kernel, its
+  mzsr_fast/ops/<op>.py, a reference, a test and a benchmark, and no Triton or
+  CUDA files.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from op_backends import device_of
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = tuple(dispatch.PREFERENCE)
+CPU_ONLY = dispatch.CPU_ONLY
 
 
 def _uses_torch_library(tree: ast.AST) -> bool:
@@ -64,6 +68,15 @@ def test_ops_have_their_files():
             assert list((ROOT / "csrc" / "ops" / backend).glob(f"{op}*.{suffix}")), (op, backend)
 
 
+def test_cpu_only_ops_have_their_files():
+    for op in CPU_ONLY:
+        for path in (f"csrc/ops/{op}.cpp", f"csrc/ops/cpu/{op}.cpp", f"mzsr_fast/ops/{op}.py",
+                     f"mzsr_fast/reference/{op}.py", f"tests/ops/test_{op}.py",
+                     f"benchmarks/bench_{op}.py"):
+            assert (ROOT / path).is_file(), path
+        assert not (ROOT / "kernels" / f"{op}.py").exists() and not list((ROOT / "csrc/ops/cuda").glob(f"{op}*"))
+
+
 def test_kernels_import_nothing_from_the_package():
     """kernels/ depends on torch and triton only: no import of mzsr_fast (by
     name, by a relative import out of the package, or through importlib) and
@@ -82,7 +95,7 @@ def test_kernels_import_nothing_from_the_package():
 
 
 def test_registrations_live_in_the_op_modules():
-    op_modules = {ROOT / "mzsr_fast" / "ops" / f"{op}.py" for op in OPS}
+    op_modules = {ROOT / "mzsr_fast" / "ops" / f"{op}.py" for op in OPS + CPU_ONLY}
     for path in sorted((ROOT / "mzsr_fast").rglob("*.py")):
         uses = _uses_torch_library(ast.parse(path.read_text(), str(path)))
         assert uses == (path in op_modules), f"{path.relative_to(ROOT)}: torch.library " + \
