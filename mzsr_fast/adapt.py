@@ -20,7 +20,7 @@ import torch
 
 from . import _checks, _tf32
 from ._heap import give_back, reuse_freed_memory
-from .adapt_step import sgd_l1_step_
+from .adapt_step import PRECISIONS, sgd_l1_step_
 from .budget import MIN_PIXELS, Budget, texture_weights
 from .degradation import degrade, load_kernel
 from .maml import LOSSES, sgd_update_, stacked_forward
@@ -38,7 +38,6 @@ class UnadaptedModelWarning(UserWarning):
 
 # Eight 3x3 convolutions: an output pixel sees 8 pixels on each side.
 RECEPTIVE_RADIUS = 8
-PRECISIONS = ("fp32", "tf32", "bf16")
 # The final inference runs on tiles of this many output pixels when tile is
 # None: its peak (three 64-channel float32 maps of a tile with its margins) is
 # about 0.8 GB, and the margins add 3% of work.

@@ -43,7 +43,10 @@ from .model import CHANNELS
 from .ops.conv3x3_winograd import conv3x3_winograd, winograd_pays
 from .stacked import _channels_last, check_images, check_stacked, conv3x3_relu
 
-__all__ = ["sgd_l1_step_"]
+__all__ = ["sgd_l1_step_", "PRECISIONS"]
+
+# The precisions of a step (and of adapt): see sgd_l1_step_ and the module docstring.
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 _LAYERS = len(CHANNELS) - 1
 _CONV_BACKWARD = torch.ops.aten.convolution_backward.default
@@ -199,6 +202,8 @@ def sgd_l1_step_(params: Mapping[str, torch.Tensor], x: torch.Tensor, target: to
     check_stacked(params, x.shape[0])
     if x.device.type != "cpu":
         raise ValueError(f"x: expected a tensor on the CPU, got {x.device}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
     if len(rates) != len(params):
         raise ValueError(f"rates: expected one per parameter tensor ({len(params)}), got {len(rates)}")
     dtype = torch.bfloat16 if precision == "bf16" else None

@@ -3,7 +3,9 @@ parameters: every tensor gets a leading task axis [T, ...]).
 
     out = stacked_forward(params, x)     # params {name: [T, ...]}, x [T, N, 3, H, W]
 
-Strategies (STRATEGIES), all exact and differentiable to any order:
+Strategies (STRATEGIES), all exact and differentiable to any order (without
+autograd, "explicit" runs its float32 64 -> 64 layers on the CPU by Winograd,
+conv3x3_relu: the same sums in another order):
 
 - "loop": a Python loop over the tasks, functional_forward (F.conv2d) on
   each; the plain way.

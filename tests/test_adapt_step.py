@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from mzsr_fast import _heap, adapt_step, stacked
+from mzsr_fast import _extension, _heap, adapt_step, stacked
 from mzsr_fast.adapt import _autocast, _l1_loss
 from mzsr_fast.maml import sgd_update_
 from mzsr_fast.model import MZSRNet
@@ -75,6 +75,7 @@ def test_step_equals_autograd(tasks, n, h, w, masked, dtype, precision):
         assert not torch.equal(ours[name], _weights(tasks, dtype)[name]), f"{name} was not updated"
 
 
+@pytest.mark.skipif(_extension.native_op("conv3x3_winograd") is None, reason="the extension has no conv3x3_winograd")
 def test_only_tf32_takes_winograd_in_the_step(monkeypatch):
     """fp32 keeps oneDNN's direct convolutions (the original's arithmetic); tf32 takes
     the Winograd kernel for the forward and input gradient of the six 64 -> 64 layers."""
@@ -132,6 +133,8 @@ def test_step_checks_its_arguments():
     params = _weights(1)
     with pytest.raises(ValueError, match="rates: expected one per parameter tensor"):
         adapt_step.sgd_l1_step_(params, x, target, None, [RATE])
+    with pytest.raises(ValueError, match=r"precision: expected one of \('fp32', 'tf32', 'bf16'\), got 'TF32'"):
+        adapt_step.sgd_l1_step_(params, x, target, None, [RATE] * len(params), "TF32")
     with pytest.raises(ValueError, match=r"params\['layers.0.weight'\]: expected a stacked tensor \[T=2"):
         adapt_step.sgd_l1_step_(params, x.expand(2, -1, -1, -1, -1), target, None, [RATE] * len(params))
 

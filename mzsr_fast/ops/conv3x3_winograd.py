@@ -8,13 +8,19 @@ Every 2x2 block of outputs is computed from the 4x4 window of input around it
 with 16 products per input and output channel instead of 36, as 16 matrix
 products over the channels (csrc/ops/cpu/conv3x3_winograd.cpp). On 64 -> 64
 channel maps this is faster than oneDNN's direct convolution on CPUs without
-AMX (benchmarks/bench_conv3x3_winograd.py); with few channels it is not
-(USE_WINOGRAD_FROM channels), so callers pick it per layer (winograd_pays).
+AMX (benchmarks/bench_conv3x3_winograd.py); with few channels it is not, so
+callers pick it per layer (winograd_pays).
 
-Numerics: the same sums as F.conv2d in another order, through transforms
-whose coefficients are 0, +-1 and +-1/2: float32 results differ from
-F.conv2d's by a few units of float32 rounding of the sum of |products|
-(tests/ops/test_conv3x3_winograd.py bounds it); float64 is supported for tests.
+Numerics: the same products summed in another order, through transforms whose
+coefficients are 0, +-1 and +-1/2, which also pair each input with filter
+taps the direct sum does not: an output's rounding error scales with the
+magnitudes in its tile's 4x4 input window times those of the whole 3x3
+filter, not with the sum of |products| alone (tests/ops/test_conv3x3_winograd.py
+bounds it). On maps of like magnitudes, as a network's, that is the error of a
+direct float32 convolution or less; one pixel 10^4 times its neighbours moves
+them by its own rounding. The transforms add and subtract inputs, so an
+infinite input gives NaN (inf - inf) where F.conv2d gives +-inf, and inputs
+within 4x of the float maximum can overflow. float64 is supported for tests.
 
 Schema (csrc/ops/conv3x3_winograd.cpp), a CPU kernel only:
 
@@ -30,22 +36,26 @@ import torch
 
 from .. import _checks, _extension
 
-__all__ = ["conv3x3_winograd", "winograd_pays", "USE_WINOGRAD_FROM"]
+__all__ = ["conv3x3_winograd", "winograd_pays", "USE_WINOGRAD_FROM", "USE_WINOGRAD_FROM_PAIRS"]
 
-# Input and output channels from which the Winograd kernel is used by
-# winograd_pays: on Zen 4, one thread, 64 -> 64 channels at 256x256 it takes
-# 0.7-0.8x oneDNN's time; with 3 input or 3 output channels (MZSRNet's first
-# and last layers) its GEMMs are too thin to pay.
+# When winograd_pays: at least USE_WINOGRAD_FROM channels in and out and
+# USE_WINOGRAD_FROM_PAIRS (input, output) channel pairs. On Zen 4, one thread,
+# 256x256, its time over oneDNN's fused convolution: 64 -> 64 0.70, 32 -> 32
+# 0.77, 16 -> 64 0.88, 64 -> 16 0.90, but 16 -> 16 1.19, 8 -> 8 2.9, 3 -> 64
+# 2.5, 64 -> 3 1.9 (thin GEMMs; MZSRNet's first and last layers).
 USE_WINOGRAD_FROM = 16
+USE_WINOGRAD_FROM_PAIRS = 1024
 _CONV_BACKWARD = torch.ops.aten.convolution_backward.default
 
 
 def winograd_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether conv3x3_winograd is the faster way to convolve x with weight:
-    float32 on the CPU, the op built, at least USE_WINOGRAD_FROM channels in
-    and out."""
+    """Whether conv3x3_winograd is the faster way to convolve x [N, C, H, W]
+    with weight [O, C, 3, 3]: float32 on the CPU, the op built, enough
+    channels (USE_WINOGRAD_FROM, USE_WINOGRAD_FROM_PAIRS)."""
+    out_channels, in_channels = weight.shape[:2]
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and min(weight.shape[0], weight.shape[1]) >= USE_WINOGRAD_FROM
+            and min(out_channels, in_channels) >= USE_WINOGRAD_FROM
+            and out_channels * in_channels >= USE_WINOGRAD_FROM_PAIRS
             and _extension.native_op("conv3x3_winograd") is not None)
 
 
@@ -83,8 +93,8 @@ def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 
 def _fake(x, weight, bias, relu):
-    return x.new_empty(x.shape[0], weight.shape[0], x.shape[2], x.shape[3]).contiguous(
-        memory_format=torch.channels_last)
+    return torch.empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last)
 
 
 def _setup_context(ctx, inputs, output):

@@ -3,17 +3,23 @@ F.conv2d in float64) on random inputs of odd shapes (sizes that leave half tiles
 the right and bottom edges, one pixel, more channels than a vector), forward and
 backward, plus torch.library.opcheck, gradcheck and gradgradcheck in float64.
 
-Tolerance, from the arithmetic of F(2x2, 3x3): an output is a dot product of C x 16
-transformed inputs and filters. The rows of B^T and A^T hold at most two +-1 and
-G's at most three +-1/2, so each transform sums at most 4 x 4 terms and a
-transformed value is at most 4 (input) or 9/4 (filter) times the sum of |values|
-that enter it; rounding each addition costs at most one unit eps relative to the
-running sum. Summed over the (C x 16) products, the four transform stages and the
-bias, |y - exact| <= (C x 16 + 8) eps x 9 x (|x| * |w| + |b|), with * the
-convolution of the magnitudes (the products' magnitudes, grown by the transforms'
-factor 4 x 9/4 = 9 at most). Actual errors are far below (a random walk, not a sum
-of worst cases); the bound keeps a wrong transform or tap (an error of the order of
-the output itself) from passing.
+Tolerance, from the arithmetic of F(2x2, 3x3), with u the unit roundoff (eps / 2).
+An output of channel o is the A^T M A of its tile, M_k = sum over c of V_k[c] U_k[c, o]:
+- V = B^T d B: each entry is a +-1 combination of at most 4 inputs of the tile's 4x4
+  window d, made in two additions: |V| <= D_c, the sum of |d| over the window, and
+  its rounding <= 2u D_c. The window of an output pixel's tile lies in the 5x5 box
+  around it, so D_c <= box5(|x_c|).
+- U = G g G^T: halves (exact) and up to four additions: |U| <= W_oc, the sum of the
+  filter's |taps|, rounding <= 4u W_oc.
+- The products (u) and the sum over C channels (C u, any order): |M_k - exact| <=
+  (C + 7) u P, P = sum over c of D_c W_oc.
+- A^T M A sums 9 entries M_k (four additions: 36 u P) and the bias is added (u).
+So |y - exact| <= 9 (C + 12) u P + u |b| <= 9 (C + 12) eps (P + |b|), P computed as the
+convolution of |x| with a 5x5 box times W_oc. Unlike a direct convolution's error it
+grows with inputs the filter's taps never meet: one pixel far larger than its
+neighbours moves them (test_a_large_pixel_stays_within_the_bound). Actual errors are
+far below (a random walk, not a sum of worst cases); the bound keeps a wrong
+transform or tap (an error of the order of the output itself) from passing.
 """
 from __future__ import annotations
 
@@ -30,8 +36,9 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.skipif(glue._extension.native_op("conv3x3_winograd") is None,
                                  reason=f"the extension has no conv3x3_winograd: {glue._extension.LOAD_ERROR}")]
 
-# (N, C, O, H, W): half tiles at both edges, one pixel, C != O, 64 -> 64 as MZSRNet.
-SHAPES = [(1, 5, 4, 1, 1), (2, 3, 7, 7, 9), (1, 64, 64, 13, 10), (3, 17, 16, 8, 3), (1, 1, 1, 2, 5)]
+# (N, C, O, H, W): half tiles at both edges, one pixel, C != O, 64 -> 64 as MZSRNet, several chunks.
+SHAPES = [(1, 5, 4, 1, 1), (2, 3, 7, 7, 9), (1, 64, 64, 13, 10), (3, 17, 16, 8, 3), (1, 1, 1, 2, 5),
+          (2, 16, 16, 37, 41)]  # the last: 798 tiles, an image boundary inside a 128-tile chunk
 
 
 def _problem(n, c, o, h, w, dtype, seed=0, bias=True):
@@ -45,8 +52,10 @@ def _problem(n, c, o, h, w, dtype, seed=0, bias=True):
 def _bound(x, weight, bias) -> torch.Tensor:
     """The module docstring's bound on |y - exact| per output, [N, O, H, W]."""
     eps = torch.finfo(x.dtype).eps
-    size = F.conv2d(x.double().abs(), weight.double().abs(), None if bias is None else bias.double().abs(), padding=1)
-    return (x.shape[1] * 16 + 8) * eps * 9 * size
+    taps = weight.double().abs().sum((2, 3))  # W_oc [O, C]
+    box = taps[:, :, None, None].expand(-1, -1, 5, 5)  # P = sum_c W_oc box5(|x_c|)
+    size = F.conv2d(x.double().abs(), box, None if bias is None else bias.double().abs(), padding=2)
+    return 9 * (x.shape[1] + 12) * eps * size
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -62,6 +71,25 @@ def test_forward_equals_the_reference(shape, relu, dtype):
     assert bool((error <= _bound(x, weight, bias)).all()), f"largest error {error.max().item():.3e}"
 
 
+def test_a_large_pixel_stays_within_the_bound():
+    """One input 10^4 times its neighbours, at a tap of weight 0: the direct sum never
+    multiplies it there, Winograd's transforms do; the bound counts it."""
+    for seed in range(20):
+        x, weight, bias = _problem(1, 1, 1, 2, 2, torch.float32, seed=seed)
+        x[0, 0, 1, 1] = 3e4
+        weight[0, 0, 2, 2] = 0
+        error = (conv3x3_winograd(x, weight, bias).double() - reference(x.double(), weight.double(), bias.double()))
+        assert bool((error.abs() <= _bound(x, weight, bias)).all()), (seed, error.abs().max().item())
+
+
+def test_infinite_input_gives_non_finite_outputs_where_the_reference_does():
+    """An infinite input gives NaN (inf - inf in the transforms) where F.conv2d gives +-inf."""
+    x, weight, bias = _problem(1, 2, 3, 6, 7, torch.float32)
+    x[0, 1, 3, 2] = float("inf")
+    got, expected = conv3x3_winograd(x, weight, bias), reference(x, weight, bias)
+    assert torch.equal(got.isfinite(), expected.isfinite())
+
+
 def test_float32_error_is_of_float32_rounding():
     """Next to oneDNN's direct convolution on the same 64 -> 64 maps: the same order of error."""
     x, weight, bias = _problem(1, 64, 64, 33, 31, torch.float32, seed=3)
@@ -72,10 +100,19 @@ def test_float32_error_is_of_float32_rounding():
 
 
 def test_without_bias_and_from_any_layout():
-    x, weight, _ = _problem(2, 6, 5, 9, 7, torch.float64, bias=False)
+    """Inputs, weights and biases of any strides: NCHW, transposed, a flipped and
+    transposed weight (the input gradient's), a bias that is a strided view."""
+    x, weight, bias = _problem(2, 6, 5, 9, 7, torch.float64)
     exact = reference(x, weight)
     for layout in (x, x.contiguous(), x.transpose(2, 3).contiguous().transpose(2, 3)):
         torch.testing.assert_close(conv3x3_winograd(layout, weight), exact, rtol=0, atol=1e-13)
+    swapped = weight.transpose(0, 1).flip(2, 3)  # [6 -> 5] becomes [5 -> 6]
+    y = torch.randn(2, 5, 9, 7, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    torch.testing.assert_close(conv3x3_winograd(y, swapped), reference(y, swapped.contiguous()), rtol=0, atol=1e-13)
+    strided_bias = torch.stack([bias, -bias], 1)[:, 0]
+    assert not strided_bias.is_contiguous()
+    torch.testing.assert_close(conv3x3_winograd(x, weight, strided_bias), reference(x, weight, bias),
+                               rtol=0, atol=1e-13)
 
 
 def test_nan_stays_nan_through_the_relu():
@@ -127,10 +164,13 @@ def test_gradcheck_and_gradgradcheck(relu):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("bias", [True, False])
-def test_opcheck(dtype, bias):
-    x, weight, b = _problem(2, 4, 3, 5, 7, dtype, bias=bias)
+@pytest.mark.parametrize("shape", [(2, 4, 3, 5, 7), (2, 4, 3, 1, 1), (2, 4, 1, 3, 3)])  # size-1 axes: strides
+def test_opcheck(dtype, bias, shape):
+    x, weight, b = _problem(*shape, dtype, bias=bias)
     for relu in (False, True):
         torch.library.opcheck(torch.ops.mzsr_fast.conv3x3_winograd, (x, weight, b, relu))
+        fake = glue._fake(x, weight, b, relu)
+        assert fake.stride() == conv3x3_winograd(x, weight, b, relu).stride()
 
 
 def test_bad_arguments_are_named():

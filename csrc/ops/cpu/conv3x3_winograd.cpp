@@ -17,6 +17,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
@@ -89,12 +90,12 @@ MZSR_VECTOR_CLONES void transform_window(const scalar_t* const* window, scalar_t
   }
 }
 
-// One tile's A^T M A + bias, then max(., floor) (0 for the ReLU, -inf for
+// One tile's A^T M A + bias, then max(., lower) (0 for the ReLU, -inf for
 // none; NaN stays NaN): m[k * stride + o] for the 16 entries k, out[2 i + j]
 // points at the O channels of output pixel (i, j) (a scratch row outside the image).
 template <typename scalar_t>
 MZSR_VECTOR_CLONES void transform_products(const scalar_t* __restrict m, int64_t stride,
-                                           const scalar_t* __restrict bias, scalar_t floor,
+                                           const scalar_t* __restrict bias, scalar_t lower,
                                            scalar_t* const* out, int64_t channels) {
   scalar_t *y0 = out[0], *y1 = out[1], *y2 = out[2], *y3 = out[3];
 #pragma GCC ivdep
@@ -109,10 +110,10 @@ MZSR_VECTOR_CLONES void transform_products(const scalar_t* __restrict m, int64_t
     const scalar_t b = bias[o];
     const scalar_t top_left = r[0][0] + r[0][1] + r[0][2] + b, top_right = r[0][1] - r[0][2] - r[0][3] + b;
     const scalar_t bottom_left = r[1][0] + r[1][1] + r[1][2] + b, bottom_right = r[1][1] - r[1][2] - r[1][3] + b;
-    y0[o] = top_left < floor ? floor : top_left;
-    y1[o] = top_right < floor ? floor : top_right;
-    y2[o] = bottom_left < floor ? floor : bottom_left;
-    y3[o] = bottom_right < floor ? floor : bottom_right;
+    y0[o] = top_left < lower ? lower : top_left;
+    y1[o] = top_right < lower ? lower : top_right;
+    y2[o] = bottom_left < lower ? lower : bottom_left;
+    y3[o] = bottom_right < lower ? lower : bottom_right;
   }
 }
 
@@ -127,10 +128,12 @@ void run(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::
   transform_filters(weight.data_ptr<scalar_t>(), out_channels, channels, u.data_ptr<scalar_t>());
   std::vector<scalar_t> bias_values(out_channels, scalar_t(0));
   if (bias.has_value()) std::copy_n(bias->data_ptr<scalar_t>(), out_channels, bias_values.begin());
-  const scalar_t floor = relu ? scalar_t(0) : -std::numeric_limits<scalar_t>::infinity();
+  const scalar_t lower = relu ? scalar_t(0) : -std::numeric_limits<scalar_t>::infinity();
   const scalar_t* in = x.data_ptr<scalar_t>();
   scalar_t* dst = out.data_ptr<scalar_t>();
+  const at::ThreadLocalState caller;  // the dispatcher's state, for the ATen calls on worker threads
   at::parallel_for(0, (tiles + kChunk - 1) / kChunk, 1, [&](int64_t first_chunk, int64_t end_chunk) {
+    at::ThreadLocalStateGuard same_state(caller);
     at::Tensor v = at::empty({16, kChunk, channels}, x.options());
     at::Tensor m = at::empty({16, kChunk, out_channels}, x.options());
     std::vector<scalar_t> zeros(channels, scalar_t(0)), scratch(out_channels);
@@ -149,6 +152,12 @@ void run(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::
         }
         transform_window(window, v.data_ptr<scalar_t>() + t * channels, kChunk * channels, channels);
       }
+      if (count < kChunk) {  // the last chunk's unused rows: zeros, not what the allocator left
+        for (int k = 0; k < 16; ++k) {
+          scalar_t* rows = v.data_ptr<scalar_t>() + (k * kChunk + count) * channels;
+          std::fill(rows, rows + (kChunk - count) * channels, scalar_t(0));
+        }
+      }
       at::bmm_out(m, v, u);
       for (int64_t t = 0; t < count; ++t) {
         const int64_t tile = first + t, image = tile / (tiles_down * tiles_across);
@@ -162,7 +171,7 @@ void run(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::
           }
         }
         transform_products(m.data_ptr<scalar_t>() + t * out_channels, kChunk * out_channels, bias_values.data(),
-                           floor, pixels, out_channels);
+                           lower, pixels, out_channels);
       }
     }
   });
