@@ -658,8 +658,8 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
     Winograd kernel, within 1e-6 of them), "tf32" (the fast float32 mode:
     CUDA convolutions in TF32, faster on Ampere and later GPUs, about 1e-3
     relative from fp32; on the CPU the Winograd kernel in the adaptation
-    steps too, each convolution as accurate as fp32's, a step about a fifth
-    faster, outputs about 1e-4 from fp32's after ten steps: see
+    steps too, each convolution as accurate as fp32's, a step in about 0.7x
+    the time, outputs about 1e-4 from fp32's after ten steps: see
     mzsr_fast.adapt_step) or "bf16" (autocast).
     adapt_pixels: the pixel budget of an adaptation step (mzsr_fast.budget):
     an image (or the images of a shared adaptation) of more LR pixels is

@@ -20,12 +20,12 @@ float rounding (the weight gradients of banded maps, the float32 bias
 gradients and the loss are summed in another order).
 precision "fp32" takes every convolution from oneDNN's direct kernels, the
 arithmetic of the original TensorFlow implementation, whose adaptation it
-then follows to 1e-6. "tf32" (the fast float32 mode) takes the forward and
-input-gradient convolutions of the 64 -> 64 layers from the Winograd kernel
-(ops.conv3x3_winograd: each as accurate, the sums in another order, a step
-about a fifth faster): since the loss's gradient is the sign of each
-pixel's error, steps that round differently drift apart, about 1e-4 after
-ten steps, with no change in quality.
+then follows to 1e-6. "tf32" (the fast float32 mode) takes the forward,
+input-gradient and weight-gradient convolutions of the 64 -> 64 layers from
+the Winograd kernels (ops.conv3x3_winograd: each as accurate, the sums in
+another order, a step in about 0.7x the time): since the loss's gradient is
+the sign of each pixel's error, steps that round differently drift apart,
+about 1e-4 after ten steps, with no change in quality.
 precision "bf16" runs the network in bfloat16 from explicit casts of the
 input and the weights, as stacked's explicit strategy does under autocast:
 the residual sum, the loss and its gradient in float32, the weight gradients
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from .maml import sgd_update_
 from .model import CHANNELS
-from .ops.conv3x3_winograd import conv3x3_winograd, winograd_pays
+from .ops.conv3x3_winograd import conv3x3_winograd, conv3x3_winograd_weight_grad, winograd_pays
 from .stacked import _channels_last, check_images, check_stacked, conv3x3_relu
 
 __all__ = ["sgd_l1_step_", "PRECISIONS"]
@@ -111,14 +111,18 @@ class Bands:
         return out.permute(0, 3, 1, 2)
 
 
-def _weight_gradients(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bands: Bands,
+def _weight_gradients(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bands: Bands, winograd: bool,
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """The weight and bias gradients of y = conv3x3(x, weight, bias) (padding
-    1) for grad = dL/dy, on the maps cut into bands where bands.used, else
-    directly. x [N, C, H, W], grad [N, C', H, W], both channels-last ->
-    ([C', C, 3, 3], [C']). The bias gradient is grad's sum in float32 (oneDNN
-    takes 5-10% longer for its weight gradient with it) and oneDNN's in bf16
-    (a bf16 sum in float32 converts the map first)."""
+    1) for grad = dL/dy: with winograd where it pays, the weight gradient by
+    Winograd (ops.conv3x3_winograd_weight_grad), else oneDNN's on the maps
+    cut into bands where bands.used, else directly. x [N, C, H, W], grad
+    [N, C', H, W], both channels-last -> ([C', C, 3, 3], [C']). The bias
+    gradient is grad's sum in float32 (oneDNN takes 5-10% longer for its
+    weight gradient with it) and oneDNN's in bf16 (a bf16 sum in float32
+    converts the map first)."""
+    if winograd and winograd_pays(x, weight):
+        return conv3x3_winograd_weight_grad(grad, x), grad.sum((0, 2, 3))
     in_onednn = grad.dtype != torch.float32
     bias = [weight.shape[0]] if in_onednn else None
     if bands.used:
@@ -184,7 +188,8 @@ def _task_gradients(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Te
         if i > 0:
             below = _input_gradient(grad, inputs[i], layers[i][0], winograd)
             below = _RELU_BACKWARD(below, inputs[i], 0, grad_input=below)
-        grads[i] = tuple(g.to(param_dtype) for g in _weight_gradients(grad, inputs[i], layers[i][0], bands))
+        grads[i] = tuple(g.to(param_dtype) for g in _weight_gradients(grad, inputs[i], layers[i][0], bands,
+                                                                        winograd))
         grad = below
     return loss, grads
 

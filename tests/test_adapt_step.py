@@ -16,7 +16,7 @@ from mzsr_fast import _extension, _heap, adapt_step, stacked
 from mzsr_fast.adapt import _autocast, _l1_loss
 from mzsr_fast.maml import sgd_update_
 from mzsr_fast.model import MZSRNet
-from mzsr_fast.ops.conv3x3_winograd import conv3x3_winograd
+from mzsr_fast.ops.conv3x3_winograd import conv3x3_winograd, conv3x3_winograd_weight_grad
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,17 +78,23 @@ def test_step_equals_autograd(tasks, n, h, w, masked, dtype, precision):
 @pytest.mark.skipif(_extension.native_op("conv3x3_winograd") is None, reason="the extension has no conv3x3_winograd")
 def test_only_tf32_takes_winograd_in_the_step(monkeypatch):
     """fp32 keeps oneDNN's direct convolutions (the original's arithmetic); tf32 takes
-    the Winograd kernel for the forward and input gradient of the six 64 -> 64 layers."""
+    the Winograd kernels for the forward, input gradient and weight gradient of the
+    six 64 -> 64 layers."""
     calls = []
 
     def counted(*args, **kwargs):
         calls.append(1)
         return conv3x3_winograd(*args, **kwargs)
 
+    def counted_weight_grad(*args, **kwargs):
+        calls.append(1)
+        return conv3x3_winograd_weight_grad(*args, **kwargs)
+
     monkeypatch.setattr(adapt_step, "conv3x3_winograd", counted)
     monkeypatch.setattr(stacked, "conv3x3_winograd", counted)
+    monkeypatch.setattr(adapt_step, "conv3x3_winograd_weight_grad", counted_weight_grad)
     x, target, _ = _problem(1, 1, 8, 8, False)
-    for precision, expected in (("fp32", 0), ("bf16", 0), ("tf32", 12)):
+    for precision, expected in (("fp32", 0), ("bf16", 0), ("tf32", 18)):
         calls.clear()
         adapt_step.sgd_l1_step_(_weights(1), x, target, None, [RATE] * 16, precision)
         assert len(calls) == expected, precision
@@ -124,7 +130,7 @@ def test_banded_weight_gradients_equal_the_direct_ones(dtype, n, h, w, c_out, cu
     tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=2 ** -7, atol=0.5)
     bands = adapt_step.Bands(x)
     assert bands.used == cut
-    for got, want in zip(adapt_step._weight_gradients(grad, x, weight, bands), expected):
+    for got, want in zip(adapt_step._weight_gradients(grad, x, weight, bands, winograd=False), expected):
         torch.testing.assert_close(got.double(), want, **tol)
 
 

@@ -22,13 +22,18 @@ them by its own rounding. The transforms add and subtract inputs, so an
 infinite input gives NaN (inf - inf) where F.conv2d gives +-inf, and inputs
 within 4x of the float maximum can overflow. float64 is supported for tests.
 
-Schema (csrc/ops/conv3x3_winograd.cpp), a CPU kernel only:
+conv3x3_winograd_weight_grad(grad, x) is the weight gradient of the same
+convolution by the same tiles (the adaptation step's in precision "tf32").
+
+Schemas (csrc/ops/conv3x3_winograd.cpp), CPU kernels only:
 
     conv3x3_winograd(Tensor x, Tensor weight, Tensor? bias, bool relu) -> Tensor
+    conv3x3_winograd_weight_grad(Tensor grad, Tensor x) -> Tensor
 
-The fake kernel (torch.compile) and autograd are registered here. The
-backward is aten's convolution_backward at the ReLU's mask (the output's
-zeros), so gradients are the exact convolution's and differentiable again.
+The fake kernels (torch.compile) and autograd are registered here. The
+convolution's backward is aten's convolution_backward at the ReLU's mask
+(the output's zeros), so gradients are the exact convolution's and
+differentiable again; the weight gradient's is that of a bilinear map.
 """
 from __future__ import annotations
 
@@ -36,7 +41,8 @@ import torch
 
 from .. import _checks, _extension
 
-__all__ = ["conv3x3_winograd", "winograd_pays", "USE_WINOGRAD_FROM", "USE_WINOGRAD_FROM_PAIRS"]
+__all__ = ["conv3x3_winograd", "conv3x3_winograd_weight_grad", "winograd_pays", "USE_WINOGRAD_FROM",
+           "USE_WINOGRAD_FROM_PAIRS"]
 
 # When winograd_pays: at least USE_WINOGRAD_FROM channels in and out and
 # USE_WINOGRAD_FROM_PAIRS (input, output) channel pairs. On Zen 4, one thread,
@@ -59,8 +65,11 @@ def winograd_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and _extension.native_op("conv3x3_winograd") is not None)
 
 
-def _check(x, weight, bias) -> None:
-    for name, t in (("x", x), ("weight", weight)) + ((("bias", bias),) if bias is not None else ()):
+def _check_tensors(**tensors) -> None:
+    """Each named tensor a float32/float64 CPU tensor (None skipped)."""
+    for name, t in tensors.items():
+        if t is None:
+            continue
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
         if t.dtype not in (torch.float32, torch.float64):
@@ -68,6 +77,10 @@ def _check(x, weight, bias) -> None:
         if t.device.type != "cpu":
             raise ValueError(f"{name}: expected a tensor on the CPU (the op has a CPU kernel only; on a GPU use "
                              f"torch.nn.functional.conv2d), got {t.device}")
+
+
+def _check(x, weight, bias) -> None:
+    _check_tensors(x=x, weight=weight, bias=bias)
     if x.dim() != 4:
         raise ValueError(f"x: expected [N, C, H, W], got shape {tuple(x.shape)}")
     if weight.dim() != 4 or tuple(weight.shape[1:]) != (x.shape[1], 3, 3):
@@ -92,6 +105,27 @@ def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return op(x, weight, bias, bool(relu))
 
 
+def conv3x3_winograd_weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The weight gradient of y = conv3x3(x, weight) (padding 1) for grad =
+    dL/dy, by Winograd F(2x2, 3x3) on the CPU: the tiles of the forward, their
+    output gradients transformed, one matrix product per chunk of tiles
+    accumulated. grad [N, O, H, W], x [N, C, H, W] (channels-last for speed),
+    float32 or float64 -> [O, C, 3, 3]. Differentiable wrt grad and x."""
+    _check_tensors(grad=grad, x=x)
+    if x.dim() != 4:
+        raise ValueError(f"x: expected [N, C, H, W], got shape {tuple(x.shape)}")
+    n, _, h, w = x.shape
+    if grad.dim() != 4 or (grad.shape[0], grad.shape[2], grad.shape[3]) != (n, h, w):
+        raise ValueError(f"grad: expected [{n}, O, {h}, {w}] like x's batch and size, got shape {tuple(grad.shape)}")
+    if grad.dtype != x.dtype:
+        raise TypeError(f"grad: expected dtype {x.dtype} like x, got {grad.dtype}")
+    op = _extension.native_op("conv3x3_winograd_weight_grad")
+    if op is None:
+        raise RuntimeError("conv3x3_winograd_weight_grad: "
+                           f"{_extension.LOAD_ERROR or 'the extension has no such op (rebuild it)'}")
+    return op(grad, x)
+
+
 def _fake(x, weight, bias, relu):
     return torch.empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]), dtype=x.dtype, device=x.device,
                        memory_format=torch.channels_last)
@@ -114,12 +148,34 @@ def _backward(ctx, grad):
     return grad_x, grad_weight, grad_bias, None
 
 
+def _weight_grad_fake(grad, x):
+    return grad.new_empty(grad.shape[1], x.shape[1], 3, 3)
+
+
+def _weight_grad_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _weight_grad_backward(ctx, grad_weight):
+    """The weight gradient is bilinear in (grad, x): its derivative wrt grad
+    is the convolution of x with grad_weight, wrt x the input gradient of
+    that convolution at grad (aten ops, differentiable again)."""
+    grad, x = ctx.saved_tensors
+    need_grad, need_x = ctx.needs_input_grad
+    d_grad = torch.nn.functional.conv2d(x, grad_weight, padding=1) if need_grad else None
+    d_x = _CONV_BACKWARD(grad, x, grad_weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                         [True, False, False])[0] if need_x else None
+    return d_grad, d_x
+
+
 def _register() -> None:
-    op = _extension.native_op("conv3x3_winograd")
-    if op is None:
-        return
-    torch.library.register_fake("mzsr_fast::conv3x3_winograd", _fake)
-    torch.library.register_autograd("mzsr_fast::conv3x3_winograd", _backward, setup_context=_setup_context)
+    if _extension.native_op("conv3x3_winograd") is not None:
+        torch.library.register_fake("mzsr_fast::conv3x3_winograd", _fake)
+        torch.library.register_autograd("mzsr_fast::conv3x3_winograd", _backward, setup_context=_setup_context)
+    if _extension.native_op("conv3x3_winograd_weight_grad") is not None:
+        torch.library.register_fake("mzsr_fast::conv3x3_winograd_weight_grad", _weight_grad_fake)
+        torch.library.register_autograd("mzsr_fast::conv3x3_winograd_weight_grad", _weight_grad_backward,
+                                        setup_context=_weight_grad_setup_context)
 
 
 _register()

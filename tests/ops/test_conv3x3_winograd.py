@@ -1,9 +1,12 @@
-"""conv3x3_winograd against the plain-PyTorch reference (mzsr_fast.reference.conv3x3_winograd,
-F.conv2d in float64) on random inputs of odd shapes (sizes that leave half tiles at
-the right and bottom edges, one pixel, more channels than a vector), forward and
-backward, plus torch.library.opcheck, gradcheck and gradgradcheck in float64.
+"""conv3x3_winograd and conv3x3_winograd_weight_grad against the plain-PyTorch
+reference (mzsr_fast.reference.conv3x3_winograd, F.conv2d and aten's
+convolution_backward in float64) on random inputs of odd shapes (sizes that leave
+half tiles at the right and bottom edges, one pixel, more channels than a vector,
+several chunks of tiles), forward and backward, plus torch.library.opcheck,
+gradcheck and gradgradcheck in float64.
 
-Tolerance, from the arithmetic of F(2x2, 3x3), with u the unit roundoff (eps / 2).
+Tolerance of the convolution, from the arithmetic of F(2x2, 3x3), with u the unit
+roundoff (eps / 2) (the weight gradient's: _weight_grad_bound).
 An output of channel o is the A^T M A of its tile, M_k = sum over c of V_k[c] U_k[c, o]:
 - V = B^T d B: each entry is a +-1 combination of at most 4 inputs of the tile's 4x4
   window d, made in two additions: |V| <= D_c, the sum of |d| over the window, and
@@ -29,7 +32,7 @@ import torch.nn.functional as F
 
 from mzsr_fast import stacked
 from mzsr_fast.ops import conv3x3_winograd as glue
-from mzsr_fast.ops.conv3x3_winograd import conv3x3_winograd, winograd_pays
+from mzsr_fast.ops.conv3x3_winograd import conv3x3_winograd, conv3x3_winograd_weight_grad, winograd_pays
 from mzsr_fast.reference.conv3x3_winograd import conv3x3 as reference
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
@@ -206,3 +209,93 @@ def test_the_network_takes_it_where_it_pays():
     if fused is not None:
         assert torch.equal(direct, fused(x, weight, bias, [1, 1], [1, 1], [1, 1], 1, "relu", [], ""))
     torch.testing.assert_close(direct, torch.relu(F.conv2d(x, weight, bias, padding=1)))
+
+
+# ---------------------------------------------------------------------------
+# conv3x3_winograd_weight_grad
+# ---------------------------------------------------------------------------
+
+def _exact_weight_grad(grad, x):
+    weight = torch.zeros(grad.shape[1], x.shape[1], 3, 3, dtype=torch.float64)
+    return torch.ops.aten.convolution_backward(grad.double(), x.double(), weight, None, [1, 1], [1, 1], [1, 1],
+                                               False, [0, 0], 1, [False, True, False])[1]
+
+
+def _weight_grad_bound(grad, x) -> torch.Tensor:
+    """|dW - exact| per filter tap, [O, C, 3, 3], from the arithmetic as in the module
+    docstring: dU_k[c, o] sums, over the tiles, V_k (<= D, the window's sum of |x_c|)
+    times dM_k = (A dY A^T)_k (<= E, the tile's sum of |dY_o|): 128 tiles a chunk
+    in a GEMM, then the chunks (and threads) one after another, the transforms a few
+    additions more; G^T dU G adds up at most 16 entries, with coefficients of at most 1."""
+    eps = torch.finfo(x.dtype).eps
+    h, w = x.shape[2:]
+    even = (0, w % 2, 0, h % 2)  # right and bottom padding to whole tiles
+    windows = F.avg_pool2d(F.pad(x.double().abs(), (1, 1 + w % 2, 1, 1 + h % 2)), 4, 2, divisor_override=1)
+    tiles = F.avg_pool2d(F.pad(grad.double().abs(), even), 2, 2, divisor_override=1)
+    q = torch.einsum("nchw,nohw->oc", windows, tiles)  # Q [O, C]
+    chunks = -(-windows[0, 0].numel() * x.shape[0] // 128)
+    return (16 * (128 + chunks + 24) * eps * q)[:, :, None, None].expand(-1, -1, 3, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_weight_grad_equals_the_reference(shape, dtype):
+    n, c, o, h, w = shape
+    x, _, _ = _problem(n, c, o, h, w, dtype)
+    grad = torch.randn(n, o, h, w, generator=torch.Generator().manual_seed(11), dtype=torch.float64).to(dtype)
+    got = conv3x3_winograd_weight_grad(grad.contiguous(memory_format=torch.channels_last), x)
+    assert got.shape == (o, c, 3, 3) and got.dtype == dtype
+    error = (got.double() - _exact_weight_grad(grad, x)).abs()
+    assert bool((error <= _weight_grad_bound(grad, x)).all()), f"largest error {error.max().item():.3e}"
+
+
+def test_weight_grad_on_two_threads_stays_within_the_bound():
+    x, _, _ = _problem(2, 16, 16, 37, 41, torch.float32)
+    grad = torch.randn(2, 16, 37, 41, generator=torch.Generator().manual_seed(12))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = conv3x3_winograd_weight_grad(grad, x)
+    finally:
+        torch.set_num_threads(threads)
+    assert bool(((got.double() - _exact_weight_grad(grad, x)).abs() <= _weight_grad_bound(grad, x)).all())
+
+
+def test_weight_grad_of_nothing():
+    x, _, _ = _problem(0, 3, 4, 5, 5, torch.float32)
+    assert torch.equal(conv3x3_winograd_weight_grad(torch.zeros(0, 4, 5, 5), x), torch.zeros(4, 3, 3, 3))
+    x, _, _ = _problem(1, 0, 4, 5, 5, torch.float32)
+    assert conv3x3_winograd_weight_grad(torch.rand(1, 4, 5, 5), x).shape == (4, 0, 3, 3)
+
+
+def test_weight_grad_gradcheck_and_gradgradcheck():
+    x, _, _ = _problem(2, 3, 2, 5, 4, torch.float64)
+    grad = torch.randn(2, 2, 5, 4, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    inputs = (grad.requires_grad_(), x.requires_grad_())
+    assert torch.autograd.gradcheck(conv3x3_winograd_weight_grad, inputs)
+    assert torch.autograd.gradgradcheck(conv3x3_winograd_weight_grad, inputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(2, 4, 3, 5, 7), (2, 4, 3, 1, 1), (1, 4, 1, 3, 3)])
+def test_weight_grad_opcheck(dtype, shape):
+    n, c, o, h, w = shape
+    x, _, _ = _problem(n, c, o, h, w, dtype)
+    grad = torch.randn(n, o, h, w, generator=torch.Generator().manual_seed(14), dtype=dtype)
+    torch.library.opcheck(torch.ops.mzsr_fast.conv3x3_winograd_weight_grad, (grad, x))
+
+
+def test_weight_grad_bad_arguments_are_named():
+    x, _, _ = _problem(1, 4, 3, 5, 5, torch.float32)
+    grad = torch.rand(1, 3, 5, 5)
+    cases = [
+        ((grad, x[0]), ValueError, r"x: expected \[N, C, H, W\]"),
+        ((grad[..., :4], x), ValueError, r"grad: expected \[1, O, 5, 5\]"),
+        ((grad.double(), x), TypeError, "grad: expected dtype torch.float32 like x"),
+        ((grad.half(), x), TypeError, "grad: expected float32 or float64"),
+        ((grad.tolist(), x), TypeError, "grad: expected a torch.Tensor"),
+        ((grad, x.to("meta")), ValueError, "x: expected a tensor on the CPU"),
+    ]
+    for args, error, message in cases:
+        with pytest.raises(error, match=message):
+            conv3x3_winograd_weight_grad(*args)

@@ -11,16 +11,20 @@
 // inputs are transformed into V, multiplied by at::bmm (MKL's GEMM) into M,
 // and M is transformed back into the chunk's 2x2 outputs, bias and ReLU
 // added there. B^T and A^T hold only 0 and +-1 (additions only), G halves.
+//
+// The weight gradient runs the same tiles the other way: with dY a tile's
+// 2x2 output gradient, dM = A dY A^T, dU[k] = sum over tiles of V[k]^T dM[k]
+// ([C, O], one GEMM per chunk, accumulated), and dg = G^T dU G per filter.
 #include <algorithm>
 #include <limits>
 #include <vector>
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 // The transforms are loops over channels; GCC builds them for AVX-512, AVX2 and
@@ -117,13 +121,92 @@ MZSR_VECTOR_CLONES void transform_products(const scalar_t* __restrict m, int64_t
   }
 }
 
+// One tile's 2x2 output gradient dY -> dM = A dY A^T (4x4), A = [[1, 0], [1, 1],
+// [1, -1], [0, -1]]: grad[2 i + j] points at the O channels of pixel (i, j) of
+// the tile (a row of zeros outside the image); writes m[k * stride + o].
+template <typename scalar_t>
+MZSR_VECTOR_CLONES void transform_gradient(const scalar_t* const* grad, scalar_t* __restrict m, int64_t stride,
+                                           int64_t channels) {
+  const scalar_t *g0 = grad[0], *g1 = grad[1], *g2 = grad[2], *g3 = grad[3];
+#pragma GCC ivdep
+  for (int64_t o = 0; o < channels; ++o) {
+    // A dY: rows g_top, g_top + g_bottom, g_top - g_bottom, -g_bottom, per column
+    const scalar_t r[4][2] = {{g0[o], g1[o]}, {g0[o] + g2[o], g1[o] + g3[o]},
+                              {g0[o] - g2[o], g1[o] - g3[o]}, {-g2[o], -g3[o]}};
+    for (int i = 0; i < 4; ++i) {  // (A dY) A^T: the same on the columns
+      m[(4 * i + 0) * stride + o] = r[i][0];
+      m[(4 * i + 1) * stride + o] = r[i][0] + r[i][1];
+      m[(4 * i + 2) * stride + o] = r[i][0] - r[i][1];
+      m[(4 * i + 3) * stride + o] = -r[i][1];
+    }
+  }
+}
+
+// The filter gradients from dU [16, C, O]: dg = G^T dU G for every (o, c),
+// written to grad_weight [O, C, 3, 3].
+template <typename scalar_t>
+void untransform_filters(const scalar_t* du, int64_t out_channels, int64_t in_channels, scalar_t* grad_weight) {
+  const scalar_t half = 0.5;
+  for (int64_t o = 0; o < out_channels; ++o) {
+    for (int64_t c = 0; c < in_channels; ++c) {
+      scalar_t d[4][4];
+      for (int k = 0; k < 16; ++k) d[k / 4][k % 4] = du[(k * in_channels + c) * out_channels + o];
+      scalar_t rows[3][4];  // G^T dU: G^T = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2, 1/2, 1]]
+      for (int j = 0; j < 4; ++j) {
+        rows[0][j] = d[0][j] + (d[1][j] + d[2][j]) * half;
+        rows[1][j] = (d[1][j] - d[2][j]) * half;
+        rows[2][j] = (d[1][j] + d[2][j]) * half + d[3][j];
+      }
+      scalar_t* g = grad_weight + (o * in_channels + c) * 9;
+      for (int i = 0; i < 3; ++i) {  // (G^T dU) G
+        const scalar_t* r = rows[i];
+        g[3 * i + 0] = r[0] + (r[1] + r[2]) * half;
+        g[3 * i + 1] = (r[1] - r[2]) * half;
+        g[3 * i + 2] = (r[1] + r[2]) * half + r[3];
+      }
+    }
+  }
+}
+
+// The tiles of N maps of H x W pixels, numbered image by image, row by row.
+struct Tiles {
+  int64_t height, width, down, across, count;
+
+  Tiles(int64_t n, int64_t h, int64_t w) : height(h), width(w), down((h + 1) / 2), across((w + 1) / 2),
+                                           count(n * ((h + 1) / 2) * ((w + 1) / 2)) {}
+
+  // Pointers to the `channels` values of each pixel of tile's window: its
+  // 4x4 input window (offset -1, size 4) or its 2x2 outputs (offset 0, size
+  // 2), `outside` for pixels outside the image.
+  template <typename T>
+  void pixels(T* base, int64_t channels, int64_t tile, int offset, int size, T* outside, T** into) const {
+    const int64_t image = tile / (down * across), row = tile / across % down, col = tile % across;
+    for (int i = 0; i < size; ++i) {
+      for (int j = 0; j < size; ++j) {
+        const int64_t y = 2 * row + offset + i, x = 2 * col + offset + j;
+        const bool inside = y >= 0 && y < height && x >= 0 && x < width;
+        into[size * i + j] = inside ? base + ((image * height + y) * width + x) * channels : outside;
+      }
+    }
+  }
+};
+
+// Zeros in rows [count, kChunk) of each of the 16 matrices of buffer
+// [16, kChunk, width]: the last chunk's unused rows, not what the allocator left.
+template <typename scalar_t>
+void clear_unused_rows(scalar_t* buffer, int64_t count, int64_t width) {
+  if (count == kChunk) return;
+  for (int k = 0; k < 16; ++k) {
+    scalar_t* rows = buffer + (k * kChunk + count) * width;
+    std::fill(rows, rows + (kChunk - count) * width, scalar_t(0));
+  }
+}
+
 template <typename scalar_t>
 void run(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, bool relu,
          at::Tensor& out) {
-  const int64_t n_images = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
-  const int64_t out_channels = weight.size(0);
-  const int64_t tiles_down = (height + 1) / 2, tiles_across = (width + 1) / 2;
-  const int64_t tiles = n_images * tiles_down * tiles_across;
+  const int64_t channels = x.size(1), out_channels = weight.size(0);
+  const Tiles tiles(x.size(0), x.size(2), x.size(3));
   at::Tensor u = at::empty({16, channels, out_channels}, x.options());
   transform_filters(weight.data_ptr<scalar_t>(), out_channels, channels, u.data_ptr<scalar_t>());
   std::vector<scalar_t> bias_values(out_channels, scalar_t(0));
@@ -131,50 +214,67 @@ void run(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::
   const scalar_t lower = relu ? scalar_t(0) : -std::numeric_limits<scalar_t>::infinity();
   const scalar_t* in = x.data_ptr<scalar_t>();
   scalar_t* dst = out.data_ptr<scalar_t>();
-  const at::ThreadLocalState caller;  // the dispatcher's state, for the ATen calls on worker threads
-  at::parallel_for(0, (tiles + kChunk - 1) / kChunk, 1, [&](int64_t first_chunk, int64_t end_chunk) {
-    at::ThreadLocalStateGuard same_state(caller);
+  // The workers' ATen calls (at::empty, at::bmm_out) take and make plain
+  // tensors that never require grad: no autograd state to carry to them.
+  at::parallel_for(0, (tiles.count + kChunk - 1) / kChunk, 1, [&](int64_t first_chunk, int64_t end_chunk) {
     at::Tensor v = at::empty({16, kChunk, channels}, x.options());
     at::Tensor m = at::empty({16, kChunk, out_channels}, x.options());
-    std::vector<scalar_t> zeros(channels, scalar_t(0)), scratch(out_channels);
+    const std::vector<scalar_t> zeros(channels, scalar_t(0));
+    std::vector<scalar_t> scratch(out_channels);
     for (int64_t chunk = first_chunk; chunk < end_chunk; ++chunk) {
-      const int64_t first = chunk * kChunk, count = std::min(kChunk, tiles - first);
+      const int64_t first = chunk * kChunk, count = std::min(kChunk, tiles.count - first);
       for (int64_t t = 0; t < count; ++t) {
-        const int64_t tile = first + t, image = tile / (tiles_down * tiles_across);
-        const int64_t row = tile / tiles_across % tiles_down, col = tile % tiles_across;
         const scalar_t* window[16];
-        for (int i = 0; i < 4; ++i) {
-          for (int j = 0; j < 4; ++j) {
-            const int64_t y = 2 * row - 1 + i, xx = 2 * col - 1 + j;
-            const bool inside = y >= 0 && y < height && xx >= 0 && xx < width;
-            window[4 * i + j] = inside ? in + ((image * height + y) * width + xx) * channels : zeros.data();
-          }
-        }
+        tiles.pixels(in, channels, first + t, -1, 4, zeros.data(), window);
         transform_window(window, v.data_ptr<scalar_t>() + t * channels, kChunk * channels, channels);
       }
-      if (count < kChunk) {  // the last chunk's unused rows: zeros, not what the allocator left
-        for (int k = 0; k < 16; ++k) {
-          scalar_t* rows = v.data_ptr<scalar_t>() + (k * kChunk + count) * channels;
-          std::fill(rows, rows + (kChunk - count) * channels, scalar_t(0));
-        }
-      }
+      clear_unused_rows(v.data_ptr<scalar_t>(), count, channels);
       at::bmm_out(m, v, u);
       for (int64_t t = 0; t < count; ++t) {
-        const int64_t tile = first + t, image = tile / (tiles_down * tiles_across);
-        const int64_t row = tile / tiles_across % tiles_down, col = tile % tiles_across;
         scalar_t* pixels[4];
-        for (int i = 0; i < 2; ++i) {
-          for (int j = 0; j < 2; ++j) {
-            const int64_t y = 2 * row + i, xx = 2 * col + j;
-            pixels[2 * i + j] = y < height && xx < width ? dst + ((image * height + y) * width + xx) * out_channels
-                                                         : scratch.data();
-          }
-        }
+        tiles.pixels(dst, out_channels, first + t, 0, 2, scratch.data(), pixels);
         transform_products(m.data_ptr<scalar_t>() + t * out_channels, kChunk * out_channels, bias_values.data(),
                            lower, pixels, out_channels);
       }
     }
   });
+}
+
+template <typename scalar_t>
+void run_weight_grad(const at::Tensor& grad, const at::Tensor& x, at::Tensor& grad_weight) {
+  const int64_t channels = x.size(1), out_channels = grad.size(1);
+  const Tiles tiles(x.size(0), x.size(2), x.size(3));
+  const scalar_t* in = x.data_ptr<scalar_t>();
+  const scalar_t* dy = grad.data_ptr<scalar_t>();
+  const int64_t chunks = (tiles.count + kChunk - 1) / kChunk;
+  // dU per thread, [16, C, O] each, summed in thread order at the end
+  std::vector<at::Tensor> partial(at::get_num_threads());
+  at::parallel_for(0, chunks, 1, [&](int64_t first_chunk, int64_t end_chunk) {  // ATen calls as in run
+    at::Tensor v = at::empty({16, kChunk, channels}, x.options());
+    at::Tensor m = at::empty({16, kChunk, out_channels}, x.options());
+    at::Tensor& du = partial[at::get_thread_num()];
+    if (!du.defined()) du = at::zeros({16, channels, out_channels}, x.options());
+    const std::vector<scalar_t> zeros(std::max(channels, out_channels), scalar_t(0));
+    for (int64_t chunk = first_chunk; chunk < end_chunk; ++chunk) {
+      const int64_t first = chunk * kChunk, count = std::min(kChunk, tiles.count - first);
+      for (int64_t t = 0; t < count; ++t) {
+        const scalar_t* window[16];
+        tiles.pixels(in, channels, first + t, -1, 4, zeros.data(), window);
+        transform_window(window, v.data_ptr<scalar_t>() + t * channels, kChunk * channels, channels);
+        const scalar_t* outputs[4];
+        tiles.pixels(dy, out_channels, first + t, 0, 2, zeros.data(), outputs);
+        transform_gradient(outputs, m.data_ptr<scalar_t>() + t * out_channels, kChunk * out_channels, out_channels);
+      }
+      clear_unused_rows(v.data_ptr<scalar_t>(), count, channels);
+      clear_unused_rows(m.data_ptr<scalar_t>(), count, out_channels);
+      du.baddbmm_(v.transpose(1, 2), m);
+    }
+  });
+  at::Tensor du = at::zeros({16, channels, out_channels}, x.options());
+  for (const at::Tensor& p : partial) {
+    if (p.defined()) du.add_(p);
+  }
+  untransform_filters(du.data_ptr<scalar_t>(), out_channels, channels, grad_weight.data_ptr<scalar_t>());
 }
 
 at::Tensor conv3x3_winograd_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
@@ -202,11 +302,30 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& x, const at::Tensor& weight, c
   return out;
 }
 
+at::Tensor conv3x3_winograd_weight_grad_cpu(const at::Tensor& grad, const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4, "conv3x3_winograd_weight_grad: x: expected [N, C, H, W], got ", x.sizes());
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == x.size(0) && grad.size(2) == x.size(2) && grad.size(3) == x.size(3),
+              "conv3x3_winograd_weight_grad: grad: expected [", x.size(0), ", O, ", x.size(2), ", ", x.size(3),
+              "], got ", grad.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "conv3x3_winograd_weight_grad: x: expected float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(grad.scalar_type() == x.scalar_type(), "conv3x3_winograd_weight_grad: grad: expected ",
+              x.scalar_type(), " like x, got ", grad.scalar_type());
+  at::Tensor grad_weight = at::zeros({grad.size(1), x.size(1), 3, 3}, x.options());
+  if (grad.numel() == 0 || x.numel() == 0) return grad_weight;
+  const at::Tensor g = grad.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor input = x.contiguous(at::MemoryFormat::ChannelsLast);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv3x3_winograd_weight_grad",
+                             [&] { run_weight_grad<scalar_t>(g, input, grad_weight); });
+  return grad_weight;
+}
+
 }  // namespace
 }  // namespace conv3x3_winograd
 
 TORCH_LIBRARY_IMPL(mzsr_fast, CPU, m) {
   m.impl("conv3x3_winograd", &conv3x3_winograd::conv3x3_winograd_cpu);
+  m.impl("conv3x3_winograd_weight_grad", &conv3x3_winograd::conv3x3_winograd_weight_grad_cpu);
 }
 
 }  // namespace mzsr_fast
