@@ -1,7 +1,7 @@
-// Schemas of mzsr_fast::conv3x3_winograd, a 3x3 convolution (stride 1, zero padding 1)
-// by Winograd's minimal filtering F(2x2, 3x3), and of its weight gradient. Kernels: cpu/conv3x3_winograd.cpp (the
-// CPU only: on a GPU, cuDNN already picks its own fast algorithms). Fake kernel and
-// autograd: mzsr_fast/ops/conv3x3_winograd.py.
+// Schemas of mzsr_fast::conv3x3_winograd, a 3x3 convolution (stride 1, zero padding
+// 1) by Winograd's minimal filtering F(2x2, 3x3), and of its weight gradient.
+// Kernels: cpu/conv3x3_winograd.cpp (the CPU only: on a GPU, cuDNN already picks its
+// own fast algorithms). Fake kernels and autograd: mzsr_fast/ops/conv3x3_winograd.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(mzsr_fast, m) {

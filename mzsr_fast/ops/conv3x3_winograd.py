@@ -56,13 +56,15 @@ _CONV_BACKWARD = torch.ops.aten.convolution_backward.default
 
 def winograd_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether conv3x3_winograd is the faster way to convolve x [N, C, H, W]
-    with weight [O, C, 3, 3]: float32 on the CPU, the op built, enough
-    channels (USE_WINOGRAD_FROM, USE_WINOGRAD_FROM_PAIRS)."""
+    with weight [O, C, 3, 3] (and conv3x3_winograd_weight_grad the faster
+    way to its weight gradient): float32 on the CPU, both ops built (from one
+    source file), enough channels (USE_WINOGRAD_FROM, USE_WINOGRAD_FROM_PAIRS)."""
     out_channels, in_channels = weight.shape[:2]
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and min(out_channels, in_channels) >= USE_WINOGRAD_FROM
             and out_channels * in_channels >= USE_WINOGRAD_FROM_PAIRS
-            and _extension.native_op("conv3x3_winograd") is not None)
+            and _extension.native_op("conv3x3_winograd") is not None
+            and _extension.native_op("conv3x3_winograd_weight_grad") is not None)
 
 
 def _check_tensors(**tensors) -> None:

@@ -224,9 +224,11 @@ def _exact_weight_grad(grad, x):
 def _weight_grad_bound(grad, x) -> torch.Tensor:
     """|dW - exact| per filter tap, [O, C, 3, 3], from the arithmetic as in the module
     docstring: dU_k[c, o] sums, over the tiles, V_k (<= D, the window's sum of |x_c|)
-    times dM_k = (A dY A^T)_k (<= E, the tile's sum of |dY_o|): 128 tiles a chunk
-    in a GEMM, then the chunks (and threads) one after another, the transforms a few
-    additions more; G^T dU G adds up at most 16 entries, with coefficients of at most 1."""
+    times dM_k = (A dY A^T)_k (<= E, the tile's sum of |dY_o|): 128 tiles a chunk in
+    one GEMM (its sum over the chunk's tiles, in any order), then the chunks and the
+    threads' partial sums one after another, the transforms a few additions more:
+    (128 + chunks + 24) u Q, Q = sum over tiles of D E. G^T dU G: coefficients of
+    |sum| <= 4. Plus the float64 reference's own error, N H W u64 Q."""
     eps = torch.finfo(x.dtype).eps
     h, w = x.shape[2:]
     even = (0, w % 2, 0, h % 2)  # right and bottom padding to whole tiles
@@ -234,7 +236,8 @@ def _weight_grad_bound(grad, x) -> torch.Tensor:
     tiles = F.avg_pool2d(F.pad(grad.double().abs(), even), 2, 2, divisor_override=1)
     q = torch.einsum("nchw,nohw->oc", windows, tiles)  # Q [O, C]
     chunks = -(-windows[0, 0].numel() * x.shape[0] // 128)
-    return (16 * (128 + chunks + 24) * eps * q)[:, :, None, None].expand(-1, -1, 3, 3)
+    reference = x.shape[0] * h * w * torch.finfo(torch.float64).eps
+    return ((4 * (128 + chunks + 24) * eps + reference) * q)[:, :, None, None].expand(-1, -1, 3, 3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -247,6 +250,19 @@ def test_weight_grad_equals_the_reference(shape, dtype):
     assert got.shape == (o, c, 3, 3) and got.dtype == dtype
     error = (got.double() - _exact_weight_grad(grad, x)).abs()
     assert bool((error <= _weight_grad_bound(grad, x)).all()), f"largest error {error.max().item():.3e}"
+
+
+def test_weight_grad_error_is_of_float32_rounding():
+    """Next to oneDNN's float32 weight gradient of the same 64 -> 64 maps: the same order
+    of error (a lower-precision GEMM or a dropped tile would not be)."""
+    x, _, _ = _problem(1, 64, 64, 33, 31, torch.float32, seed=4)
+    grad = torch.randn(1, 64, 33, 31, generator=torch.Generator().manual_seed(15)).contiguous(
+        memory_format=torch.channels_last)
+    exact = _exact_weight_grad(grad, x)
+    winograd = (conv3x3_winograd_weight_grad(grad, x).double() - exact).abs().max().item()
+    direct = torch.ops.aten.convolution_backward(grad, x, torch.zeros(64, 64, 3, 3), None, [1, 1], [1, 1], [1, 1],
+                                                 False, [0, 0], 1, [False, True, False])[1]
+    assert winograd <= 4 * (direct.double() - exact).abs().max().item()
 
 
 def test_weight_grad_on_two_threads_stays_within_the_bound():
@@ -264,8 +280,12 @@ def test_weight_grad_on_two_threads_stays_within_the_bound():
 def test_weight_grad_of_nothing():
     x, _, _ = _problem(0, 3, 4, 5, 5, torch.float32)
     assert torch.equal(conv3x3_winograd_weight_grad(torch.zeros(0, 4, 5, 5), x), torch.zeros(4, 3, 3, 3))
+    x, _, _ = _problem(1, 3, 4, 0, 5, torch.float32)
+    assert torch.equal(conv3x3_winograd_weight_grad(torch.zeros(1, 4, 0, 5), x), torch.zeros(4, 3, 3, 3))
     x, _, _ = _problem(1, 0, 4, 5, 5, torch.float32)
     assert conv3x3_winograd_weight_grad(torch.rand(1, 4, 5, 5), x).shape == (4, 0, 3, 3)
+    x, _, _ = _problem(1, 3, 4, 5, 5, torch.float32)
+    assert conv3x3_winograd_weight_grad(torch.rand(1, 0, 5, 5), x).shape == (0, 3, 3, 3)
 
 
 def test_weight_grad_gradcheck_and_gradgradcheck():

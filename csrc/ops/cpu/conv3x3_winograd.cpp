@@ -270,9 +270,9 @@ void run_weight_grad(const at::Tensor& grad, const at::Tensor& x, at::Tensor& gr
       du.baddbmm_(v.transpose(1, 2), m);
     }
   });
-  at::Tensor du = at::zeros({16, channels, out_channels}, x.options());
+  at::Tensor du;  // the threads' partial sums, in thread order
   for (const at::Tensor& p : partial) {
-    if (p.defined()) du.add_(p);
+    if (p.defined()) du = du.defined() ? du.add_(p) : p;
   }
   untransform_filters(du.data_ptr<scalar_t>(), out_channels, channels, grad_weight.data_ptr<scalar_t>());
 }
