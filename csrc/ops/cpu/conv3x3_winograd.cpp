@@ -202,6 +202,20 @@ void clear_unused_rows(scalar_t* buffer, int64_t count, int64_t width) {
   }
 }
 
+// The input windows of tiles [first, first + count), transformed into v
+// [16, kChunk, C] (rows count and after zero). in: the maps, channels-last;
+// zeros: a row of C zeros (pixels outside the image).
+template <typename scalar_t>
+void transform_windows(const Tiles& tiles, const scalar_t* in, int64_t channels, const scalar_t* zeros,
+                       int64_t first, int64_t count, scalar_t* v) {
+  for (int64_t t = 0; t < count; ++t) {
+    const scalar_t* window[16];
+    tiles.pixels(in, channels, first + t, -1, 4, zeros, window);
+    transform_window(window, v + t * channels, kChunk * channels, channels);
+  }
+  clear_unused_rows(v, count, channels);
+}
+
 template <typename scalar_t>
 void run(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, bool relu,
          at::Tensor& out) {
@@ -223,12 +237,7 @@ void run(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::
     std::vector<scalar_t> scratch(out_channels);
     for (int64_t chunk = first_chunk; chunk < end_chunk; ++chunk) {
       const int64_t first = chunk * kChunk, count = std::min(kChunk, tiles.count - first);
-      for (int64_t t = 0; t < count; ++t) {
-        const scalar_t* window[16];
-        tiles.pixels(in, channels, first + t, -1, 4, zeros.data(), window);
-        transform_window(window, v.data_ptr<scalar_t>() + t * channels, kChunk * channels, channels);
-      }
-      clear_unused_rows(v.data_ptr<scalar_t>(), count, channels);
+      transform_windows(tiles, in, channels, zeros.data(), first, count, v.data_ptr<scalar_t>());
       at::bmm_out(m, v, u);
       for (int64_t t = 0; t < count; ++t) {
         scalar_t* pixels[4];
@@ -257,15 +266,12 @@ void run_weight_grad(const at::Tensor& grad, const at::Tensor& x, at::Tensor& gr
     const std::vector<scalar_t> zeros(std::max(channels, out_channels), scalar_t(0));
     for (int64_t chunk = first_chunk; chunk < end_chunk; ++chunk) {
       const int64_t first = chunk * kChunk, count = std::min(kChunk, tiles.count - first);
+      transform_windows(tiles, in, channels, zeros.data(), first, count, v.data_ptr<scalar_t>());
       for (int64_t t = 0; t < count; ++t) {
-        const scalar_t* window[16];
-        tiles.pixels(in, channels, first + t, -1, 4, zeros.data(), window);
-        transform_window(window, v.data_ptr<scalar_t>() + t * channels, kChunk * channels, channels);
         const scalar_t* outputs[4];
         tiles.pixels(dy, out_channels, first + t, 0, 2, zeros.data(), outputs);
         transform_gradient(outputs, m.data_ptr<scalar_t>() + t * out_channels, kChunk * out_channels, out_channels);
       }
-      clear_unused_rows(v.data_ptr<scalar_t>(), count, channels);
       clear_unused_rows(m.data_ptr<scalar_t>(), count, out_channels);
       du.baddbmm_(v.transpose(1, 2), m);
     }
