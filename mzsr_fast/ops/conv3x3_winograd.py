@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _checks, _extension
+from .. import _extension
 
 __all__ = ["conv3x3_winograd", "conv3x3_winograd_weight_grad", "winograd_pays", "USE_WINOGRAD_FROM",
            "USE_WINOGRAD_FROM_PAIRS"]
