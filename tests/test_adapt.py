@@ -182,6 +182,28 @@ def test_fp32_is_ieee_and_tf32_is_asked_for(monkeypatch, precision, expected):
     torch.testing.assert_close(out, fp32, rtol=0, atol=0 if precision == "fp32" else 1e-5)
 
 
+def test_fp32_inference_takes_winograd_and_stays_within_float_rounding(monkeypatch):
+    """adapt's fp32 inference runs the 64 -> 64 layers by Winograd (6 calls per
+    tile); with it turned off (oneDNN's direct convolutions) the output moves by
+    float32 rounding through six layers: the steps are the same arithmetic, so the
+    difference is the inference's alone (measured 4-7e-7 on the example images)."""
+    from mzsr_fast import stacked
+    from mzsr_fast.ops import conv3x3_winograd as winograd
+
+    if not winograd.winograd_pays(torch.zeros(1, 64, 1, 1), torch.zeros(64, 64, 3, 3)):
+        pytest.skip("the Winograd kernel is not built")
+    calls = []
+    original = stacked.conv3x3_winograd
+    monkeypatch.setattr(stacked, "conv3x3_winograd", lambda *a, **k: calls.append(1) or original(*a, **k))
+    net, lr = _small_net(), torch.rand(3, 25, 27, generator=torch.Generator().manual_seed(2))
+    fast = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=2, model=net)
+    assert len(calls) == 6  # one tile, six layers; none in the steps
+    monkeypatch.setattr(winograd, "USE_WINOGRAD_FROM", 10 ** 9)
+    direct = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=2, model=net)
+    assert len(calls) == 6
+    torch.testing.assert_close(fast, direct, rtol=0, atol=2e-6)
+
+
 def test_bf16_close_to_fp32():
     net = _small_net()
     lr = torch.rand(1, 3, 24, 24)
