@@ -121,11 +121,11 @@ def _weight_gradients(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     gradient is grad's sum in float32 (oneDNN takes 5-10% longer for its
     weight gradient with it) and oneDNN's in bf16 (a bf16 sum in float32
     converts the map first)."""
-    if winograd and winograd_pays(x, weight):
-        return conv3x3_winograd_weight_grad(grad, x), grad.sum((0, 2, 3))
     in_onednn = grad.dtype != torch.float32
     bias = [weight.shape[0]] if in_onednn else None
-    if bands.used:
+    if winograd and winograd_pays(x, weight):  # float32 only: its bias gradient is the sum below
+        grad_weight = conv3x3_winograd_weight_grad(grad, x)
+    elif bands.used:
         grad_weight, grad_bias = _CONV_BACKWARD(bands.cut(grad, context=False), bands.cut(x, context=True), weight,
                                                 bias, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
                                                 [False, True, in_onednn])[1:]

@@ -37,6 +37,8 @@ differentiable again; the weight gradient's is that of a bilinear map.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .. import _extension
@@ -51,6 +53,7 @@ __all__ = ["conv3x3_winograd", "conv3x3_winograd_weight_grad", "winograd_pays", 
 # 2.5, 64 -> 3 1.9 (thin GEMMs; MZSRNet's first and last layers).
 USE_WINOGRAD_FROM = 16
 USE_WINOGRAD_FROM_PAIRS = 1024
+_OPS = ("conv3x3_winograd", "conv3x3_winograd_weight_grad")  # the schemas of csrc/ops/conv3x3_winograd.cpp
 _CONV_BACKWARD = torch.ops.aten.convolution_backward.default
 
 
@@ -63,8 +66,21 @@ def winograd_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and min(out_channels, in_channels) >= USE_WINOGRAD_FROM
             and out_channels * in_channels >= USE_WINOGRAD_FROM_PAIRS
-            and _extension.native_op("conv3x3_winograd") is not None
-            and _extension.native_op("conv3x3_winograd_weight_grad") is not None)
+            and _built())
+
+
+@functools.cache
+def _built() -> bool:
+    """Whether the extension has both ops (asked once: winograd_pays runs per layer)."""
+    return all(_extension.native_op(name) is not None for name in _OPS)
+
+
+def _native(name: str) -> torch._ops.OpOverload:
+    """The op mzsr_fast::name, or a RuntimeError saying why it is missing."""
+    op = _extension.native_op(name)
+    if op is None:
+        raise RuntimeError(f"{name}: {_extension.LOAD_ERROR or 'the extension has no such op (rebuild it)'}")
+    return op
 
 
 def _check_tensors(**tensors) -> None:
@@ -101,10 +117,7 @@ def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     speed), weight [O, C, 3, 3], bias [O] or None, float32 or float64 ->
     [N, O, H, W] channels-last. Differentiable wrt x, weight and bias."""
     _check(x, weight, bias)
-    op = _extension.native_op("conv3x3_winograd")
-    if op is None:
-        raise RuntimeError(f"conv3x3_winograd: {_extension.LOAD_ERROR or 'the extension has no such op (rebuild it)'}")
-    return op(x, weight, bias, bool(relu))
+    return _native("conv3x3_winograd")(x, weight, bias, bool(relu))
 
 
 def conv3x3_winograd_weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -121,11 +134,7 @@ def conv3x3_winograd_weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.T
         raise ValueError(f"grad: expected [{n}, O, {h}, {w}] like x's batch and size, got shape {tuple(grad.shape)}")
     if grad.dtype != x.dtype:
         raise TypeError(f"grad: expected dtype {x.dtype} like x, got {grad.dtype}")
-    op = _extension.native_op("conv3x3_winograd_weight_grad")
-    if op is None:
-        raise RuntimeError("conv3x3_winograd_weight_grad: "
-                           f"{_extension.LOAD_ERROR or 'the extension has no such op (rebuild it)'}")
-    return op(grad, x)
+    return _native("conv3x3_winograd_weight_grad")(grad, x)
 
 
 def _fake(x, weight, bias, relu):
