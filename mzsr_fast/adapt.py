@@ -653,14 +653,15 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
     ModelInfo.schedule); a diverging adaptation (non-finite loss or output)
     raises ValueError. precision: "fp32" (IEEE float32: no TF32 in CUDA
     convolutions, so a GPU matches the CPU up to summation order; on the CPU
-    the adaptation steps use oneDNN's direct convolutions, the arithmetic of
-    the original TensorFlow implementation, and the final inference the
-    Winograd kernel, within 1e-6 of them), "tf32" (the fast float32 mode:
-    CUDA convolutions in TF32, faster on Ampere and later GPUs, about 1e-3
-    relative from fp32; on the CPU the Winograd kernel in the adaptation
-    steps too, each convolution as accurate as fp32's, a step in about 0.7x
-    the time, outputs about 1e-4 from fp32's after ten steps: see
-    mzsr_fast.adapt_step) or "bf16" (autocast).
+    the adaptation steps' forward and input-gradient convolutions are
+    oneDNN's direct kernels, the arithmetic of the original TensorFlow
+    implementation, their weight gradients and the final inference the
+    Winograd kernels, as accurate), "tf32" (the fast float32 mode: CUDA
+    convolutions in TF32, faster on Ampere and later GPUs, about 1e-3
+    relative from fp32; on the CPU the Winograd kernel for every convolution
+    of the adaptation steps, a step in about 0.85x fp32's time, outputs up
+    to about 1e-4 from fp32's after ten steps: see mzsr_fast.adapt_step) or
+    "bf16" (autocast).
     adapt_pixels: the pixel budget of an adaptation step (mzsr_fast.budget):
     an image (or the images of a shared adaptation) of more LR pixels is
     adapted on windows of at most that many pixels in all, drawn anew for

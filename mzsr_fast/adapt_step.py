@@ -18,13 +18,17 @@ gradients, so each task runs:
 The same values as autograd through stacked_forward and adapt's L1 loss up to
 float rounding (the weight gradients of banded maps, the float32 bias
 gradients and the loss are summed in another order).
-precision "fp32" takes every convolution from oneDNN's direct kernels, the
-arithmetic of the original TensorFlow implementation, whose adaptation it
-then follows to 1e-6. "tf32" (the fast float32 mode) takes the forward,
-input-gradient and weight-gradient convolutions of the 64 -> 64 layers from
-the Winograd kernels (ops.conv3x3_winograd: each as accurate, the sums in
-another order, a step in about 0.7x the time): since the loss's gradient is
-the sign of each pixel's error, steps that round differently drift apart,
+precision "fp32" takes the forward and input-gradient convolutions, the
+values of single pixels, from oneDNN's direct kernels, the arithmetic of the
+original TensorFlow implementation, and the weight gradients of the 64 -> 64
+layers, each a sum over every pixel of the maps, from the Winograd kernel
+(ops.conv3x3_winograd_weight_grad: as accurate, summed in another order, in
+about 0.65x oneDNN's time); on the reference's pretrained network its
+adaptation follows the original's to 1e-6. "tf32" (the fast float32 mode)
+takes the forward and input-gradient convolutions of those layers from the
+Winograd kernel too (ops.conv3x3_winograd), a step in about 0.85x fp32's
+time. Since the loss's gradient is the sign of each pixel's error, steps
+that round differently can drift apart: with large learned rates, up to
 about 1e-4 after ten steps, with no change in quality.
 precision "bf16" runs the network in bfloat16 from explicit casts of the
 input and the weights, as stacked's explicit strategy does under autocast:
@@ -166,7 +170,9 @@ def _task_gradients(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Te
     """One task's L1 loss and the gradients of its (weight, bias) per layer,
     in the weights' dtype. x, target [N, C, h, w]; mask [N, 1, h, w] or
     None; dtype: the network's compute dtype (None: the weights');
-    winograd: the Winograd kernel for the convolutions where it pays."""
+    winograd: the Winograd kernel for the forward and input-gradient
+    convolutions where it pays (for the weight gradients it is taken in
+    float32 always)."""
     x = _channels_last(x)
     param_dtype = layers[0][0].dtype
     if dtype is not None:
@@ -189,7 +195,7 @@ def _task_gradients(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Te
             below = _input_gradient(grad, inputs[i], layers[i][0], winograd)
             below = _RELU_BACKWARD(below, inputs[i], 0, grad_input=below)
         grads[i] = tuple(g.to(param_dtype) for g in _weight_gradients(grad, inputs[i], layers[i][0], bands,
-                                                                        winograd))
+                                                                        winograd=True))
         grad = below
     return loss, grads
 
@@ -201,7 +207,7 @@ def sgd_l1_step_(params: Mapping[str, torch.Tensor], x: torch.Tensor, target: to
     or float64 for tests); x, target [T, N, 3, h, w] of that dtype; mask
     [T, N, 1, h, w] (1 where a pixel's loss counts) or None (every pixel);
     rates: one float or 0-d tensor per entry of params, in its order;
-    precision: "fp32", "tf32" (Winograd convolutions, see above) or "bf16".
+    precision: "fp32", "tf32" (all Winograd convolutions, see above) or "bf16".
     Returns the loss of every task before the step, [T]."""
     check_images(x, "x")
     check_stacked(params, x.shape[0])

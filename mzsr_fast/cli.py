@@ -487,9 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "adaptation and poor without it); comma-separated for one output per n, e.g. 0,1,10")
     sr.add_argument("--model", help="bundled model name or .safetensors path (default: the shipped model for "
                                     "the kernel's subsampling mode and the scale; direct_x2 when none fits)")
-    precision_help = ("fp32 (default): float32, the adaptation steps in the original's arithmetic; tf32: the "
-                      "fast float32 mode (TF32 convolutions on CUDA, Winograd convolutions in the CPU's "
-                      "adaptation steps: a step in about 0.7x the time, outputs about 1e-4 from fp32's); bf16: bfloat16")
+    precision_help = ("fp32 (default): float32, the adaptation steps' forward and input-gradient convolutions "
+                      "in the original's arithmetic; tf32: the fast float32 mode (TF32 convolutions on CUDA, "
+                      "Winograd for every convolution of the CPU's adaptation steps: a step in about 0.85x the "
+                      "time, outputs up to about 1e-4 from fp32's); bf16: bfloat16")
     sr.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32", help=precision_help)
     sr.add_argument("--tile", type=int, help="final inference on tiles of this many output pixels (default: "
                                              "1024; bounds its memory, same result)")

@@ -162,8 +162,9 @@ def test_fp32_is_ieee_and_tf32_is_asked_for(monkeypatch, precision, expected):
     """precision="fp32" runs the network with TF32 off in CUDA convolutions (so
     a GPU matches the CPU up to summation order), "tf32" with it on; torch's
     own setting is restored after. On the CPU tf32 takes the Winograd
-    convolutions in the steps: fp32's numbers up to float rounding (two steps
-    of sign-of-error gradients can carry a flipped sign: a few 1e-6 at most)."""
+    forward and input-gradient convolutions in the steps too: fp32's numbers
+    up to float rounding (two steps of sign-of-error gradients can carry a
+    flipped sign: a few 1e-6 at most)."""
     seen = []
     forward = adapt_module.stacked_forward
 
@@ -184,9 +185,10 @@ def test_fp32_is_ieee_and_tf32_is_asked_for(monkeypatch, precision, expected):
 
 def test_fp32_inference_takes_winograd_and_stays_within_float_rounding(monkeypatch):
     """adapt's fp32 inference runs the 64 -> 64 layers by Winograd (6 calls per
-    tile); with it turned off (oneDNN's direct convolutions) the output moves by
-    float32 rounding through six layers: the steps are the same arithmetic, so the
-    difference is the inference's alone (measured 4-7e-7 on the example images)."""
+    tile; the steps' forward passes do not); with it turned off (oneDNN's direct
+    convolutions, in the steps' weight gradients too) the output moves by float32
+    rounding through six layers and two steps (measured 2-7e-7 on the example
+    images with the reference's pretrained network)."""
     from mzsr_fast import stacked
     from mzsr_fast.ops import conv3x3_winograd as winograd
 
@@ -197,7 +199,7 @@ def test_fp32_inference_takes_winograd_and_stays_within_float_rounding(monkeypat
     monkeypatch.setattr(stacked, "conv3x3_winograd", lambda *a, **k: calls.append(1) or original(*a, **k))
     net, lr = _small_net(), torch.rand(3, 25, 27, generator=torch.Generator().manual_seed(2))
     fast = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=2, model=net)
-    assert len(calls) == 6  # one tile, six layers; none in the steps
+    assert len(calls) == 6  # one tile, six layers
     monkeypatch.setattr(winograd, "USE_WINOGRAD_FROM", 10 ** 9)
     direct = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=2, model=net)
     assert len(calls) == 6

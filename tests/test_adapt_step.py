@@ -76,28 +76,29 @@ def test_step_equals_autograd(tasks, n, h, w, masked, dtype, precision):
 
 
 @pytest.mark.skipif(_extension.native_op("conv3x3_winograd") is None, reason="the extension has no conv3x3_winograd")
-def test_only_tf32_takes_winograd_in_the_step(monkeypatch):
-    """fp32 keeps oneDNN's direct convolutions (the original's arithmetic); tf32 takes
-    the Winograd kernels for the forward, input gradient and weight gradient of the
-    six 64 -> 64 layers."""
-    calls = []
+def test_which_convolutions_of_the_step_take_winograd(monkeypatch):
+    """fp32 takes the Winograd weight gradient of the six 64 -> 64 layers and
+    keeps oneDNN's direct forward and input gradient (the original's
+    arithmetic, pixel by pixel); tf32 takes Winograd for all three; bf16
+    for none."""
+    calls = {"conv": 0, "weight_grad": 0}
 
     def counted(*args, **kwargs):
-        calls.append(1)
+        calls["conv"] += 1
         return conv3x3_winograd(*args, **kwargs)
 
     def counted_weight_grad(*args, **kwargs):
-        calls.append(1)
+        calls["weight_grad"] += 1
         return conv3x3_winograd_weight_grad(*args, **kwargs)
 
     monkeypatch.setattr(adapt_step, "conv3x3_winograd", counted)
     monkeypatch.setattr(stacked, "conv3x3_winograd", counted)
     monkeypatch.setattr(adapt_step, "conv3x3_winograd_weight_grad", counted_weight_grad)
     x, target, _ = _problem(1, 1, 8, 8, False)
-    for precision, expected in (("fp32", 0), ("bf16", 0), ("tf32", 18)):
-        calls.clear()
+    for precision, expected in (("fp32", (0, 6)), ("bf16", (0, 0)), ("tf32", (12, 6))):
+        calls.update(conv=0, weight_grad=0)
         adapt_step.sgd_l1_step_(_weights(1), x, target, None, [RATE] * 16, precision)
-        assert len(calls) == expected, precision
+        assert (calls["conv"], calls["weight_grad"]) == expected, precision
 
 
 def test_bf16_step_equals_autograds():

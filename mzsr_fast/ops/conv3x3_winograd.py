@@ -23,7 +23,7 @@ infinite input gives NaN (inf - inf) where F.conv2d gives +-inf, and inputs
 within 4x of the float maximum can overflow. float64 is supported for tests.
 
 conv3x3_winograd_weight_grad(grad, x) is the weight gradient of the same
-convolution by the same tiles (the adaptation step's in precision "tf32").
+convolution by the same tiles (the adaptation steps' weight gradients in float32).
 
 Schemas (csrc/ops/conv3x3_winograd.cpp), CPU kernels only:
 
