@@ -434,7 +434,7 @@ def cmd_info(args) -> None:
     import torch
 
     from . import __version__
-    from .dispatch import backends
+    from .dispatch import backends, cpu_only_ops
     from .pretrained import bundled_models, load_model
 
     report = {
@@ -443,6 +443,7 @@ def cmd_info(args) -> None:
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "threads": torch.get_num_threads(),
         "backends": backends(),
+        "cpu_only_ops": cpu_only_ops(),
         "bundled_models": {name: _model_summary(load_model(name)[1]) if ok else "not trained yet"
                            for name, ok in bundled_models().items()},
     }

@@ -16,7 +16,7 @@ import torch
 from . import _extension
 
 __all__ = ["BACKENDS", "PREFERENCE", "backends", "set_default_backend", "get_default_backend",
-           "unavailable_reason", "choose", "triton_launcher", "NATIVE_OPS"]
+           "unavailable_reason", "choose", "triton_launcher", "NATIVE_OPS", "CPU_ONLY", "cpu_only_ops"]
 
 BACKENDS = ("cpu", "cuda", "triton", "torch")
 
@@ -34,6 +34,7 @@ CPU_ONLY = ("conv3x3_winograd",)
 NATIVE_OPS = {
     "blur_downsample": ("blur_downsample", "blur_downsample_backward", "gaussian_blur_downsample"),
     "sgd_step": ("sgd_step",),
+    "conv3x3_winograd": ("conv3x3_winograd", "conv3x3_winograd_weight_grad"),
 }
 
 # The Triton module of each op, inside the installed package.
@@ -112,6 +113,11 @@ def backends() -> dict[str, dict[str, str]]:
     return {op: {backend: unavailable_reason(backend, op, target[backend]) or "available"
                  for backend in BACKENDS}
             for op in PREFERENCE}
+
+
+def cpu_only_ops() -> dict[str, str]:
+    """For each op of CPU_ONLY: "available" or why its CPU kernel is not."""
+    return {op: unavailable_reason("cpu", op, "cpu") or "available" for op in CPU_ONLY}
 
 
 def choose(op: str, device: torch.device, requested: str | None = None) -> str:

@@ -39,6 +39,8 @@ def test_info(capsys):
     assert main(["info"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["backends"]["blur_downsample"]["torch"] == "available"
+    from mzsr_fast.dispatch import cpu_only_ops
+    assert report["cpu_only_ops"] == cpu_only_ops() and set(report["cpu_only_ops"]) == {"conv3x3_winograd"}
     from mzsr_fast.pretrained import bundled_models, load_model
     for name, shipped in bundled_models().items():
         line = report["bundled_models"][name]

@@ -42,6 +42,7 @@ import functools
 import torch
 
 from .. import _extension
+from ..dispatch import unavailable_reason
 
 __all__ = ["conv3x3_winograd", "conv3x3_winograd_weight_grad", "winograd_pays", "USE_WINOGRAD_FROM",
            "USE_WINOGRAD_FROM_PAIRS"]
@@ -53,7 +54,6 @@ __all__ = ["conv3x3_winograd", "conv3x3_winograd_weight_grad", "winograd_pays", 
 # 2.5, 64 -> 3 1.9 (thin GEMMs; MZSRNet's first and last layers).
 USE_WINOGRAD_FROM = 16
 USE_WINOGRAD_FROM_PAIRS = 1024
-_OPS = ("conv3x3_winograd", "conv3x3_winograd_weight_grad")  # the schemas of csrc/ops/conv3x3_winograd.cpp
 _CONV_BACKWARD = torch.ops.aten.convolution_backward.default
 
 
@@ -71,8 +71,8 @@ def winograd_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 @functools.cache
 def _built() -> bool:
-    """Whether the extension has both ops (asked once: winograd_pays runs per layer)."""
-    return all(_extension.native_op(name) is not None for name in _OPS)
+    """Whether the extension has both ops' CPU kernels (asked once: winograd_pays runs per layer)."""
+    return unavailable_reason("cpu", "conv3x3_winograd", "cpu") is None
 
 
 def _native(name: str) -> torch._ops.OpOverload:

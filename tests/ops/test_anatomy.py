@@ -77,6 +77,24 @@ def test_cpu_only_ops_have_their_files():
         assert not (ROOT / "kernels" / f"{op}.py").exists() and not list((ROOT / "csrc/ops/cuda").glob(f"{op}*"))
 
 
+def test_cpu_only_ops_report_their_kernels(monkeypatch):
+    """dispatch.NATIVE_OPS lists a CPU-only op's schemas (all in the built
+    extension), and cpu_only_ops() (mzsr-fast info) names one that is missing."""
+    if _extension.LOAD_ERROR is not None:
+        pytest.skip(_extension.LOAD_ERROR)
+    for op in CPU_ONLY:
+        names = dispatch.NATIVE_OPS[op]
+        assert names[0] == op and all(_extension.native_op(name) is not None for name in names)
+        assert dispatch.cpu_only_ops()[op] == "available"
+        dispatch.unavailable_reason.cache_clear()
+        monkeypatch.setattr(_extension, "has_kernel", lambda name, key: name != names[-1])
+        try:
+            assert f"no CPU kernel for {names[-1]}: rebuild the extension" in dispatch.cpu_only_ops()[op]
+        finally:
+            monkeypatch.undo()
+            dispatch.unavailable_reason.cache_clear()
+
+
 def test_kernels_import_nothing_from_the_package():
     """kernels/ depends on torch and triton only: no import of mzsr_fast (by
     name, by a relative import out of the package, or through importlib) and
