@@ -3,7 +3,8 @@ final inference) against a plain eager PyTorch implementation of the same
 steps and against the bare network passes, with the stages timed apart.
 
 Rows of the group "MZSR(n) DEVICE 256x256 x2": ours in fp32, tf32 and bf16 (on CUDA,
-also with the adaptation step captured as a CUDA graph: "ours_graph"), the
+also with the adaptation step captured as a CUDA graph: "ours_graph"; in fp32 also
+with adapt's step search, "ours_search", against ours: its cost), the
 plain way in fp32 ("plain fp32") and the bare network passes in each precision
 ("bare_network"); each of ours's speed-up over the plain way and over the bare
 passes is printed after pytest-benchmark's table (timing.py). The degradation
@@ -101,13 +102,13 @@ def _needs(device: str):
 
 
 def _rows():
-    """(device, implementation, precision): ours_graph on CUDA only, plain in fp32 only,
-    tf32 (the fast float32 mode) for ours only."""
+    """(device, implementation, precision): ours_graph on CUDA only, plain and
+    ours_search in fp32 only, tf32 (the fast float32 mode) for ours only."""
     rows = []
     for device in ("cpu", "cuda"):
-        for impl in ("ours", "ours_graph", "plain", "bare_network"):
-            for precision in ("fp32",) if impl == "plain" else ("fp32", "tf32", "bf16") if impl == "ours" \
-                    else ("fp32", "bf16"):
+        for impl in ("ours", "ours_graph", "ours_search", "plain", "bare_network"):
+            for precision in ("fp32",) if impl in ("plain", "ours_search") else ("fp32", "tf32", "bf16") \
+                    if impl == "ours" else ("fp32", "bf16"):
                 if impl != "ours_graph" or device == "cuda":
                     rows.append(pytest.param(device, impl, precision, marks=_needs(device),
                                              id=f"{device}-{impl}-{precision}"))
@@ -124,9 +125,11 @@ def test_adapt_latency(benchmark, device, impl, precision, steps):
         fn = lambda: bare_network_passes(lr, steps, net, precision)  # noqa: E731
     else:
         fn = lambda: mzsr_fast.adapt(lr, kernel, SCALE, steps=steps, model=net, precision=precision,  # noqa: E731
-                                     cuda_graph=impl == "ours_graph", adapt_pixels=0)  # the whole image, as plain
+                                     cuda_graph=impl == "ours_graph", adapt_pixels=0,  # the whole image, as plain
+                                     step_search=impl == "ours_search")
     bare = "bf16" if precision == "bf16" else "fp32"
     against = ("plain fp32", f"bare_network {bare}") if impl.startswith("ours") else ()
+    against += ("ours fp32",) if impl == "ours_search" else ()
     row(benchmark, f"MZSR({steps}) {device} {LR_SIZE}x{LR_SIZE} x{SCALE}", f"{impl} {precision}", against)
     benchmark.extra_info.update({"device": device, "steps": steps, "precision": precision})
     benchmark.pedantic(lambda: (fn(), sync(device)), rounds=2, iterations=1, warmup_rounds=1)

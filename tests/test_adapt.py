@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import mzsr_fast
 from mzsr_fast import pretrained
 from mzsr_fast.adapt import UnadaptedModelWarning, forward_tiled, learning_rates
+from mzsr_fast.cli import example_path
 from mzsr_fast.pretrained import CATALOGUE, ModelInfo, load_model, save_model
 
 adapt_module = importlib.import_module("mzsr_fast.adapt")  # the package's `adapt` is the function
@@ -93,13 +94,15 @@ def test_tiled_equals_untiled():
 
 
 @pytest.mark.parametrize("windows", [False, True])
-def test_graph_step_logic_without_a_gpu(monkeypatch, windows):
+@pytest.mark.parametrize("step_search", [(), (0.5, 1.0, 2.0)])
+def test_graph_step_logic_without_a_gpu(monkeypatch, windows, step_search):
     """The CUDA-graph path (WARMUP_STEPS eager steps, then replays of one
     captured step with the rate in a tensor, losses read from its static
     output, each step's inputs copied into the captured ones) with the
     capture replaced by a step that writes one static buffer: it must give
     the eager path's weights and losses exactly, for the whole images and for
-    windows that change every step (a pixel budget)."""
+    windows that change every step (a pixel budget), with and without the
+    step search after each step."""
     net = _small_net()
     params = {n: p.detach() for n, p in net.named_parameters()}
     rates = learning_rates(CATALOGUE["direct_x2"].schedule, adapt_module.WARMUP_STEPS + 3)
@@ -125,8 +128,10 @@ def test_graph_step_logic_without_a_gpu(monkeypatch, windows):
 
     monkeypatch.setattr(adapt_module, "_side_stream", lambda device: contextlib.nullcontext())
     monkeypatch.setattr(adapt_module, "_capture", static_capture)
-    eager_weights, eager_losses = adapt_module._adapt_weights(params, 2, inputs, rates, "fp32")
-    graph_weights, graph_losses = adapt_module._adapt_weights(params, 2, inputs, rates, "fp32", cuda_graph=True)
+    eager_weights, eager_losses = adapt_module._adapt_weights(params, 2, inputs, rates, "fp32",
+                                                              step_search=step_search)
+    graph_weights, graph_losses = adapt_module._adapt_weights(params, 2, inputs, rates, "fp32", cuda_graph=True,
+                                                              step_search=step_search)
     assert len(captured) == 1
     torch.testing.assert_close(graph_losses, eager_losses, rtol=0, atol=0)
     for name in params:
@@ -295,6 +300,10 @@ def _nan_net():
     (dict(model="missing.safetensors"), "model: 'missing.safetensors' is neither"),
     (dict(cuda_graph=1), "cuda_graph: expected True or False"),
     (dict(cuda_graph=True), "cuda_graph: needs lr on a CUDA device, got cpu"),
+    (dict(step_search=(0.5, 0)), "step_search: expected True"),
+    (dict(step_search=[float("nan")]), "step_search: expected True"),
+    (dict(step_search="0.5,2"), "step_search: expected True"),
+    (dict(step_search=(True,)), "step_search: expected True"),
 ])
 def test_bad_input(kwargs, match):
     call = dict(lr=torch.rand(3, 24, 24), kernel="g_d_2.0", scale=2, steps=1, model=_small_net())
@@ -438,3 +447,36 @@ def test_steps_0_with_a_meta_learned_model_warns_and_names_what_to_use():
             mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=0, model=net)
             mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=1, model=net)  # adapted: never a warning
         assert [w.category.__name__ for w in caught] == (["UnadaptedModelWarning"] if warns else []), name
+
+
+def _example_crops():
+    """Two 40x44 crops of the example LR image, [2, 3, 40, 44]."""
+    lr = mzsr_fast.io.read_image(example_path("example-lr"))
+    return torch.stack([lr[:, :40, :44], lr[:, 60:100, 50:94]])
+
+
+def test_step_search_keeps_the_multiple_with_the_lowest_loss_after_the_step():
+    """MZSR(1) with step_search: each image's output is that of the scheduled
+    step times the multiple whose L1 loss on the son -> LR pair after the step
+    is lowest (found here by a second step of rate 0, whose loss is the one
+    after the first), to float rounding; per image in a batch (two kernels,
+    so the images choose differently); (1.0,) is no search, bit for bit."""
+    net, info = load_model("direct_x2_1step")
+    crops, kernels = _example_crops(), torch.stack([mzsr_fast.preset(n).kernel.float() for n in ("g_d_2.0", "g_d_0.2")])
+    first = info.schedule[0]
+    multiples = adapt_module.STEP_SEARCH
+    searched = mzsr_fast.adapt(crops, kernels, 2, 1, model=net, step_search=multiples)
+    chosen = []
+    for i in range(2):
+        tries = {}
+        for m in multiples:
+            schedule = [tuple(m * r for r in first), tuple(0.0 for _ in first)]
+            out, losses = mzsr_fast.adapt(crops[i], kernels[i], 2, 2, model=net, schedule=schedule, return_losses=True)
+            tries[m] = (float(losses[0, 1]), out)
+        best = min(multiples, key=lambda m: tries[m][0])
+        chosen.append(best)
+        torch.testing.assert_close(searched[i], tries[best][1], rtol=0, atol=1e-5)
+    assert len(set(chosen)) == 2, chosen
+    assert torch.equal(mzsr_fast.adapt(crops, kernels, 2, 1, model=net, step_search=True), searched)  # STEP_SEARCH
+    plain = mzsr_fast.adapt(crops, kernels, 2, 1, model=net)
+    assert torch.equal(mzsr_fast.adapt(crops, kernels, 2, 1, model=net, step_search=(1.0,)), plain)

@@ -204,6 +204,12 @@ def test_eval_mzsr_steps(tmp_path, model_file, capsys):
     assert main(["eval", "--gt", str(gt), "--steps", "0,1", "--model", model_file]) == 0
     out = capsys.readouterr().out
     assert "| mzsr | 0 |" in out and "| mzsr | 1 |" in out
+    scores = {}
+    for name, extra in (("plain", []), ("two", ["--step-search", "2"])):
+        assert main(["eval", "--gt", str(gt), "--steps", "1", "--model", model_file, "-o", str(tmp_path / name)]
+                    + extra) == 0
+        scores[name] = json.loads((tmp_path / name / "results.json").read_text())["scores"][0]["psnr"]
+    assert scores["two"] != scores["plain"]  # twice the step: another output, another score
 
 
 def test_eval_bad_input(tmp_path, capsys):
@@ -446,6 +452,27 @@ def test_sr_adapt_pixels_all_or_a_budget_and_bad_values(tmp_path, model_file, ca
     assert "--adapt-pixels: expected a number of pixels or 'all', got 'many'" in capsys.readouterr().err
     assert main(base + ["-o", str(tmp_path / "bad"), "--adapt-pixels", "100"]) == 2
     assert "adapt_pixels: expected 0 (whole images) or an integer >= 1024, got 100" in capsys.readouterr().err
+
+
+def test_sr_step_search_default_list_and_bad_values(tmp_path, model_file, capsys):
+    """--step-search alone is adapt's STEP_SEARCH (named in the help), with a
+    list those multiples: 1 alone is the plain step, 2 alone a different one."""
+    from mzsr_fast.adapt import STEP_SEARCH
+    from mzsr_fast.cli import build_parser
+    _rgb(tmp_path / "a.png", 40, 44)
+    base = ["sr", str(tmp_path / "a.png"), "--steps", "1", "--kernel", "g_d_2.0", "--model", model_file]
+    for name, extra in (("plain", []), ("one", ["--step-search", "1"]), ("two", ["--step-search", "2"]),
+                        ("default", ["--step-search"])):
+        assert main(base + ["-o", str(tmp_path / name)] + extra) == 0
+    out = {name: read_image(tmp_path / name / "a_x2_mzsr1.png") for name in ("plain", "one", "two")}
+    assert torch.equal(out["one"], out["plain"]) and not torch.equal(out["two"], out["plain"])
+    sr_help = next(a for a in build_parser()._subparsers._group_actions[0].choices["sr"]._actions
+                   if "--step-search" in a.option_strings).help
+    assert f"default {','.join(f'{m:g}' for m in STEP_SEARCH)}" in sr_help
+    capsys.readouterr()
+    assert main(base + ["-o", str(tmp_path / "bad"), "--step-search", "0,1"]) == 2
+    assert "--step-search: expected comma-separated positive multiples of the step, got '0,1'" in \
+        capsys.readouterr().err
 
 
 def test_sr_share_adaptation_writes_every_frame_with_one_estimated_kernel(tmp_path, model_file, capsys):
