@@ -460,7 +460,8 @@ def test_step_search_keeps_the_multiple_with_the_lowest_loss_after_the_step():
     step times the multiple whose L1 loss on the son -> LR pair after the step
     is lowest (found here by a second step of rate 0, whose loss is the one
     after the first), to float rounding; per image in a batch (two kernels,
-    so the images choose differently); (1.0,) is no search, bit for bit."""
+    so the images choose differently); adapt_model keeps the same weights;
+    (1.0,) is no search, bit for bit."""
     net, info = load_model("direct_x2_1step")
     crops, kernels = _example_crops(), torch.stack([mzsr_fast.preset(n).kernel.float() for n in ("g_d_2.0", "g_d_0.2")])
     first = info.schedule[0]
@@ -478,5 +479,7 @@ def test_step_search_keeps_the_multiple_with_the_lowest_loss_after_the_step():
         torch.testing.assert_close(searched[i], tries[best][1], rtol=0, atol=1e-5)
     assert len(set(chosen)) == 2, chosen
     assert torch.equal(mzsr_fast.adapt(crops, kernels, 2, 1, model=net, step_search=True), searched)  # STEP_SEARCH
+    adapted = mzsr_fast.adapt_model(crops[1], kernels[1], 2, 1, model=net, step_search=True)
+    assert torch.equal(mzsr_fast.adapt(crops[1], kernels[1], 2, 0, model=adapted), searched[1])
     plain = mzsr_fast.adapt(crops, kernels, 2, 1, model=net)
     assert torch.equal(mzsr_fast.adapt(crops, kernels, 2, 1, model=net, step_search=(1.0,)), plain)
