@@ -364,8 +364,9 @@ def _search_step(weights: list[torch.Tensor], before: list[torch.Tensor], names:
                  precision: str) -> None:
     """Move each task's weights, just stepped from `before`, to before + m
     (weights - before) for the m of multiples whose L1 loss on (x, target,
-    mask) is lowest (the first of equals); in place. weights, before: [T, ...]
-    per parameter tensor; x, target [T, N, C, h, w]."""
+    mask) is lowest (the first of equals; a multiple whose loss is not finite
+    is never kept); in place. weights, before: [T, ...] per parameter tensor;
+    x, target [T, N, C, h, w]."""
     steps = [w.detach() - b for w, b in zip(weights, before)]
     losses = []
     with torch.no_grad():
@@ -373,7 +374,8 @@ def _search_step(weights: list[torch.Tensor], before: list[torch.Tensor], names:
             candidate = {n: w.detach() + (m - 1) * d for n, w, d in zip(names, weights, steps)}
             with _autocast(x.device, precision):
                 losses.append(_l1_loss(stacked_forward(candidate, x), target, mask))
-        shrink = 1 - torch.tensor(multiples, device=x.device)[torch.stack(losses).argmin(0)]  # [T]
+        losses = torch.stack(losses).nan_to_num(nan=float("inf"))  # [multiples, T]
+        shrink = 1 - torch.tensor(multiples, device=x.device)[losses.argmin(0)]  # [T]
     # w - (1 - m) step = before + m step
     sgd_update_(weights, steps, [shrink.view(-1, *([1] * (d.dim() - 1))) for d in steps])
 

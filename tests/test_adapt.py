@@ -483,3 +483,5 @@ def test_step_search_keeps_the_multiple_with_the_lowest_loss_after_the_step():
     assert torch.equal(mzsr_fast.adapt(crops[1], kernels[1], 2, 0, model=adapted), searched[1])
     plain = mzsr_fast.adapt(crops, kernels, 2, 1, model=net)
     assert torch.equal(mzsr_fast.adapt(crops, kernels, 2, 1, model=net, step_search=(1.0,)), plain)
+    # a multiple that diverges (weights of 1e30 times the step: a non-finite loss) is never kept
+    assert torch.equal(mzsr_fast.adapt(crops, kernels, 2, 1, model=net, step_search=(1e30, 1.0)), plain)
