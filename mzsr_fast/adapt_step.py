@@ -115,10 +115,10 @@ class Bands:
         return out.permute(0, 3, 1, 2)
 
 
-def _weight_gradients(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bands: Bands, winograd: bool,
+def _weight_gradients(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bands: Bands,
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """The weight and bias gradients of y = conv3x3(x, weight, bias) (padding
-    1) for grad = dL/dy: with winograd where it pays, the weight gradient by
+    1) for grad = dL/dy: where Winograd pays, the weight gradient by
     Winograd (ops.conv3x3_winograd_weight_grad), else oneDNN's on the maps
     cut into bands where bands.used, else directly. x [N, C, H, W], grad
     [N, C', H, W], both channels-last -> ([C', C, 3, 3], [C']). The bias
@@ -127,7 +127,7 @@ def _weight_gradients(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     converts the map first)."""
     in_onednn = grad.dtype != torch.float32
     bias = [weight.shape[0]] if in_onednn else None
-    if winograd and winograd_pays(x, weight):  # float32 only: its bias gradient is the sum below
+    if winograd_pays(x, weight):  # float32 only: its bias gradient is the sum below
         grad_weight = conv3x3_winograd_weight_grad(grad, x)
     elif bands.used:
         grad_weight, grad_bias = _CONV_BACKWARD(bands.cut(grad, context=False), bands.cut(x, context=True), weight,
@@ -171,8 +171,8 @@ def _task_gradients(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Te
     in the weights' dtype. x, target [N, C, h, w]; mask [N, 1, h, w] or
     None; dtype: the network's compute dtype (None: the weights');
     winograd: the Winograd kernel for the forward and input-gradient
-    convolutions where it pays (for the weight gradients it is taken in
-    float32 always)."""
+    convolutions where it pays (the weight gradients take it wherever it
+    pays, in every precision that is float32)."""
     x = _channels_last(x)
     param_dtype = layers[0][0].dtype
     if dtype is not None:
@@ -194,8 +194,7 @@ def _task_gradients(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Te
         if i > 0:
             below = _input_gradient(grad, inputs[i], layers[i][0], winograd)
             below = _RELU_BACKWARD(below, inputs[i], 0, grad_input=below)
-        grads[i] = tuple(g.to(param_dtype) for g in _weight_gradients(grad, inputs[i], layers[i][0], bands,
-                                                                        winograd=True))
+        grads[i] = tuple(g.to(param_dtype) for g in _weight_gradients(grad, inputs[i], layers[i][0], bands))
         grad = below
     return loss, grads
 
