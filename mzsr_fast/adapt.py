@@ -3,12 +3,13 @@
 Given an LR image y, its blur kernel k and the scale s:
 1. son = degrade(y, k, s) with the model's subsampling mode;
 2. n plain SGD steps on L1(f(imresize(son) to y's shape), y) over the whole image,
-   with the model's per-step learning rates;
+   with the model's per-step learning rates (the loss is the model's,
+   ModelInfo.adapt_loss: L1 for every model but one trained with another);
 3. SR = f(imresize(y, s)), clipped to [0, 1].
 The given model is never changed: adaptation works on copies of its weights.
 With step_search, each step's length is chosen on the image itself: the
 step's weights are moved along the step to the multiple of it (of
-step_search) whose L1 loss on the same son -> y pair is lowest (one forward
+step_search) whose loss on the same son -> y pair is lowest (one forward
 pass per multiple; no gradient beyond the step's own).
 """
 from __future__ import annotations
@@ -24,10 +25,11 @@ import torch
 
 from . import _checks, _tf32
 from ._heap import give_back, reuse_freed_memory
-from .adapt_step import PRECISIONS, sgd_l1_step_
+from .adapt_step import PRECISIONS, sgd_loss_step_
 from .budget import MIN_PIXELS, Budget, texture_weights
 from .degradation import degrade, load_kernel
-from .maml import LOSSES, sgd_update_, stacked_forward
+from .losses import check_loss, task_losses
+from .maml import sgd_update_, stacked_forward
 from .model import PARAMETER_NAMES, MZSRNet
 from .pretrained import ModelInfo, mode_mismatch, resolve_model, unadapted_warning
 from .resize import imresize
@@ -280,7 +282,7 @@ def _check_converged(losses: torch.Tensor, srs: list[torch.Tensor], rates: list[
     if bool(torch.isfinite(losses).all()) and all(bool(torch.isfinite(sr).all()) for sr in srs):
         return
     trace = ", ".join(f"{v:.3g}" for v in losses.amax(0).tolist())
-    raise ValueError(f"the adaptation diverged: L1 loss before each step {trace} with learning rates {rates}, "
+    raise ValueError(f"the adaptation diverged: loss before each step {trace} with learning rates {rates}, "
                      f"and the output is not finite; expected smaller learning rates or a model whose outputs stay "
                      f"in range")
 
@@ -339,15 +341,6 @@ def _capture(step: Callable[[], torch.Tensor], device: torch.device) -> Callable
 StepInputs = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
 
 
-def _l1_loss(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Per task L1 of out against target [T, N, C, h, w]: the mean over every
-    pixel, or with mask over the pixels where it is 1. Returns [T]."""
-    if mask is None:
-        return LOSSES["l1"](out[:, 0].float(), target[:, 0]) if out.shape[1] == 1 else LOSSES["l1"](out.float(), target)
-    error = (out.float() - target).abs() * mask
-    return error.flatten(1).sum(1) / (mask.flatten(1).sum(1) * out.shape[2])
-
-
 def _check_search(step_search) -> tuple[float, ...]:
     """step_search as multiples: True is STEP_SEARCH, False none."""
     if isinstance(step_search, bool):
@@ -361,9 +354,9 @@ def _check_search(step_search) -> tuple[float, ...]:
 
 def _search_step(weights: list[torch.Tensor], before: list[torch.Tensor], names: list[str], x: torch.Tensor,
                  target: torch.Tensor, mask: torch.Tensor | None, multiples: tuple[float, ...],
-                 precision: str) -> None:
+                 precision: str, loss: str) -> None:
     """Move each task's weights, just stepped from `before`, to before + m
-    (weights - before) for the m of multiples whose L1 loss on (x, target,
+    (weights - before) for the m of multiples whose loss on (x, target,
     mask) is lowest (the first of equals; a multiple whose loss is not finite
     is never kept); in place. weights, before: [T, ...] per parameter tensor;
     x, target [T, N, C, h, w]."""
@@ -373,7 +366,7 @@ def _search_step(weights: list[torch.Tensor], before: list[torch.Tensor], names:
         for m in multiples:  # w + (m - 1) step: m = 1 is the step itself, bit for bit
             candidate = {n: w.detach() + (m - 1) * d for n, w, d in zip(names, weights, steps)}
             with _autocast(x.device, precision):
-                losses.append(_l1_loss(stacked_forward(candidate, x), target, mask))
+                losses.append(task_losses(loss, stacked_forward(candidate, x), target, mask))
         losses = torch.stack(losses).nan_to_num(nan=float("inf"))  # [multiples, T]
         shrink = 1 - torch.tensor(multiples, device=x.device)[losses.argmin(0)]  # [T]
     # w - (1 - m) step = before + m step
@@ -383,13 +376,13 @@ def _search_step(weights: list[torch.Tensor], before: list[torch.Tensor], names:
 def _adapt_weights(params: dict[str, torch.Tensor], tasks: int, inputs: Callable[[int], StepInputs],
                    rates: list[float], precision: str, cuda_graph: bool = False,
                    on_step: Callable[[int, int], None] | None = None, step_search: tuple[float, ...] = (),
-                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Plain SGD on the L1 loss of every image t at once, each with its own
-    copy of the weights (the tasks of the batched inner loop).
+                   loss: str = "l1") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Plain SGD on the loss (a losses.LOSSES name) of every image t at once,
+    each with its own copy of the weights (the tasks of the batched inner loop).
 
     params: shared weights (on the images' device); tasks: T, the number of
     images; inputs(i): step i's (x, target, mask), StepInputs. On the CPU a
-    step is adapt_step.sgd_l1_step_ (its gradients written out), elsewhere
+    step is adapt_step.sgd_loss_step_ (its gradients written out), elsewhere
     autograd through stacked_forward.
     cuda_graph: the first WARMUP_STEPS steps run eagerly on a side stream,
     the step (forward, backward, update, with the rate in a device tensor) is
@@ -414,10 +407,10 @@ def _adapt_weights(params: dict[str, torch.Tensor], tasks: int, inputs: Callable
     def step() -> torch.Tensor:
         x, target, mask = current
         if device.type == "cpu":
-            return sgd_l1_step_(dict(zip(names, weights)), x, target, mask, rate_of_tensor, precision)
+            return sgd_loss_step_(dict(zip(names, weights)), x, target, mask, rate_of_tensor, precision, loss)
         with _autocast(x.device, precision, cache=not cuda_graph):
             out = stacked_forward(dict(zip(names, weights)), x)
-        per_task = _l1_loss(out, target, mask)  # [T]; task t depends on its weights only
+        per_task = task_losses(loss, out, target, mask)  # [T]; task t depends on its weights only
         grads = torch.autograd.grad(per_task.sum(), weights)
         sgd_update_(list(weights), list(grads), rate_of_tensor)
         return per_task.detach()
@@ -437,7 +430,7 @@ def _adapt_weights(params: dict[str, torch.Tensor], tasks: int, inputs: Callable
         for held, w in zip(before, weights):
             held.copy_(w.detach())
         loss = run_step()
-        _search_step(weights, before, names, *current, step_search, precision)
+        _search_step(weights, before, names, *current, step_search, precision, loss)
         return loss
 
     losses = torch.zeros(tasks, len(rates), device=device)
@@ -603,7 +596,7 @@ class _Adapted:
 
 
 def _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, cuda_graph, on_step, adapt_pixels,
-           seed, share, tile, step_search) -> _Adapted:
+           seed, share, tile, step_search, adapt_loss) -> _Adapted:
     """The checks and the adaptation of adapt and adapt_model (tile: the
     inference's, for the memory check; None: no inference follows)."""
     images, form = _images(lr)
@@ -611,6 +604,8 @@ def _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, 
     steps = _check_steps(steps)
     adapt_pixels = _check_pixels(adapt_pixels)
     step_search = _check_search(step_search)
+    if adapt_loss is not None:
+        check_loss(adapt_loss, "adapt_loss")
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
     for name, flag in (("cuda_graph", cuda_graph), ("share", share)):
@@ -669,7 +664,7 @@ def _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, 
     with _precision(precision), reuse_freed_memory():
         inputs = _step_inputs(tasks, kernels, scale, mode, backend, plan, seed) if steps else None
         adapted, losses = _adapt_weights(params, len(tasks), inputs, rates, precision, cuda_graph, on_step,
-                                         step_search)
+                                         step_search, adapt_loss or info.adapt_loss)
     return _Adapted(adapted, losses, info, [im for task in tasks for im in task], form, rates)
 
 
@@ -685,7 +680,8 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
           backprojection: bool = False, tile: int | None = None, backend: str | None = None,
           cuda_graph: bool = False, on_step: Callable[[int, int], None] | None = None,
           adapt_pixels: int = ADAPT_PIXELS, seed: int = 0, share: bool = False, return_model: bool = False,
-          on_tile: Callable[[int, int], None] | None = None, step_search: bool | Sequence[float] = False):
+          on_tile: Callable[[int, int], None] | None = None, step_search: bool | Sequence[float] = False,
+          adapt_loss: str | None = None):
     """Super-resolve LR images with MZSR(steps).
 
     lr: [C, H, W], a batch [B, C, H, W] or a list of [C, H, W] images of any
@@ -733,12 +729,15 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
     each image keeps the one whose loss on its own son -> LR pair is lowest
     (one forward pass over the step's pixels per multiple); False (default):
     the scheduled step, the paper's protocol.
+    adapt_loss: the loss the steps descend, one of mzsr_fast.losses.LOSSES
+    (None: the model's, ModelInfo.adapt_loss; "l1", the paper's, for every
+    model not trained with another).
     cuda_graph: (CUDA only) after WARMUP_STEPS eager steps, capture one
     adaptation step as a CUDA graph and replay it for the remaining steps:
     one launch per step instead of one per kernel (launches dominate small
     images on a fast GPU); the capture itself costs about a step per call.
     Returns SR in lr's form ([C, sH, sW], [B, C, sH, sW] or a list); with
-    return_losses also the L1 loss before each step, [B, steps] ([1, steps]
+    return_losses also the loss before each step, [B, steps] ([1, steps]
     with share); with return_model also the adapted network(s): one MZSRNet
     with share or for a [C, H, W] image, else a list of one per image.
     return_losses and return_model add to a tuple in that order.
@@ -752,7 +751,7 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
         # images of different sizes adapted each on its own: one call per image
         results = [adapt(im, kernel[i] if isinstance(kernel, torch.Tensor) and kernel.dim() == 3 else kernel,
                          scale, steps, model, mode, schedule, precision, True, backprojection, tile, backend,
-                         cuda_graph, on_step, adapt_pixels, seed, False, True, on_tile, step_search)
+                         cuda_graph, on_step, adapt_pixels, seed, False, True, on_tile, step_search, adapt_loss)
                    for i, im in enumerate(images)]
         out = ([r[0] for r in results],)
         out += (torch.cat([r[1] for r in results]),) if return_losses else ()
@@ -760,7 +759,7 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
         return out if len(out) > 1 else out[0]
     with reuse_freed_memory():  # the adaptation's freed memory, for the inference too
         done = _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, cuda_graph, on_step,
-                      adapt_pixels, seed, share, tile or AUTO_TILE, step_search)
+                      adapt_pixels, seed, share, tile or AUTO_TILE, step_search, adapt_loss)
         scale = int(scale)
         with _precision(precision):
             srs = _infer(done.weights, done.images, share, scale, precision, tile, on_tile)
@@ -783,7 +782,8 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
 def adapt_model(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | None = None,
                 schedule: Sequence[float] | None = None, precision: str = "fp32", backend: str | None = None,
                 on_step: Callable[[int, int], None] | None = None, adapt_pixels: int = ADAPT_PIXELS,
-                seed: int = 0, step_search: bool | Sequence[float] = False) -> MZSRNet:
+                seed: int = 0, step_search: bool | Sequence[float] = False,
+                adapt_loss: str | None = None) -> MZSRNet:
     """The network of MZSR(steps) adapted to lr, without super-resolving it:
     adapt once, then apply it to anything (adapt(x, kernel, steps=0,
     model=net), or net itself on upsampled images) and save it
@@ -795,7 +795,7 @@ def adapt_model(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: s
     the model it was adapted from ("NAME-adapted", notes["adapted_steps"]).
     """
     done = _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, False, on_step,
-                  adapt_pixels, seed, True, None, step_search)
+                  adapt_pixels, seed, True, None, step_search, adapt_loss)
     if steps:
         _check_converged(done.losses, [], done.rates)
     return _adapted_net(done.weights, 0, done.info, steps)

@@ -1,21 +1,23 @@
 """One test-time adaptation step of MZSRNet on the CPU, its gradients written
 out instead of taken by autograd.
 
-    losses = sgd_l1_step_(params, x, target, mask, rates, precision)   # params {name: [T, ...]}, updated in place
+    losses = sgd_loss_step_(params, x, target, mask, rates, precision, loss)   # params {name: [T, ...]}, updated in place
 
-Plain SGD on the L1 loss of T tasks, each with its own weights (the step of
+Plain SGD on the loss (mzsr_fast.losses: L1, MZSR's, or a smooth one) of T
+tasks, each with its own weights (the step of
 adapt's _adapt_weights). Adaptation needs only the weights' first-order
 gradients, so each task runs:
 - the forward pass, keeping the input of every layer, with bias and ReLU
   inside each convolution (stacked.conv3x3_relu);
-- the L1 loss's gradient with respect to the output directly:
-  sign(out - target) / (the number of values counted), times the loss mask;
+- the loss's gradient with respect to the output directly
+  (losses.loss_and_gradient; for L1 sign(out - target) / the number of
+  values counted), times the loss mask;
 - the backward pass: aten's convolution_backward asked for the weight and
   bias gradients (on the maps cut into bands of the shape its kernel runs
   fastest on, Bands) and, except at the first layer, the input gradient
   (_input_gradient); the ReLU's backward written in place into the latter;
 - the update p -= rate * g of maml.sgd_update_.
-The same values as autograd through stacked_forward and adapt's L1 loss up to
+The same values as autograd through stacked_forward and losses.task_losses up to
 float rounding (the weight gradients of banded maps, the float32 bias
 gradients and the loss are summed in another order).
 precision "fp32" takes the forward and input-gradient convolutions, the
@@ -27,7 +29,7 @@ about 0.65x oneDNN's time); on the reference's pretrained network its
 adaptation follows the original's to 1e-6. "tf32" (the fast float32 mode)
 takes the forward and input-gradient convolutions of those layers from the
 Winograd kernel too (ops.conv3x3_winograd), a step in about 0.85x fp32's
-time. Since the loss's gradient is the sign of each pixel's error, steps
+time. Since the L1 loss's gradient is the sign of each pixel's error, steps
 that round differently can drift apart: with large learned rates, up to
 about 1e-4 after ten steps, with no change in quality.
 precision "bf16" runs the network in bfloat16 from explicit casts of the
@@ -42,14 +44,15 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from .losses import check_loss, loss_and_gradient
 from .maml import sgd_update_
 from .model import CHANNELS
 from .ops.conv3x3_winograd import conv3x3_winograd, conv3x3_winograd_weight_grad, winograd_pays
 from .stacked import _channels_last, check_images, check_stacked, conv3x3_relu
 
-__all__ = ["sgd_l1_step_", "PRECISIONS"]
+__all__ = ["sgd_loss_step_", "PRECISIONS"]
 
-# The precisions of a step (and of adapt): see sgd_l1_step_ and the module docstring.
+# The precisions of a step (and of adapt): see sgd_loss_step_ and the module docstring.
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 _LAYERS = len(CHANNELS) - 1
@@ -150,24 +153,10 @@ def _input_gradient(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, w
     return _CONV_BACKWARD(grad, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False])[0]
 
 
-def _l1_and_gradient(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One task's L1 loss (the mean of |out - target| over every value, or
-    with mask over the pixels where it is 1) and its gradient with respect to
-    out, in autograd's order of products. out, target [N, C, h, w], mask
-    [N, 1, h, w] or None -> (loss [], gradient [N, C, h, w])."""
-    diff = out - target
-    if mask is None:
-        return diff.abs().mean(), diff.sign_().div_(diff.numel())
-    count = mask.sum() * out.shape[1]
-    loss = (diff.abs() * mask).sum() / count
-    return loss, (1 / count) * mask * diff.sign_()
-
-
 def _task_gradients(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor, target: torch.Tensor,
-                    mask: torch.Tensor | None, dtype: torch.dtype | None, winograd: bool,
+                    mask: torch.Tensor | None, dtype: torch.dtype | None, winograd: bool, loss: str,
                     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """One task's L1 loss and the gradients of its (weight, bias) per layer,
+    """One task's loss (a losses.LOSSES name) and the gradients of its (weight, bias) per layer,
     in the weights' dtype. x, target [N, C, h, w]; mask [N, 1, h, w] or
     None; dtype: the network's compute dtype (None: the weights');
     winograd: the Winograd kernel for the forward and input-gradient
@@ -184,7 +173,7 @@ def _task_gradients(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Te
         h = conv3x3_relu(h, weight, bias, winograd)
     inputs.append(h)
     weight, bias = layers[-1]
-    loss, grad = _l1_and_gradient(x + F.conv2d(h, weight, bias, padding=1).to(x.dtype), target, mask)
+    value, grad = loss_and_gradient(loss, x + F.conv2d(h, weight, bias, padding=1).to(x.dtype), target, mask)
     if dtype is not None:
         grad = grad.to(dtype)
     bands = Bands(h)
@@ -196,17 +185,19 @@ def _task_gradients(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Te
             below = _RELU_BACKWARD(below, inputs[i], 0, grad_input=below)
         grads[i] = tuple(g.to(param_dtype) for g in _weight_gradients(grad, inputs[i], layers[i][0], bands))
         grad = below
-    return loss, grads
+    return value, grads
 
 
-def sgd_l1_step_(params: Mapping[str, torch.Tensor], x: torch.Tensor, target: torch.Tensor,
-                 mask: torch.Tensor | None, rates: Sequence, precision: str = "fp32") -> torch.Tensor:
-    """One SGD step on the L1 loss of each task t, params[name][t] -= rate *
+def sgd_loss_step_(params: Mapping[str, torch.Tensor], x: torch.Tensor, target: torch.Tensor,
+                   mask: torch.Tensor | None, rates: Sequence, precision: str = "fp32", loss: str = "l1",
+                   ) -> torch.Tensor:
+    """One SGD step on the loss of each task t, params[name][t] -= rate *
     gradient, in place. params: {MZSRNet name: [T, ...]} on the CPU (float32,
     or float64 for tests); x, target [T, N, 3, h, w] of that dtype; mask
     [T, N, 1, h, w] (1 where a pixel's loss counts) or None (every pixel);
     rates: one float or 0-d tensor per entry of params, in its order;
-    precision: "fp32", "tf32" (all Winograd convolutions, see above) or "bf16".
+    precision: "fp32", "tf32" (all Winograd convolutions, see above) or "bf16";
+    loss: one of losses.LOSSES ("l1", MZSR's).
     Returns the loss of every task before the step, [T]."""
     check_images(x, "x")
     check_stacked(params, x.shape[0])
@@ -214,6 +205,7 @@ def sgd_l1_step_(params: Mapping[str, torch.Tensor], x: torch.Tensor, target: to
         raise ValueError(f"x: expected a tensor on the CPU, got {x.device}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    check_loss(loss)
     if len(rates) != len(params):
         raise ValueError(f"rates: expected one per parameter tensor ({len(params)}), got {len(rates)}")
     dtype = torch.bfloat16 if precision == "bf16" else None
@@ -222,9 +214,9 @@ def sgd_l1_step_(params: Mapping[str, torch.Tensor], x: torch.Tensor, target: to
     with torch.no_grad():
         for t in range(x.shape[0]):
             layers = [(params[w][t], params[b][t]) for w, b in names]
-            loss, grads = _task_gradients(layers, x[t], target[t], None if mask is None else mask[t], dtype,
-                                          precision == "tf32")
+            value, grads = _task_gradients(layers, x[t], target[t], None if mask is None else mask[t], dtype,
+                                           precision == "tf32", loss)
             grads = {name: g for pair, pair_grads in zip(names, grads) for name, g in zip(pair, pair_grads)}
             sgd_update_([p[t] for p in params.values()], [grads[name] for name in params], list(rates))
-            losses.append(loss)
+            losses.append(value)
     return torch.stack(losses)

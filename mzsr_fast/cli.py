@@ -19,6 +19,8 @@ from importlib import resources
 from ._files import check_writable_folder
 from .train.cli import register_train_commands
 
+# The names of mzsr_fast.losses.LOSSES (the parser imports no torch; a test checks they agree).
+ADAPT_LOSSES = ("l1", "charbonnier", "mse")
 EXAMPLES = {"example": "butterfly_hr.png", "example-lr": "butterfly_lr_g_d_2.0.png"}
 
 
@@ -259,10 +261,10 @@ def _multiples(text: str) -> tuple[float, ...]:
 
 
 def _adapt_options(args) -> dict:
-    """adapt's adapt_pixels and step_search from --adapt-pixels and
-    --step-search (nothing when not given: the package defaults)."""
-    options = {} if args.adapt_pixels is None else {"adapt_pixels": args.adapt_pixels}
-    return options if args.step_search is None else {**options, "step_search": args.step_search}
+    """adapt's adapt_pixels, step_search and adapt_loss from --adapt-pixels,
+    --step-search and --adapt-loss (nothing when not given: the defaults)."""
+    given = {"adapt_pixels": args.adapt_pixels, "step_search": args.step_search, "adapt_loss": args.adapt_loss}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def cmd_sr(args) -> None:
@@ -516,6 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "whose loss on the image's own son -> LR pair is lowest: one forward pass per multiple, "
                    "about +0.26 dB at MZSR(1) on held-out photos (see the README)")
     sr.add_argument("--step-search", type=_multiples, nargs="?", const=True, metavar="M,M,...", help=search_help)
+    loss_help = ("the loss the adaptation steps descend (default: the model's; l1, the paper's, for every shipped "
+                 "model not meta-trained with another; see the README)")
+    sr.add_argument("--adapt-loss", choices=ADAPT_LOSSES, help=loss_help)
     sr.add_argument("--share-adaptation", action="store_true",
                     help="one kernel (estimated from all of them) and one adaptation for all the inputs (frames of "
                          "one video, a burst, photos of one camera), then each image's own inference")
@@ -548,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help=budget_help + " (default all: the paper's protocol)")
     evaluate.add_argument("--step-search", type=_multiples, nargs="?", const=True, metavar="M,M,...",
                           help=search_help + "; default off, the paper's protocol")
+    evaluate.add_argument("--adapt-loss", choices=ADAPT_LOSSES, help=loss_help)
     evaluate.add_argument("-o", "--output", metavar="OUTDIR", help="write results.md/.csv/.json here")
     evaluate.add_argument("--device")
     _force(evaluate, "existing results files")

@@ -77,21 +77,25 @@ def gaussian_weights(theta: torch.Tensor, lambda1: torch.Tensor, lambda2: torch.
 
 
 def sample_kernel_params(n: int, scale: float, generator: torch.Generator | None = None,
-                         device=None, dtype=None):
+                         device=None, dtype=None, min_variance: float = 1.0):
     """Draw n kernels from the meta-training distribution (docs/method.md section 2).
 
-    theta ~ U[0, pi), lambda1 ~ U[1, 2.5 scale], lambda2 ~ U[1, lambda1].
-    Returns (theta, lambda1, lambda2), each [n].
+    theta ~ U[0, pi), lambda1 ~ U[m, 2.5 scale], lambda2 ~ U[m, lambda1], m =
+    min_variance (1, the paper's; less takes in sharper kernels, down to
+    g_d_0.2's 0.2). Returns (theta, lambda1, lambda2), each [n].
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n: expected a positive integer, got {n!r}")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 1:
         raise ValueError(f"scale: expected a number >= 1, got {scale!r}")
+    if isinstance(min_variance, bool) or not isinstance(min_variance, (int, float)) \
+            or not 0 < min_variance < 2.5 * scale:
+        raise ValueError(f"min_variance: expected a number in (0, {2.5 * scale:g}) (2.5 scale), got {min_variance!r}")
     dtype = dtype or torch.get_default_dtype()
     u = torch.rand(3, n, generator=generator, dtype=dtype,
                    device=generator.device if generator is not None else "cpu")
     theta = math.pi * u[0]
-    lambda1 = 1 + (2.5 * scale - 1) * u[1]
-    lambda2 = 1 + (lambda1 - 1) * u[2]
+    lambda1 = min_variance + (2.5 * scale - min_variance) * u[1]
+    lambda2 = min_variance + (lambda1 - min_variance) * u[2]
     out = (theta, lambda1, lambda2)
     return tuple(t.to(device) for t in out) if device is not None else out

@@ -28,28 +28,17 @@ from dataclasses import dataclass
 
 import torch
 
+from .losses import LOSSES, task_losses
 from .ops.sgd_step import sgd_step
 from .stacked import (PREFERRED_STRATEGY, STRATEGIES, check_images, check_stacked, choose_strategy, stack_params,
                       stacked_forward)
 
 __all__ = ["InnerLoopResult", "inner_loop", "sgd_update_", "stack_params", "stacked_forward", "msl_weights",
-           "multi_step_loss", "STRATEGIES", "PREFERRED_STRATEGY", "LOSSES"]
+           "multi_step_loss", "STRATEGIES", "PREFERRED_STRATEGY"]
 
 # ---------------------------------------------------------------------------
-# Losses and the MAML++ multi-step loss
+# The MAML++ multi-step loss
 # ---------------------------------------------------------------------------
-
-def _l1(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (out - target).abs().flatten(1).mean(1)
-
-
-def _mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (out - target).square().flatten(1).mean(1)
-
-
-# name -> loss(out [T, ...], target [T, ...]) -> [T], the mean over everything but the task axis
-LOSSES: dict[str, Callable] = {"l1": _l1, "mse": _mse}
-
 
 def msl_weights(step: int, steps: int = 5, decay: float = 6e-5, floor: float | None = None, *,
                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
@@ -137,6 +126,15 @@ def _step_rates(rates, steps: int, tasks: int, n_params: int) -> list:
                      f"shape {tuple(rates.shape)}")
 
 
+def _loss_function(loss, name: str) -> Callable:
+    """loss(out [T, ...], target [T, ...]) -> [T] for a LOSSES name or a callable."""
+    if callable(loss):
+        return loss
+    if isinstance(loss, str) and loss in LOSSES:
+        return lambda out, target: task_losses(loss, out, target)
+    raise ValueError(f"{name}: expected one of {LOSSES} or a callable, got {loss!r}")
+
+
 def _check_pair(pair, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
         raise TypeError(f"{name}: expected an (input, target) pair of [T, N, 3, H, W] tensors")
@@ -149,8 +147,8 @@ def _check_pair(pair, name: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def inner_loop(params: Mapping[str, torch.Tensor], support, query, steps: int, rates, order: int = 2,
-               loss: str | Callable = "l1", *, strategy: str | None = None,
-               backend: str | None = None) -> InnerLoopResult:
+               loss: str | Callable = "l1", *, query_loss: str | Callable | None = None,
+               strategy: str | None = None, backend: str | None = None) -> InnerLoopResult:
     """Adapt T tasks at once by ``steps`` SGD steps from a shared initialisation.
 
     params: the initialisation, dict name -> tensor as dict(MZSRNet().named_parameters())
@@ -161,7 +159,9 @@ def inner_loop(params: Mapping[str, torch.Tensor], support, query, steps: int, r
     or a list of ``steps`` rates (per step). order: 2 for the exact second-order
     meta-gradient (the inner gradients are differentiated through), 1 for
     first-order MAML (the inner gradients are treated as constants). loss:
-    "l1" (MZSR), "mse", or loss(out, target) -> [T] per-task losses.
+    the support loss the steps descend, one of mzsr_fast.losses.LOSSES ("l1",
+    MZSR's) or loss(out, target) -> [T] per-task losses; query_loss: the
+    loss reported on the query set (None: loss).
     strategy: the stacked-forward strategy (None: PREFERRED_STRATEGY);
     backend: the sgd_step backend (None: automatic).
 
@@ -182,9 +182,8 @@ def inner_loop(params: Mapping[str, torch.Tensor], support, query, steps: int, r
         x_q, y_q = _check_pair(query, "query")
         if x_q.shape[0] != tasks:
             raise ValueError(f"query[0]: expected {tasks} tasks like support, got {x_q.shape[0]}")
-    loss_fn = LOSSES.get(loss) if isinstance(loss, str) else loss
-    if loss_fn is None or not callable(loss_fn):
-        raise ValueError(f"loss: expected one of {tuple(LOSSES)} or a callable, got {loss!r}")
+    loss_fn = _loss_function(loss, "loss")
+    query_fn = loss_fn if query_loss is None else _loss_function(query_loss, "query_loss")
     forward = choose_strategy(strategy, x_s.device)
     names = list(params)
     step_rates = _step_rates(rates, steps, tasks, len(names))
@@ -205,7 +204,7 @@ def inner_loop(params: Mapping[str, torch.Tensor], support, query, steps: int, r
             support_losses.append(per_task.detach())
             fast = dict(zip(names, sgd_step(inputs, grads, step_rates[k], backend=backend)))
             if x_q is not None:
-                query_losses.append(loss_fn(forward(fast, x_q), y_q))
+                query_losses.append(query_fn(forward(fast, x_q), y_q))
     empty = x_s.new_zeros((0, tasks))
     support = torch.stack(support_losses) if support_losses else empty
     query = None if x_q is None else torch.stack(query_losses) if query_losses else empty

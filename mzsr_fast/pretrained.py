@@ -14,6 +14,7 @@ from safetensors.torch import save as save_safetensors
 
 from ._files import atomic_write
 from .catalogue import BUNDLED, CATALOGUE, ONE_STEP, ModelKind, kind_of
+from .losses import LOSSES
 from .model import PARAMETER_NAMES, MZSRNet, state_dict_mismatch
 
 __all__ = ["ModelKind", "CATALOGUE", "BUNDLED", "ModelInfo", "bundled_info", "load_model", "save_model", "bundled_models",
@@ -70,8 +71,10 @@ def format_schedule(schedule: Schedule) -> str:
 @dataclass(frozen=True)
 class ModelInfo:
     """What a model was trained for: kind (a CATALOGUE key), subsampling mode,
-    scales (empty: not known, any scale accepted) and its own test-time
-    learning-rate schedule (empty: the kind's reference schedule)."""
+    scales (empty: not known, any scale accepted), its own test-time
+    learning-rate schedule (empty: the kind's reference schedule) and the loss
+    its adaptation steps descend (mzsr_fast.losses.LOSSES; "l1", the paper's,
+    unless it was meta-trained with another)."""
 
     name: str
     kind: str = "direct_x2"
@@ -79,6 +82,7 @@ class ModelInfo:
     scales: tuple[int, ...] = (2,)
     notes: dict = field(default_factory=dict, compare=False)
     own_schedule: Schedule = ()
+    adapt_loss: str = "l1"
 
     @property
     def schedule(self) -> Schedule:
@@ -90,6 +94,8 @@ class ModelInfo:
                 "mode": self.mode, "scales": ",".join(str(s) for s in self.scales)}
         if self.own_schedule:
             meta["schedule"] = format_schedule(self.own_schedule)
+        if self.adapt_loss != "l1":
+            meta["adapt_loss"] = self.adapt_loss
         return meta
 
     @classmethod
@@ -108,10 +114,13 @@ class ModelInfo:
         if any(s < 2 for s in scales):
             raise ValueError(f"{source}: metadata scales={text!r}: expected integers >= 2")
         schedule = parse_schedule(meta.pop("schedule"), f"{source}: metadata schedule") if "schedule" in meta else ()
+        adapt_loss = meta.pop("adapt_loss", "l1")
+        if adapt_loss not in LOSSES:
+            raise ValueError(f"{source}: metadata adapt_loss={adapt_loss!r}: expected one of {LOSSES}")
         if kind not in CATALOGUE:  # a file without (or with an unknown) kind: the one its mode and scales make
             kind = kind_for(mode, scales)
         return cls(name=meta.pop("name", fallback_name), kind=kind, mode=mode, scales=scales, notes=meta,
-                   own_schedule=schedule)
+                   own_schedule=schedule, adapt_loss=adapt_loss)
 
 
 def bundled_info(name: str) -> ModelInfo:
@@ -221,8 +230,9 @@ def load_model(model=None, device=None) -> tuple[MZSRNet, ModelInfo]:
         raise ValueError(f"model: {path}: weights do not fit MZSRNet: {mismatch}")
     net.load_state_dict(state)
     info = ModelInfo.from_metadata(meta, os.path.splitext(os.path.basename(path))[0], source=path)
-    if name in BUNDLED:  # what the name stands for, with the file's notes and schedule
-        info = replace(bundled_info(name), notes=info.notes, own_schedule=info.own_schedule)
+    if name in BUNDLED:  # what the name stands for, with the file's notes, schedule and loss
+        info = replace(bundled_info(name), notes=info.notes, own_schedule=info.own_schedule,
+                       adapt_loss=info.adapt_loss)
     net.model_info = info  # lets a loaded net be passed around without losing its info
     return (net.to(device) if device is not None else net), info
 

@@ -1,17 +1,20 @@
 """Test-time adaptation MZSR(n) (docs/method.md section 8)."""
 import contextlib
 import copy
+import dataclasses
 import importlib
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 
 import mzsr_fast
 from mzsr_fast import pretrained
 from mzsr_fast.adapt import UnadaptedModelWarning, forward_tiled, learning_rates
 from mzsr_fast.cli import example_path
+from mzsr_fast.losses import task_losses
 from mzsr_fast.pretrained import CATALOGUE, ModelInfo, load_model, save_model
 
 adapt_module = importlib.import_module("mzsr_fast.adapt")  # the package's `adapt` is the function
@@ -292,7 +295,7 @@ def _nan_net():
     (dict(schedule=[-1.0]), "schedule: expected per-step learning rates"),
     (dict(schedule=[float("inf")]), r"schedule: expected per-step learning rates in \[0, 1\)"),
     (dict(schedule=[0.01, 1e6]), r"schedule: expected per-step learning rates in \[0, 1\)"),
-    (dict(model=_scaled_net(1e6), steps=2), r"the adaptation diverged: L1 loss before each step nan, nan with "
+    (dict(model=_scaled_net(1e6), steps=2), r"the adaptation diverged: loss before each step nan, nan with "
                                             r"learning rates \[0.02, 0.01\]"),
     (dict(model=_nan_net()), "model: layers.0.bias: expected finite values"),
     (dict(mode="area"), "mode: expected 'direct' or 'bicubic'"),
@@ -304,6 +307,7 @@ def _nan_net():
     (dict(step_search=[float("nan")]), "step_search: expected True"),
     (dict(step_search="0.5,2"), "step_search: expected True"),
     (dict(step_search=(True,)), "step_search: expected True"),
+    (dict(adapt_loss="L1"), r"adapt_loss: expected one of \('l1', 'charbonnier', 'mse'\), got 'L1'"),
 ])
 def test_bad_input(kwargs, match):
     call = dict(lr=torch.rand(3, 24, 24), kernel="g_d_2.0", scale=2, steps=1, model=_small_net())
@@ -362,6 +366,38 @@ def test_model_file_round_trips_a_per_tensor_schedule(tmp_path):
     assert pretrained.parse_schedule(pretrained.format_schedule(table)) == table
     with pytest.raises(ValueError, match="a per-tensor step needs 16 rates"):
         pretrained.parse_schedule("0.1,0.2;0.1,0.2")
+
+
+def test_model_file_round_trips_its_adaptation_loss(tmp_path):
+    save_model(tmp_path / "m.safetensors", _small_net(), ModelInfo("m", adapt_loss="charbonnier"))
+    assert load_model(str(tmp_path / "m.safetensors"))[1].adapt_loss == "charbonnier"
+    save_model(tmp_path / "l1.safetensors", _small_net(), ModelInfo("l1"))
+    with safe_open(str(tmp_path / "l1.safetensors"), framework="pt") as f:
+        assert "adapt_loss" not in f.metadata()  # L1 files read as before
+    assert load_model(str(tmp_path / "l1.safetensors"))[1].adapt_loss == "l1"
+    with pytest.raises(ValueError, match=r"metadata adapt_loss='huber': expected one of \('l1', 'charbonnier'"):
+        ModelInfo.from_metadata({"adapt_loss": "huber"}, "m", source="m.safetensors")
+
+
+def test_adaptation_descends_the_models_loss_unless_one_is_given():
+    """A model whose info says charbonnier adapts with it (the loss before the
+    step is losses.task_losses of the unadapted network on the son -> LR
+    pair); adapt_loss overrides it either way; L1 and Charbonnier differ."""
+    net, info = load_model("direct_x2_1step")
+    crops, kernel = _example_crops(), mzsr_fast.preset("g_d_0.2").kernel.float()
+    l1 = mzsr_fast.adapt(crops, kernel, 2, 1, model=net)
+    smooth, losses = mzsr_fast.adapt(crops, kernel, 2, 1, model=net, adapt_loss="charbonnier", return_losses=True)
+    assert (smooth - l1).abs().max() > 1e-3
+    charbonnier_net = copy.deepcopy(net)
+    charbonnier_net.model_info = dataclasses.replace(info, adapt_loss="charbonnier")
+    assert torch.equal(mzsr_fast.adapt(crops, kernel, 2, 1, model=charbonnier_net), smooth)
+    assert torch.equal(mzsr_fast.adapt(crops, kernel, 2, 1, model=charbonnier_net, adapt_loss="l1"), l1)
+    assert mzsr_fast.adapt_model(crops[0], kernel, 2, 1, model=charbonnier_net).model_info.adapt_loss == "charbonnier"
+    for i in range(2):
+        x = adapt_module._son_up(crops[i], kernel, 2, "direct", None)
+        with torch.no_grad():
+            expected = task_losses("charbonnier", net(x)[None], crops[i][None, None])
+        torch.testing.assert_close(losses[i, :1], expected, rtol=1e-5, atol=0)
 
 
 def test_images_on_the_0_to_255_scale_warn():

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from mzsr_fast import _extension, _heap, adapt_step, stacked
-from mzsr_fast.adapt import _autocast, _l1_loss
+from mzsr_fast.adapt import _autocast
+from mzsr_fast.losses import task_losses
 from mzsr_fast.maml import sgd_update_
 from mzsr_fast.model import MZSRNet
 from mzsr_fast.ops import conv3x3_winograd as winograd
@@ -32,21 +33,13 @@ def _weights(tasks: int, dtype=torch.float32) -> dict[str, torch.Tensor]:
         tasks, *([1] * p.dim())) for n, p in net.named_parameters()}
 
 
-def _l1_in_its_dtype(out, target, mask):
-    """adapt's _l1_loss without its cast to float32 (for float64)."""
-    error = (out - target).abs()
-    if mask is None:
-        return error.flatten(1).mean(1)
-    return (error * mask).flatten(1).sum(1) / (mask.flatten(1).sum(1) * out.shape[2])
-
-
-def _autograd_step(params, x, target, mask, precision):
-    """The step through autograd: stacked_forward, adapt's L1 loss (in x's
-    dtype for float64), torch.autograd.grad."""
+def _autograd_step(params, x, target, mask, precision, loss="l1"):
+    """The step through autograd: stacked_forward, the loss as adapt takes it
+    off the CPU (losses.task_losses), torch.autograd.grad."""
     weights = [p.requires_grad_() for p in params.values()]
     with _autocast(x.device, precision):
         out = stacked.stacked_forward(dict(zip(params, weights)), x)
-    losses = (_l1_in_its_dtype if x.dtype == torch.float64 else _l1_loss)(out, target, mask)
+    losses = task_losses(loss, out, target, mask)
     grads = torch.autograd.grad(losses.sum(), weights)
     sgd_update_(weights, list(grads), [RATE] * len(weights))
     return losses.detach()
@@ -63,12 +56,13 @@ def _problem(tasks, n, h, w, masked, dtype=torch.float32):
 @pytest.mark.parametrize("tasks,n,h,w,masked", [(1, 1, 14, 12, False), (2, 1, 9, 16, False), (2, 3, 10, 7, True)])
 @pytest.mark.parametrize("dtype,precision", [(torch.float64, "fp32"), (torch.float32, "fp32"),
                                              (torch.float32, "tf32")])  # tf32: Winograd convolutions
-def test_step_equals_autograd(tasks, n, h, w, masked, dtype, precision):
+@pytest.mark.parametrize("loss", ["l1", "charbonnier"])
+def test_step_equals_autograd(tasks, n, h, w, masked, dtype, precision, loss):
     x, target, mask = _problem(tasks, n, h, w, masked, dtype)
     ours, theirs = _weights(tasks, dtype), _weights(tasks, dtype)
     for _ in range(2):
-        losses = adapt_step.sgd_l1_step_(ours, x, target, mask, [RATE] * len(ours), precision)
-        expected = _autograd_step(theirs, x, target, mask, "fp32")
+        losses = adapt_step.sgd_loss_step_(ours, x, target, mask, [RATE] * len(ours), precision, loss)
+        expected = _autograd_step(theirs, x, target, mask, "fp32", loss)
         tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(losses, expected, **tol)
     for name in ours:
@@ -98,7 +92,7 @@ def test_which_convolutions_of_the_step_take_winograd(monkeypatch):
     x, target, _ = _problem(1, 1, 8, 8, False)
     for precision, expected in (("fp32", (0, 6)), ("bf16", (0, 0)), ("tf32", (12, 6))):
         calls.update(conv=0, weight_grad=0)
-        adapt_step.sgd_l1_step_(_weights(1), x, target, None, [RATE] * 16, precision)
+        adapt_step.sgd_loss_step_(_weights(1), x, target, None, [RATE] * 16, precision)
         assert (calls["conv"], calls["weight_grad"]) == expected, precision
 
 
@@ -108,7 +102,7 @@ def test_bf16_step_equals_autograds():
     x, target, _ = _problem(1, 1, 12, 10, False)
     ours, theirs = _weights(1), _weights(1)
     for _ in range(2):
-        losses = adapt_step.sgd_l1_step_(ours, x, target, None, [RATE] * len(ours), "bf16")
+        losses = adapt_step.sgd_loss_step_(ours, x, target, None, [RATE] * len(ours), "bf16")
         torch.testing.assert_close(losses, _autograd_step(theirs, x, target, None, "bf16"), rtol=1e-6, atol=0)
     for name in ours:
         torch.testing.assert_close(ours[name], theirs[name].detach(), rtol=0, atol=0)
@@ -142,11 +136,13 @@ def test_step_checks_its_arguments():
     x, target, _ = _problem(1, 1, 6, 6, False)
     params = _weights(1)
     with pytest.raises(ValueError, match="rates: expected one per parameter tensor"):
-        adapt_step.sgd_l1_step_(params, x, target, None, [RATE])
+        adapt_step.sgd_loss_step_(params, x, target, None, [RATE])
     with pytest.raises(ValueError, match=r"precision: expected one of \('fp32', 'tf32', 'bf16'\), got 'TF32'"):
-        adapt_step.sgd_l1_step_(params, x, target, None, [RATE] * len(params), "TF32")
+        adapt_step.sgd_loss_step_(params, x, target, None, [RATE] * len(params), "TF32")
     with pytest.raises(ValueError, match=r"params\['layers.0.weight'\]: expected a stacked tensor \[T=2"):
-        adapt_step.sgd_l1_step_(params, x.expand(2, -1, -1, -1, -1), target, None, [RATE] * len(params))
+        adapt_step.sgd_loss_step_(params, x.expand(2, -1, -1, -1, -1), target, None, [RATE] * len(params))
+    with pytest.raises(ValueError, match=r"loss: expected one of \('l1', 'charbonnier', 'mse'\), got 'L2'"):
+        adapt_step.sgd_loss_step_(params, x, target, None, [RATE] * len(params), "fp32", "L2")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

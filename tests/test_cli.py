@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mzsr_fast.adapt import adapt
 from mzsr_fast.cli import example_path, main
 from mzsr_fast.io import read_image
 
@@ -473,6 +474,31 @@ def test_sr_step_search_default_list_and_bad_values(tmp_path, model_file, capsys
     assert main(base + ["-o", str(tmp_path / "bad"), "--step-search", "0,1"]) == 2
     assert "--step-search: expected comma-separated positive multiples of the step, got '0,1'" in \
         capsys.readouterr().err
+
+
+def test_adapt_loss_option_of_sr_and_eval(tmp_path, model_file, capsys):
+    """--adapt-loss charbonnier: sr writes adapt's output with that loss, eval
+    scores another output than L1's; an unknown name is refused."""
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    _rgb(gt / "a.png", 52, 48)
+    base = ["sr", str(gt / "a.png"), "--steps", "1", "--kernel", "g_d_2.0", "--model", model_file]
+    for loss in ("l1", "charbonnier"):
+        assert main(base + ["-o", str(tmp_path / loss), "--adapt-loss", loss]) == 0
+    lr = read_image(gt / "a.png")
+    written = read_image(tmp_path / "charbonnier" / "a_x2_mzsr1.png")
+    expected = adapt(lr, "g_d_2.0", 2, 1, model=model_file, adapt_loss="charbonnier")
+    assert (written - expected).abs().max() <= 0.5 / 255 + 1e-6  # 8-bit rounding
+    assert not torch.equal(written, read_image(tmp_path / "l1" / "a_x2_mzsr1.png"))
+    scores = {}
+    for loss in ("l1", "charbonnier"):
+        assert main(["eval", "--gt", str(gt), "--steps", "1", "--model", model_file, "--adapt-loss", loss,
+                     "-o", str(tmp_path / f"eval_{loss}")]) == 0
+        scores[loss] = json.loads((tmp_path / f"eval_{loss}" / "results.json").read_text())["scores"][0]["psnr"]
+    assert scores["l1"] != scores["charbonnier"]
+    capsys.readouterr()
+    assert main(base + ["-o", str(tmp_path / "bad"), "--adapt-loss", "huber"]) == 2
+    assert "--adapt-loss: invalid choice: 'huber'" in capsys.readouterr().err
 
 
 def test_sr_share_adaptation_writes_every_frame_with_one_estimated_kernel(tmp_path, model_file, capsys):

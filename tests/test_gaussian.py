@@ -94,8 +94,24 @@ def test_sample_kernel_params_distribution():
     assert all(torch.equal(a, b) for a, b in zip((theta, l1, l2), again))
 
 
+def test_sample_kernel_params_smallest_variance():
+    """min_variance m: lambda1 ~ U[m, 2.5 s], lambda2 ~ U[m, lambda1], the same
+    draws (theta unchanged); m = 1 is the default, bit for bit."""
+    theta, l1, l2 = mzsr_fast.sample_kernel_params(20000, 2, generator=torch.Generator().manual_seed(1),
+                                                   min_variance=0.2)
+    assert 0.2 <= l2.min() < 0.25 and (l2 <= l1).all() and l1.max() <= 5.0
+    assert abs(l1.mean().item() - 2.6) < 0.05  # U[0.2, 5]
+    paper = mzsr_fast.sample_kernel_params(20000, 2, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(theta, paper[0])
+    one = mzsr_fast.sample_kernel_params(20000, 2, generator=torch.Generator().manual_seed(1), min_variance=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(one, paper))
+
+
 def test_sample_kernel_params_bad_input():
     with pytest.raises(ValueError, match="n: expected a positive integer"):
         mzsr_fast.sample_kernel_params(0, 2)
     with pytest.raises(ValueError, match="scale: expected a number >= 1"):
         mzsr_fast.sample_kernel_params(3, 0.5)
+    for bad in (0, -1.0, 5.0, True):
+        with pytest.raises(ValueError, match=r"min_variance: expected a number in \(0, 5\) \(2.5 scale\)"):
+            mzsr_fast.sample_kernel_params(3, 2, min_variance=bad)

@@ -172,6 +172,12 @@ def register_train_commands(commands) -> None:
     meta.add_argument("--no-msl", dest="msl", action="store_false", default=None,
                       help="meta loss after the last inner step only (no MAML++ multi-step loss)")
     meta.add_argument("--msl-decay", type=float, help="per-iteration fall of the early MSL weights (default 1/K/3333)")
+    meta.add_argument("--adapt-loss", choices=("l1", "charbonnier", "mse"),
+                      help="the loss the inner steps descend, and the trained model's test-time loss (default l1, "
+                           "the paper's; charbonnier: smooth, for large first steps; see docs/method.md)")
+    meta.add_argument("--kernel-min-variance", type=float, metavar="V",
+                      help="smallest variance of the task kernels (default 1, the paper's; 0.2 takes in kernels "
+                           "as sharp as g_d_0.2's)")
     meta.add_argument("--kernel-size", type=_positive_int, help="size of the task kernels (default 15)")
     meta.add_argument("--val-kernels", type=_name_list, metavar="PRESETS",
                       help="kernel presets validated on (default: the variant's, e.g. g_d_2.0)")

@@ -234,16 +234,18 @@ class PatchSampler:
                             for item in range(start, stop)])
 
     def task_batch(self, iteration: int, start: int, stop: int, patches_per_task: int,
-                   scales: tuple[float, ...]) -> TaskBatch:
+                   scales: tuple[float, ...], min_variance: float = 1.0) -> TaskBatch:
         """Tasks [start, stop) of the global meta-batch of iteration. Each task:
         a scale from scales, kernel parameters from the training distribution
-        at that scale (docs/method.md section 2) and patches_per_task HR patches."""
+        at that scale (docs/method.md section 2; gaussian.sample_kernel_params
+        with min_variance) and patches_per_task HR patches."""
         hr, params, chosen = [], [], []
         for task in range(start, stop):
             g = _generator(self.seed, "task", iteration, task)
             scale = float(scales[int(torch.randint(len(scales), (1,), generator=g))]) if len(scales) > 1 \
                 else float(scales[0])
-            theta, l1, l2 = sample_kernel_params(1, scale, generator=g, dtype=torch.float64)
+            theta, l1, l2 = sample_kernel_params(1, scale, generator=g, dtype=torch.float64,
+                                                 min_variance=min_variance)
             params.append(torch.cat([theta, l1, l2]))
             chosen.append(scale)
             hr.append(torch.stack([self.patch(g) for _ in range(patches_per_task)]))

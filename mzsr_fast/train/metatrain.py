@@ -21,6 +21,7 @@ import dataclasses
 import torch
 
 from ..degradation import PRESETS
+from ..losses import check_loss
 from ..pretrained import CATALOGUE, ModelInfo
 from . import distributed, validation
 from .checkpoints import weights_bytes
@@ -46,6 +47,11 @@ class MetatrainConfig(RunSettings):
     msl_decay: per-iteration fall of the first K-1 MSL weights (None: the
     reference's 1 / K / (10000 / 3), 6e-5 for K = 5); they stop at 0.03 / K
     and the last weight takes the rest (docs/method.md section 7).
+    adapt_loss: the loss the inner steps descend on the support set, and the
+    trained model's test-time loss (ModelInfo.adapt_loss); one of
+    mzsr_fast.losses.LOSSES. The query loss is L1 whatever it is.
+    kernel_min_variance: the smallest variance of the task kernels (1, the
+    paper's; gaussian.sample_kernel_params).
     """
 
     data_dir: str
@@ -65,6 +71,8 @@ class MetatrainConfig(RunSettings):
     first_order_until: int = 0
     msl: bool = True
     msl_decay: float | None = None
+    adapt_loss: str = "l1"
+    kernel_min_variance: float = 1.0
     kernel_size: int = 15
     val_kernels: tuple[str, ...] | None = None
     val_steps: tuple[int, ...] = (1, 10)
@@ -80,8 +88,14 @@ class MetatrainConfig(RunSettings):
         if self.inner_lr_from_init and not self.learn_inner_lr:
             raise ValueError("inner_lr_from_init: the init model's schedule is where learned rates start; "
                              "it needs learn_inner_lr (--learn-inner-lr)")
+        check_loss(self.adapt_loss, "adapt_loss")
         if self.variant not in CATALOGUE:
             raise ValueError(f"variant: expected one of {sorted(CATALOGUE)}, got {self.variant!r}")
+        positive_float(self, "kernel_min_variance")
+        largest = 2.5 * min(CATALOGUE[self.variant].task_scales)
+        if self.kernel_min_variance >= largest:
+            raise ValueError(f"kernel_min_variance: expected less than {largest:g} (2.5 x the smallest scale of "
+                             f"{self.variant}), got {self.kernel_min_variance}")
         if self.order not in (1, 2):
             raise ValueError(f"order: expected 1 (first order) or 2 (second order), got {self.order!r}")
         if self.kernel_size % 2 == 0:
@@ -144,7 +158,8 @@ class MetaLearner(Trainer):
     # -- data -------------------------------------------------------------
     def batch(self, step: int) -> TaskBatch:
         """This rank's tasks of iteration step, cut on the CPU (a pure function of seed and step)."""
-        return self.sampler.task_batch(step, *self.shard, 2 * self.config.task_batch, self.variant.task_scales)
+        return self.sampler.task_batch(step, *self.shard, 2 * self.config.task_batch, self.variant.task_scales,
+                                       self.config.kernel_min_variance)
 
     def task_sets(self, batch: TaskBatch):
         """(support, query) on the device: pairs (inputs, targets) of [T, task_batch, 3, P, P]."""
@@ -182,7 +197,7 @@ class MetaLearner(Trainer):
         from .. import maml
         with autocast(self.device, c.amp):
             result = maml.inner_loop(params, support, query, c.inner_steps, rates, order=self.order_at(step),
-                                     loss="l1")
+                                     loss=c.adapt_loss, query_loss="l1")
         query_losses = result.query_losses.float()  # [K, T_local]
         share = query_losses.shape[1] / c.meta_batch  # this rank's share of the mean over all tasks
         loss = maml.multi_step_loss(query_losses, self.loss_weights(step)) * share
@@ -212,7 +227,7 @@ class MetaLearner(Trainer):
         scale = self.variant.scales[0]
         return validation.mzsr_psnr(self.model, self._val_images, list(self.val_kernels), scale,
                                     steps=tuple(c.val_steps), schedule=self.model_info().schedule,
-                                    mode=self.variant.mode, device=self.device)
+                                    mode=self.variant.mode, device=self.device, adapt_loss=c.adapt_loss)
 
     def model_info(self) -> ModelInfo:
         """The variant's info; with learned inner rates, their table (steps x
@@ -225,7 +240,7 @@ class MetaLearner(Trainer):
             schedule = tuple(tuple(float(r) for r in row) for row in table)
         notes = {"holdout": self.config.holdout} if self.config.holdout else {}
         return ModelInfo(name=f"metatrain-{v.name}", kind=v.name, mode=v.mode, scales=v.scales, notes=notes,
-                         own_schedule=schedule)
+                         own_schedule=schedule, adapt_loss=self.config.adapt_loss)
 
     def restore(self, weights: dict, state: dict) -> None:
         self.model.load_state_dict(weights)

@@ -119,6 +119,54 @@ def test_learned_rates_can_start_from_the_init_models_schedule(image_dir, tmp_pa
         MetaLearner(tiny_meta(image_dir, tmp_path / "bad", inner_lr_from_init=True))
 
 
+def test_adapt_loss_is_the_inner_steps_loss_and_the_models(image_dir, val_dir, tmp_path, monkeypatch):
+    """--adapt-loss: the inner loop descends it on the support set, the query
+    loss stays L1, the model file (and the validation's adaptation) carry it."""
+    from mzsr_fast import maml
+    from mzsr_fast.pretrained import load_model
+    from mzsr_fast.train import metatrain, validation
+
+    calls = {"inner": [], "validation": []}
+    inner_loop, mzsr_psnr = maml.inner_loop, validation.mzsr_psnr
+
+    def recorded_inner_loop(*args, **kwargs):
+        calls["inner"].append((kwargs["loss"], kwargs["query_loss"]))
+        return inner_loop(*args, **kwargs)
+
+    def recorded_psnr(*args, **kwargs):
+        calls["validation"].append(kwargs["adapt_loss"])
+        return mzsr_psnr(*args, **kwargs)
+
+    monkeypatch.setattr(maml, "inner_loop", recorded_inner_loop)
+    monkeypatch.setattr(validation, "mzsr_psnr", recorded_psnr)
+    result = metatrain(tiny_meta(image_dir, tmp_path, adapt_loss="charbonnier", iterations=2, validate_every=2,
+                                 val_dir=str(val_dir), val_kernels=("g_d_2.0",), val_steps=(1,)))
+    assert calls["inner"] == [("charbonnier", "l1")] * 2 and calls["validation"] == ["charbonnier"]
+    assert load_model(result.latest)[1].adapt_loss == "charbonnier"
+    learner = MetaLearner(tiny_meta(image_dir, tmp_path / "l1"))
+    assert learner.model_info().adapt_loss == "l1"
+
+
+def test_task_kernels_reach_down_to_the_smallest_variance(image_dir, tmp_path):
+    learner = MetaLearner(tiny_meta(image_dir, tmp_path, meta_batch=64, kernel_min_variance=0.2))
+    batch = learner.batch(0)
+    assert float(batch.lambda2.min()) >= 0.2 and float(batch.lambda2.min()) < 1
+    paper = MetaLearner(tiny_meta(image_dir, tmp_path / "paper", meta_batch=64)).batch(0)
+    assert float(paper.lambda2.min()) >= 1
+    assert torch.equal(paper.theta, batch.theta)  # the same draws, mapped to another range
+
+
+@pytest.mark.parametrize("setting,match", [
+    (dict(adapt_loss="L2"), r"adapt_loss: expected one of \('l1', 'charbonnier', 'mse'\), got 'L2'"),
+    (dict(kernel_min_variance=0), "kernel_min_variance: expected a positive number, got 0"),
+    (dict(kernel_min_variance=5.0), r"kernel_min_variance: expected less than 5 \(2.5 x the smallest scale of "
+                                    r"direct_x2\), got 5.0"),
+])
+def test_bad_adaptation_settings_are_refused(image_dir, tmp_path, setting, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_meta(image_dir, tmp_path, **setting).check()
+
+
 @pytest.mark.parametrize("order", [1, 2])
 def test_cpu_bf16_meta_gradient_is_close_to_fp32(image_dir, tmp_path, order):
     """--amp on the CPU: the same iteration's meta-gradient in bf16 autocast and
