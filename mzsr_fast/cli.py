@@ -435,14 +435,15 @@ def cmd_import_tf(args) -> None:
 
 
 def _model_summary(info) -> str:
-    """One line on a shipped model: mode, scales, training iterations, schedule."""
+    """One line on a shipped model: mode, scales, training iterations, schedule, adaptation loss."""
     from .pretrained import format_schedule, is_per_tensor
 
     rows = len(info.schedule)
     schedule = f"per-tensor table of {rows} step{'s' if rows > 1 else ''}" if is_per_tensor(info.schedule) else \
         format_schedule(info.schedule)
     return (f"shipped: {info.mode} x{','.join(map(str, info.scales))}, "
-            f"{info.notes.get('step', 'unknown')} meta-training iterations, schedule {schedule}")
+            f"{info.notes.get('step', 'unknown')} meta-training iterations, schedule {schedule}, "
+            f"{info.adapt_loss} adaptation loss")
 
 
 def cmd_info(args) -> None:

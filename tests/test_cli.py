@@ -46,9 +46,12 @@ def test_info(capsys):
     for name, shipped in bundled_models().items():
         line = report["bundled_models"][name]
         if shipped:
-            assert f"{load_model(name)[1].notes['step']} meta-training iterations" in line, line
+            info = load_model(name)[1]
+            assert f"{info.notes['step']} meta-training iterations" in line, line
+            assert line.endswith(f", {info.adapt_loss} adaptation loss"), line
         else:
             assert line == "not trained yet"
+    assert report["bundled_models"]["direct_x2_1step"].endswith("charbonnier adaptation loss")
 
 
 @pytest.mark.parametrize("args,message", [

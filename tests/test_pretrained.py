@@ -107,7 +107,7 @@ SET5_FLOORS = {  # name: (kernel preset, scale, steps n the model is for, MZSR(n
     "bicubic_x2": ("g_b_1.3", 2, 10, 36.02),
     "direct_x4": ("g_d_2.0", 4, 10, 30.16),
     "multiscale": ("g_d_2.0", 3, 10, 32.32),
-    "direct_x2_1step": ("g_d_2.0", 2, 1, 34.62),
+    "direct_x2_1step": ("g_d_2.0", 2, 1, 34.92),
     "bicubic_x2_1step": ("g_b_1.3", 2, 1, 34.60),
 }
 # What the ten steps must add at least (MZSR(10) - MZSR(0), dB), where the project

@@ -74,11 +74,12 @@ def pretrain_psnr(model: torch.nn.Module, images, scale: int, device) -> float:
 
 
 def mzsr_psnr(model: torch.nn.Module, images, kernels: list[str], scale: int, steps=(1, 10), schedule=None,
-              mode: str | None = None, device=None, adapt_loss: str = "l1") -> dict[str, float]:
+              mode: str | None = None, device=None, adapt_loss: str | None = None) -> dict[str, float]:
     """{"psnr_<kernel>_mzsr<n>": mean PSNR} for each kernel preset and number of steps,
     by the evaluation protocol (mzsr_fast.evaluation: the LR degraded with the
     kernel in mode, default the preset's, and rounded to 8 bits; SR by MZSR(n)
-    with a copy of model, schedule and adapt_loss, rounded to 8 bits).
+    with a copy of model, schedule and adapt_loss (None: the model's),
+    rounded to 8 bits).
     """
     net = copy.deepcopy(model).eval()
     out = {}
