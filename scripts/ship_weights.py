@@ -13,7 +13,7 @@ kind the bundled name stands for (same kind, subsampling mode and scales as
 mzsr_fast.pretrained.CATALOGUE), then writes
 mzsr_fast/weights/NAME.safetensors (safetensors, no pickle) with the run's
 iteration count and the weights' own test-time schedule (learned, or written
-by scripts/calibrate_schedule.py) in its metadata.
+by scripts/calibrate_schedule.py) and its adaptation loss in its metadata.
 """
 import argparse
 import os
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         notes.update(step=str(args.init_iterations + int(notes["step"])), init_iterations=str(args.init_iterations))
     target = os.path.join(args.out, f"{args.name}.safetensors")
     save_model(target, net, ModelInfo(args.name, want.kind, want.mode, want.scales, notes=notes,
-                                      own_schedule=info.own_schedule))
+                                      own_schedule=info.own_schedule, adapt_loss=info.adapt_loss))
     print(f"{args.name}: iteration {notes.get('step', '?')} of {path} -> {os.path.normpath(target)}")
     return 0
 
