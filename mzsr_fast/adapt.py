@@ -429,9 +429,9 @@ def _adapt_weights(params: dict[str, torch.Tensor], tasks: int, inputs: Callable
             return run_step()
         for held, w in zip(before, weights):
             held.copy_(w.detach())
-        loss = run_step()
+        value = run_step()
         _search_step(weights, before, names, *current, step_search, precision, loss)
-        return loss
+        return value
 
     losses = torch.zeros(tasks, len(rates), device=device)
     eager = min(len(rates), WARMUP_STEPS) if cuda_graph else len(rates)

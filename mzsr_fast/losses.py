@@ -37,7 +37,9 @@ def _pointwise(loss: str, error: torch.Tensor) -> torch.Tensor:
         return error.abs()
     if loss == "charbonnier":
         return (error.square() + CHARBONNIER_EPS ** 2).sqrt() - CHARBONNIER_EPS
-    return error.square()
+    if loss == "mse":
+        return error.square()
+    raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
 
 
 def task_losses(loss: str, out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,

@@ -526,3 +526,18 @@ def test_step_search_keeps_the_multiple_with_the_lowest_loss_after_the_step():
     assert torch.equal(mzsr_fast.adapt(crops, kernels, 2, 1, model=net, step_search=(1.0,)), plain)
     # a multiple that diverges (weights of 1e30 times the step: a non-finite loss) is never kept
     assert torch.equal(mzsr_fast.adapt(crops, kernels, 2, 1, model=net, step_search=(1e30, 1.0)), plain)
+
+
+def test_step_search_compares_the_multiples_by_the_adaptation_loss(monkeypatch):
+    net, _ = load_model("direct_x2_1step")
+    seen = []
+    search_step = adapt_module._search_step
+
+    def recorded(*args):
+        seen.append(args[-1])
+        return search_step(*args)
+
+    monkeypatch.setattr(adapt_module, "_search_step", recorded)
+    for loss in ("l1", "charbonnier", None):  # None: the model's, charbonnier
+        mzsr_fast.adapt(_example_crops()[0], "g_d_2.0", 2, 2, model=net, step_search=True, adapt_loss=loss)
+    assert seen == ["l1", "l1", "charbonnier", "charbonnier", "charbonnier", "charbonnier"]

@@ -76,3 +76,7 @@ def test_unknown_loss_is_refused():
     with pytest.raises(ValueError, match=r"adapt_loss: expected one of \('l1', 'charbonnier', 'mse'\), got 'L1'"):
         check_loss("L1", "adapt_loss")
     assert check_loss("charbonnier") == "charbonnier"
+    out, target = _pair(1, 4)
+    for call in (lambda: task_losses("l2", out, target), lambda: loss_and_gradient("l2", out[0], target[0])):
+        with pytest.raises(ValueError, match=r"loss: expected one of .*, got 'l2'"):
+            call()
