@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ModelKind", "CATALOGUE", "BUNDLED", "ONE_STEP", "kind_of"]
+__all__ = ["ModelKind", "CATALOGUE", "BUNDLED", "ONE_STEP", "ADAPT_LOSSES", "kind_of"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,11 @@ CATALOGUE = {kind.name: kind for kind in (
 ONE_STEP = "_1step"
 # The names of the bundled models: each kind's default model, then the one-step ones.
 BUNDLED = tuple(CATALOGUE) + tuple(name + ONE_STEP for name in CATALOGUE)
+
+
+# The losses a model's adaptation steps may descend (ModelInfo.adapt_loss; mzsr_fast.losses
+# computes them): "l1" is the paper's.
+ADAPT_LOSSES = ("l1", "charbonnier", "mse")
 
 
 def kind_of(name: str) -> str:

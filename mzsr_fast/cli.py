@@ -17,10 +17,9 @@ import warnings
 from importlib import resources
 
 from ._files import check_writable_folder
+from .catalogue import ADAPT_LOSSES
 from .train.cli import register_train_commands
 
-# The names of mzsr_fast.losses.LOSSES (the parser imports no torch; a test checks they agree).
-ADAPT_LOSSES = ("l1", "charbonnier", "mse")
 EXAMPLES = {"example": "butterfly_hr.png", "example-lr": "butterfly_lr_g_d_2.0.png"}
 
 

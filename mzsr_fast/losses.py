@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["LOSSES", "CHARBONNIER_EPS", "check_loss", "task_losses", "loss_and_gradient"]
+from .catalogue import ADAPT_LOSSES as LOSSES
 
-LOSSES = ("l1", "charbonnier", "mse")
+__all__ = ["LOSSES", "CHARBONNIER_EPS", "check_loss", "task_losses", "loss_and_gradient"]
 
 # The smooth loss's eps: about a third of a typical adaptation error (the L1
 # loss of a meta-training support set is about 0.035 on [0, 1] images).

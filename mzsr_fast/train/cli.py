@@ -142,7 +142,7 @@ def register_train_commands(commands) -> None:
     pre.add_argument("--init", help="start from these weights (.safetensors or a run folder)")
     pre.set_defaults(run=cmd_pretrain)
 
-    from ..catalogue import CATALOGUE
+    from ..catalogue import ADAPT_LOSSES, CATALOGUE
     meta = commands.add_parser(
         "metatrain", help="meta-transfer learning with MAML (docs/method.md section 7)",
         description="Meta-transfer learning: tasks of one random blur kernel each, inner SGD steps on a "
@@ -172,7 +172,7 @@ def register_train_commands(commands) -> None:
     meta.add_argument("--no-msl", dest="msl", action="store_false", default=None,
                       help="meta loss after the last inner step only (no MAML++ multi-step loss)")
     meta.add_argument("--msl-decay", type=float, help="per-iteration fall of the early MSL weights (default 1/K/3333)")
-    meta.add_argument("--adapt-loss", choices=("l1", "charbonnier", "mse"),
+    meta.add_argument("--adapt-loss", choices=ADAPT_LOSSES,
                       help="the loss the inner steps descend, and the trained model's test-time loss (default l1, "
                            "the paper's; charbonnier: smooth, for large first steps; see docs/method.md)")
     meta.add_argument("--kernel-min-variance", type=float, metavar="V",
