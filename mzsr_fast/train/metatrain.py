@@ -256,6 +256,8 @@ class MetaLearner(Trainer):
         except ValueError as error:  # parameter groups changed (allowed config change)
             raise ValueError(f"resume: the saved optimiser state does not fit the new settings ({error}); "
                              f"start a new run") from None
+        for group in self.optimizer.param_groups:  # the saved state carries the rate it ran at, not meta_lr's
+            group["lr"] = self.config.meta_lr
 
     def checkpoint(self):
         extra, files = {}, None

@@ -70,6 +70,28 @@ def test_resume_refuses_a_changed_setting(image_dir, tmp_path):
     assert [c.step for c in CheckpointManager(tmp_path).list()] == [1]  # nothing was written
 
 
+def test_an_allowed_change_of_the_meta_rate_takes_effect(image_dir, tmp_path):
+    """The optimiser's saved state holds the rate it ran at; a resume with a
+    new meta_lr steps at the new one (and logs it): two runs resumed from one
+    checkpoint with different rates part, one with the saved rate matches the
+    uninterrupted run."""
+    settings = dict(learn_inner_lr=True, checkpoint_every=1)
+    metatrain(tiny_meta(image_dir, tmp_path / "whole", iterations=2, **settings))
+    for name in ("same", "faster"):
+        metatrain(tiny_meta(image_dir, tmp_path / name, iterations=1, **settings))
+    metatrain(tiny_meta(image_dir, tmp_path / "same", iterations=2, resume=True, **settings))
+    metatrain(tiny_meta(image_dir, tmp_path / "faster", iterations=2, resume=True, allow_config_change=True,
+                        **{**settings, "meta_lr": 1e-2}))
+    whole, same, faster = (load_weights(tmp_path / name / "latest.safetensors") for name in ("whole", "same", "faster"))
+    assert all(torch.equal(whole[k], same[k]) for k in whole)
+    step = {k: (faster[k] - same[k]).abs().max() for k in whole}
+    first = {k: (same[k] - load_weights(tmp_path / "faster" / "checkpoints" / "step-00000001.safetensors")[k])
+             .abs().max() for k in whole}
+    assert all(step[k] > 5 * first[k] for k in whole if first[k] > 0)  # Adam moves each weight by about the rate
+    with open(tmp_path / "faster" / "log.csv") as f:
+        assert [row["meta_lr"] for row in csv.DictReader(f)] == ["0.001", "0.01"]
+
+
 def test_resume_refusal_through_the_cli_and_allowing_it(image_dir, tmp_path, capsys):
     base = ["pretrain", str(image_dir), "--out", str(tmp_path), "--patch-size", "16", "--batch-size", "2",
             "--threads", "1", "--no-progress"]
