@@ -37,9 +37,8 @@ def _pointwise(loss: str, error: torch.Tensor) -> torch.Tensor:
         return error.abs()
     if loss == "charbonnier":
         return (error.square() + CHARBONNIER_EPS ** 2).sqrt() - CHARBONNIER_EPS
-    if loss == "mse":
-        return error.square()
-    raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
+    check_loss(loss)  # raises for a name that is not one of LOSSES: the one left is "mse"
+    return error.square()
 
 
 def task_losses(loss: str, out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,

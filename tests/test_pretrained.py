@@ -132,3 +132,20 @@ def test_shipped_model_scores_what_its_card_says_and_adaptation_never_hurts(shar
     assert mean[1] >= mean[0] - (0.2 if steps == 1 else 0.0), mean
     if name in SET5_ADAPTATION_GAIN:
         assert mean[steps] - mean[0] >= SET5_ADAPTATION_GAIN[name], mean
+
+
+# The other presets of a one-step model: (its card's Set5 MZSR(1) less 0.05 dB, bicubic).
+SET5_ONE_STEP_PRESETS = {("direct_x2_1step", "g_d_0.2"): (32.42, 30.24),
+                         ("direct_x2_1step", "g_d_ani"): (32.74, 28.15)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,kernel", sorted(SET5_ONE_STEP_PRESETS))
+def test_one_step_model_scores_its_card_on_its_other_presets_and_beats_bicubic(shared_dir, name, kernel):
+    from mzsr_fast.evaluation import evaluate
+
+    floor, bicubic = SET5_ONE_STEP_PRESETS[(name, kernel)]
+    set5 = str(shared_dir / "data" / "Set5")
+    one = sum(s.psnr for s in evaluate(set5, kernel, 2, [1], model=name)) / 5
+    assert abs(sum(s.psnr for s in evaluate(set5, kernel, 2, [0], method="bicubic")) / 5 - bicubic) < 0.01
+    assert one >= floor > bicubic, one
