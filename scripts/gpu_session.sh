@@ -181,7 +181,7 @@ fi
 
 # -- 2. tests: the GPU ones first, then the rest ------------------------------------
 export MZSR_FAST_TEST_TIMEOUT=${MZSR_FAST_TEST_TIMEOUT:-120}  # per test (tests/conftest.py)
-pytest_common=(-q -rfE -p no:cacheprovider --ignore=tests/test_gpu_session.py)
+pytest_common=(-q -rfE -p no:cacheprovider -m "" --ignore=tests/test_gpu_session.py)  # -m "": the slow tests too
 if [ "$dry" = 1 ]; then
   gpu_tests=(tests/ops/test_sgd_step.py -k "two_roundings and (cpu or triton)")
   other_tests=(tests/test_build.py)
