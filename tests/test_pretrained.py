@@ -149,3 +149,20 @@ def test_one_step_model_scores_its_card_on_its_other_presets_and_beats_bicubic(s
     one = sum(s.psnr for s in evaluate(set5, kernel, 2, [1], model=name)) / 5
     assert abs(sum(s.psnr for s in evaluate(set5, kernel, 2, [0], method="bicubic")) / 5 - bicubic) < 0.01
     assert one >= floor > bicubic, one
+
+
+# The paper's Set5 presets with the models the CLI picks when none is named (a one-step
+# model for --steps 1 where one is shipped, the ten-step model for --steps 10).
+DEFAULT_MODEL_PRESETS = [("g_d_0.2", 2), ("g_d_2.0", 2), ("g_d_ani", 2), ("g_b_1.3", 2), ("g_d_2.0", 4)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel,scale", DEFAULT_MODEL_PRESETS)
+def test_default_models_ten_steps_beat_one_step_and_one_step_beats_bicubic(shared_dir, kernel, scale):
+    from mzsr_fast.evaluation import evaluate
+
+    set5 = str(shared_dir / "data" / "Set5")
+    scores = evaluate(set5, kernel, scale, [1, 10])
+    mean = {n: sum(s.psnr for s in scores if s.steps == n) / 5 for n in (1, 10)}
+    bicubic = sum(s.psnr for s in evaluate(set5, kernel, scale, [0], method="bicubic")) / 5
+    assert mean[10] >= mean[1] > bicubic, (mean, bicubic)
