@@ -7,7 +7,8 @@ Given an LR image y, its blur kernel k and the scale s:
    ModelInfo.adapt_loss: L1 for every model but one trained with another);
 3. SR = f(imresize(y, s)), clipped to [0, 1].
 The given model is never changed: adaptation works on copies of its weights.
-With step_search, each step's length is chosen on the image itself: the
+With a step search (the model's, ModelInfo.step_search, unless the caller
+gives one), each step's length is chosen on the image itself: the
 step's weights are moved along the step to the multiple of it (of
 step_search) whose loss on the same son -> y pair is lowest (one forward
 pass per multiple; no gradient beyond the step's own).
@@ -342,14 +343,16 @@ def _capture(step: Callable[[], torch.Tensor], device: torch.device) -> Callable
 StepInputs = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
 
 
-def _check_search(step_search) -> tuple[float, ...]:
-    """step_search as multiples: True is STEP_SEARCH, False none."""
+def _check_search(step_search) -> tuple[float, ...] | None:
+    """step_search as multiples: True is STEP_SEARCH, False none, None the model's (kept None)."""
+    if step_search is None:
+        return None
     if isinstance(step_search, bool):
         return STEP_SEARCH if step_search else ()
     if isinstance(step_search, (str, bytes)) or not isinstance(step_search, Sequence) or not all(
             not isinstance(m, bool) and isinstance(m, numbers.Real) and 0 < m < float("inf") for m in step_search):
-        raise ValueError(f"step_search: expected True (STEP_SEARCH, {STEP_SEARCH}), False, or a sequence of "
-                         f"positive finite multiples of the step, got {step_search!r}")
+        raise ValueError(f"step_search: expected None (the model's), True (STEP_SEARCH, {STEP_SEARCH}), False, "
+                         f"or a sequence of positive finite multiples of the step, got {step_search!r}")
     return tuple(float(m) for m in step_search)
 
 
@@ -649,6 +652,9 @@ def _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, 
             name = f"lr[{i}]" if form == "list" else "lr"
             raise ValueError(f"{name}: image of {_checks.size_text(image.shape)} is smaller than the {k}x{k} kernel")
     rates = _schedule(schedule, info, steps)
+    # what the steps do, as the adapted network's info records it
+    info = replace(info, adapt_loss=adapt_loss or info.adapt_loss,
+                   step_search=info.step_search if step_search is None else step_search)
     tasks = [images] if share else [[im] for im in images]
     if share and adapt_pixels:  # a shared step sees no more than one image's steps would: it costs as much
         adapt_pixels = min(adapt_pixels, max(MIN_PIXELS, *(im.shape[-2] * im.shape[-1] for im in images)))
@@ -665,7 +671,7 @@ def _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, 
     with _precision(precision), reuse_freed_memory():
         inputs = _step_inputs(tasks, kernels, scale, mode, backend, plan, seed) if steps else None
         adapted, losses = _adapt_weights(params, len(tasks), inputs, rates, precision, cuda_graph, on_step,
-                                         step_search, adapt_loss or info.adapt_loss)
+                                         info.step_search, info.adapt_loss)
     return _Adapted(adapted, losses, info, [im for task in tasks for im in task], form, rates)
 
 
@@ -681,7 +687,7 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
           backprojection: bool = False, tile: int | None = None, backend: str | None = None,
           cuda_graph: bool = False, on_step: Callable[[int, int], None] | None = None,
           adapt_pixels: int = ADAPT_PIXELS, seed: int = 0, share: bool = False, return_model: bool = False,
-          on_tile: Callable[[int, int], None] | None = None, step_search: bool | Sequence[float] = False,
+          on_tile: Callable[[int, int], None] | None = None, step_search: bool | Sequence[float] | None = None,
           adapt_loss: str | None = None):
     """Super-resolve LR images with MZSR(steps).
 
@@ -728,11 +734,14 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
     total): after each inference tile (progress).
     step_search: multiples of each step to try after it (True: STEP_SEARCH);
     each image keeps the one whose loss on its own son -> LR pair is lowest
-    (one forward pass over the step's pixels per multiple); False (default):
-    the scheduled step, the paper's protocol.
+    (one forward pass over the step's pixels per multiple); False: the
+    scheduled step alone, the paper's protocol and the lowest latency; None
+    (default): the model's (ModelInfo.step_search; `mzsr-fast info` lists
+    the shipped models').
     adapt_loss: the loss the steps descend, one of mzsr_fast.losses.LOSSES
     (None: the model's, ModelInfo.adapt_loss; "l1", the paper's, for every
-    model not trained with another).
+    model not trained with another). The adapted networks (return_model)
+    record the loss and search their steps used in their model_info.
     cuda_graph: (CUDA only) after WARMUP_STEPS eager steps, capture one
     adaptation step as a CUDA graph and replay it for the remaining steps:
     one launch per step instead of one per kernel (launches dominate small
@@ -783,7 +792,7 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
 def adapt_model(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | None = None,
                 schedule: Sequence[float] | None = None, precision: str = "fp32", backend: str | None = None,
                 on_step: Callable[[int, int], None] | None = None, adapt_pixels: int = ADAPT_PIXELS,
-                seed: int = 0, step_search: bool | Sequence[float] = False,
+                seed: int = 0, step_search: bool | Sequence[float] | None = None,
                 adapt_loss: str | None = None) -> MZSRNet:
     """The network of MZSR(steps) adapted to lr, without super-resolving it:
     adapt once, then apply it to anything (adapt(x, kernel, steps=0,

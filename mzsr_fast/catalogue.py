@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ModelKind", "CATALOGUE", "BUNDLED", "ONE_STEP", "ADAPT_LOSSES", "kind_of"]
+__all__ = ["ModelKind", "CATALOGUE", "BUNDLED", "ONE_STEP", "ADAPT_LOSSES", "kind_of", "parse_multiples"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,18 @@ BUNDLED = tuple(CATALOGUE) + tuple(name + ONE_STEP for name in CATALOGUE)
 # The losses a model's adaptation steps may descend (ModelInfo.adapt_loss; mzsr_fast.losses
 # computes them): "l1" is the paper's.
 ADAPT_LOSSES = ("l1", "charbonnier", "mse")
+
+
+def parse_multiples(text: str, name: str, allow_empty: bool = True) -> tuple[float, ...]:
+    """The multiples of a step search (ModelInfo.step_search, --step-search)
+    from "0.5,1.0,2.0" ("": none, where allowed); name is the source in errors."""
+    try:
+        multiples = tuple(float(m) for m in text.split(",")) if text or not allow_empty else ()
+    except ValueError:
+        multiples = (-1.0,)
+    if not all(0 < m < float("inf") for m in multiples):
+        raise ValueError(f"{name}: expected positive finite multiples of the step separated by commas, got {text!r}")
+    return multiples
 
 
 def kind_of(name: str) -> str:

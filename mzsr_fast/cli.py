@@ -17,7 +17,7 @@ import warnings
 from importlib import resources
 
 from ._files import check_writable_folder
-from .catalogue import ADAPT_LOSSES
+from .catalogue import ADAPT_LOSSES, parse_multiples
 from .train.cli import register_train_commands
 
 EXAMPLES = {"example": "butterfly_hr.png", "example-lr": "butterfly_lr_g_d_2.0.png"}
@@ -251,12 +251,9 @@ def _adapt_pixels(text: str) -> int:
 def _multiples(text: str) -> tuple[float, ...]:
     """--step-search M,M,...: positive multiples of the step."""
     try:
-        multiples = tuple(float(m) for m in text.split(","))
-    except ValueError:
-        multiples = ()
-    if not multiples or not all(0 < m < float("inf") for m in multiples):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive multiples of the step, got {text!r}")
-    return multiples
+        return parse_multiples(text, "", allow_empty=False)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix(": ")) from None
 
 
 def _adapt_options(args) -> dict:
@@ -434,15 +431,16 @@ def cmd_import_tf(args) -> None:
 
 
 def _model_summary(info) -> str:
-    """One line on a shipped model: mode, scales, training iterations, schedule, adaptation loss."""
+    """One line on a shipped model: mode, scales, training iterations, schedule, adaptation loss and search."""
     from .pretrained import format_schedule, is_per_tensor
 
     rows = len(info.schedule)
     schedule = f"per-tensor table of {rows} step{'s' if rows > 1 else ''}" if is_per_tensor(info.schedule) else \
         format_schedule(info.schedule)
+    search = f"step search {','.join(f'{m:g}' for m in info.step_search)}" if info.step_search else "no step search"
     return (f"shipped: {info.mode} x{','.join(map(str, info.scales))}, "
             f"{info.notes.get('step', 'unknown')} meta-training iterations, schedule {schedule}, "
-            f"{info.adapt_loss} adaptation loss")
+            f"{info.adapt_loss} adaptation loss, {search}")
 
 
 def cmd_info(args) -> None:
@@ -515,9 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--adapt-pixels", type=_adapt_pixels, metavar="N|all", help=budget_help + " (default 32768)")
     sr.add_argument("--seed", type=int, default=0, help="seed of the budget's window draw (default 0)")
     search_help = ("after each adaptation step, try these multiples of it (default 0.5,1,2) and keep the one "
-                   "whose loss on the image's own son -> LR pair is lowest: one forward pass per multiple, "
-                   "about +0.1 dB at MZSR(1) on held-out photos with the x2 one-step model (see the README)")
+                   "whose loss on the image's own son -> LR pair is lowest: one forward pass per multiple "
+                   "(default: the model's; direct_x2_1step searches, see the README)")
+    no_search_help = "the scheduled step alone, also for a model that searches by default (the lowest latency)"
     sr.add_argument("--step-search", type=_multiples, nargs="?", const=True, metavar="M,M,...", help=search_help)
+    sr.add_argument("--no-step-search", dest="step_search", action="store_const", const=False, help=no_search_help)
     loss_help = ("the loss the adaptation steps descend (default: the model's; l1, the paper's, for every shipped "
                  "model not meta-trained with another; see the README)")
     sr.add_argument("--adapt-loss", choices=ADAPT_LOSSES, help=loss_help)
@@ -552,7 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--adapt-pixels", type=_adapt_pixels, default=0, metavar="N|all",
                           help=budget_help + " (default all: the paper's protocol)")
     evaluate.add_argument("--step-search", type=_multiples, nargs="?", const=True, metavar="M,M,...",
-                          help=search_help + "; default off, the paper's protocol")
+                          help=search_help)
+    evaluate.add_argument("--no-step-search", dest="step_search", action="store_const", const=False,
+                          help=no_search_help + "; the paper's protocol")
     evaluate.add_argument("--adapt-loss", choices=ADAPT_LOSSES, help=loss_help)
     evaluate.add_argument("-o", "--output", metavar="OUTDIR", help="write results.md/.csv/.json here")
     evaluate.add_argument("--device")

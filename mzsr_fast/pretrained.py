@@ -13,7 +13,7 @@ from safetensors.torch import load_file, safe_open
 from safetensors.torch import save as save_safetensors
 
 from ._files import atomic_write
-from .catalogue import BUNDLED, CATALOGUE, ONE_STEP, ModelKind, kind_of
+from .catalogue import BUNDLED, CATALOGUE, ONE_STEP, ModelKind, kind_of, parse_multiples
 from .losses import LOSSES
 from .model import PARAMETER_NAMES, MZSRNet, state_dict_mismatch
 
@@ -72,9 +72,11 @@ def format_schedule(schedule: Schedule) -> str:
 class ModelInfo:
     """What a model was trained for: kind (a CATALOGUE key), subsampling mode,
     scales (empty: not known, any scale accepted), its own test-time
-    learning-rate schedule (empty: the kind's reference schedule) and the loss
+    learning-rate schedule (empty: the kind's reference schedule), the loss
     its adaptation steps descend (mzsr_fast.losses.LOSSES; "l1", the paper's,
-    unless it was meta-trained with another)."""
+    unless it was meta-trained with another) and the multiples of each step
+    its adaptation tries by default (step_search, chosen on held-out images;
+    empty: the scheduled step alone, the paper's protocol)."""
 
     name: str
     kind: str = "direct_x2"
@@ -83,6 +85,7 @@ class ModelInfo:
     notes: dict = field(default_factory=dict, compare=False)
     own_schedule: Schedule = ()
     adapt_loss: str = "l1"
+    step_search: tuple[float, ...] = ()
 
     @property
     def schedule(self) -> Schedule:
@@ -96,6 +99,8 @@ class ModelInfo:
             meta["schedule"] = format_schedule(self.own_schedule)
         if self.adapt_loss != "l1":
             meta["adapt_loss"] = self.adapt_loss
+        if self.step_search:
+            meta["step_search"] = ",".join(repr(float(m)) for m in self.step_search)
         return meta
 
     @classmethod
@@ -117,10 +122,12 @@ class ModelInfo:
         adapt_loss = meta.pop("adapt_loss", "l1")
         if adapt_loss not in LOSSES:
             raise ValueError(f"{source}: metadata adapt_loss={adapt_loss!r}: expected one of {LOSSES}")
+        step_search = parse_multiples(meta.pop("step_search", ""), f"{source}: metadata step_search")
         if kind not in CATALOGUE:  # a file without (or with an unknown) kind: the one its mode and scales make
             kind = kind_for(mode, scales)
         return cls(name=meta.pop("name", fallback_name), kind=kind, mode=mode, scales=scales, notes=meta,
-                   own_schedule=schedule, adapt_loss=adapt_loss)
+                   own_schedule=schedule, adapt_loss=adapt_loss, step_search=step_search)
+
 
 
 def bundled_info(name: str) -> ModelInfo:
@@ -230,9 +237,9 @@ def load_model(model=None, device=None) -> tuple[MZSRNet, ModelInfo]:
         raise ValueError(f"model: {path}: weights do not fit MZSRNet: {mismatch}")
     net.load_state_dict(state)
     info = ModelInfo.from_metadata(meta, os.path.splitext(os.path.basename(path))[0], source=path)
-    if name in BUNDLED:  # what the name stands for, with the file's notes, schedule and loss
+    if name in BUNDLED:  # what the name stands for, with the file's notes, schedule, loss and search
         info = replace(bundled_info(name), notes=info.notes, own_schedule=info.own_schedule,
-                       adapt_loss=info.adapt_loss)
+                       adapt_loss=info.adapt_loss, step_search=info.step_search)
     net.model_info = info  # lets a loaded net be passed around without losing its info
     return (net.to(device) if device is not None else net), info
 

@@ -4,7 +4,7 @@ images (never on the test sets), and optionally store the best in the file.
 Usage:
   python scripts/calibrate_schedule.py MODEL.safetensors DATA_DIR [--holdout N] [--val-crop 192]
       [--kernels g_d_2.0] [--scale S] [--steps 10] [--multipliers 0.25,0.5,1,2,4] [--per-layer]
-      [--adapt-loss LOSS] [--write]
+      [--adapt-loss LOSS] [--step-search [M,...] | --no-step-search] [--write]
 
 The candidates are the model's current schedule scaled by each multiplier
 (candidates with a rate of 1 or more are left out). With --per-layer, the best
@@ -15,8 +15,9 @@ MZSR(steps) PSNR over the held-out images (mzsr_fast.train.data.holdout_paths:
 the split a run with --holdout N keeps out of training; N defaults to the
 one the model's training run recorded) degraded with each kernel preset,
 exactly as the trainer's validation does, with the model's adaptation loss
-or --adapt-loss. MZSR(1) is reported alongside. With --write the best
-schedule (by MZSR(steps)), and the --adapt-loss given, go into MODEL's
+and step search or --adapt-loss and --step-search / --no-step-search.
+MZSR(1) is reported alongside. With --write the best schedule (by
+MZSR(steps)), and the --adapt-loss and step search given, go into MODEL's
 metadata, weights unchanged.
 """
 import argparse
@@ -24,7 +25,8 @@ import dataclasses
 import os
 import sys
 
-from mzsr_fast.adapt import learning_rates
+from mzsr_fast.adapt import STEP_SEARCH, learning_rates
+from mzsr_fast.catalogue import parse_multiples
 from mzsr_fast.degradation import PRESETS
 from mzsr_fast.losses import LOSSES
 from mzsr_fast.model import PARAMETER_NAMES
@@ -65,8 +67,19 @@ def main(argv=None) -> int:
     parser.add_argument("--multipliers", default="0.25,0.5,1,2,4")
     parser.add_argument("--per-layer", action="store_true", help="then refine the best one layer at a time")
     parser.add_argument("--adapt-loss", choices=LOSSES, help="the loss of the adaptation steps (default: the model's)")
-    parser.add_argument("--write", action="store_true", help="store the best schedule (and --adapt-loss) in MODEL")
+    search = parser.add_mutually_exclusive_group()
+    search.add_argument("--step-search", nargs="?", const=",".join(map(str, STEP_SEARCH)), metavar="M,M,...",
+                        help=f"score with this step search (default multiples {STEP_SEARCH}; default: the model's)")
+    search.add_argument("--no-step-search", dest="step_search", action="store_const", const=False,
+                        help="score with the scheduled steps alone")
+    parser.add_argument("--write", action="store_true",
+                        help="store the best schedule (and --adapt-loss, --step-search) in MODEL")
     args = parser.parse_args(argv)
+    try:  # None: the model's; False: none
+        step_search = () if args.step_search is False else \
+            None if args.step_search is None else parse_multiples(args.step_search, "--step-search", allow_empty=False)
+    except ValueError as error:
+        parser.error(str(error))
 
     if not os.path.isfile(args.model):
         parser.error(f"model: {args.model} is not a file (calibrate a copy of a bundled model)")
@@ -78,13 +91,14 @@ def main(argv=None) -> int:
     if info.scales and scale not in info.scales:
         parser.error(f"--scale: the model was trained for scales {info.scales}, got {scale}")
     adapt_loss = args.adapt_loss or info.adapt_loss
+    step_search = info.step_search if step_search is None else step_search
     kernels = args.kernels.split(",") if args.kernels else ["g_b_1.3" if info.mode == "bicubic" else "g_d_2.0"]
     images = load_images(holdout_paths(args.data_dir, holdout), scale,
                          min_lr_size=max(PRESETS[k].size for k in kernels), crop=args.val_crop)
 
     def score(label: str, schedule):
         scores = mzsr_psnr(net, images, kernels, scale, steps=(1, args.steps), schedule=schedule, mode=info.mode,
-                           adapt_loss=adapt_loss)
+                           adapt_loss=adapt_loss, step_search=step_search)
         one = sum(v for k, v in scores.items() if k.endswith("_mzsr1")) / len(kernels)
         many = sum(v for k, v in scores.items() if k.endswith(f"_mzsr{args.steps}")) / len(kernels)
         print(f"{label:<18} MZSR(1) {one:.3f} dB  MZSR({args.steps}) {many:.3f} dB", flush=True)
@@ -110,7 +124,8 @@ def main(argv=None) -> int:
     if args.write:
         notes = dict(info.notes, calibration=f"{best[2]} on {len(images)} held-out images of {args.data_dir} "
                                              f"at scale {scale}")
-        save_model(args.model, net, dataclasses.replace(info, notes=notes, own_schedule=best[3], adapt_loss=adapt_loss))
+        save_model(args.model, net, dataclasses.replace(info, notes=notes, own_schedule=best[3], adapt_loss=adapt_loss,
+                                                        step_search=step_search))
         print(f"wrote the schedule into {args.model}")
     return 0
 

@@ -13,15 +13,16 @@ kind the bundled name stands for (same kind, subsampling mode and scales as
 mzsr_fast.pretrained.CATALOGUE), then writes
 mzsr_fast/weights/NAME.safetensors (safetensors, no pickle) with the run's
 iteration count and the weights' own test-time schedule (learned, or written
-by scripts/calibrate_schedule.py) and its adaptation loss in its metadata.
+by scripts/calibrate_schedule.py), its adaptation loss and its step search in its metadata.
 """
 import argparse
+import dataclasses
 import os
 import sys
 
 from safetensors import safe_open
 
-from mzsr_fast.pretrained import BUNDLED, ModelInfo, bundled_info, load_model, save_model
+from mzsr_fast.pretrained import BUNDLED, bundled_info, load_model, save_model
 
 
 def main(argv=None) -> int:
@@ -68,8 +69,9 @@ def main(argv=None) -> int:
             return 2
         notes.update(step=str(args.init_iterations + int(notes["step"])), init_iterations=str(args.init_iterations))
     target = os.path.join(args.out, f"{args.name}.safetensors")
-    save_model(target, net, ModelInfo(args.name, want.kind, want.mode, want.scales, notes=notes,
-                                      own_schedule=info.own_schedule, adapt_loss=info.adapt_loss))
+    # the name's kind, with the weights' own notes and adaptation (schedule, loss, step search)
+    save_model(target, net, dataclasses.replace(info, name=args.name, kind=want.kind, mode=want.mode,
+                                                scales=want.scales, notes=notes))
     print(f"{args.name}: iteration {notes.get('step', '?')} of {path} -> {os.path.normpath(target)}")
     return 0
 

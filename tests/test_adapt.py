@@ -303,10 +303,10 @@ def _nan_net():
     (dict(model="missing.safetensors"), "model: 'missing.safetensors' is neither"),
     (dict(cuda_graph=1), "cuda_graph: expected True or False"),
     (dict(cuda_graph=True), "cuda_graph: needs lr on a CUDA device, got cpu"),
-    (dict(step_search=(0.5, 0)), "step_search: expected True"),
-    (dict(step_search=[float("nan")]), "step_search: expected True"),
-    (dict(step_search="0.5,2"), "step_search: expected True"),
-    (dict(step_search=(True,)), "step_search: expected True"),
+    (dict(step_search=(0.5, 0)), "step_search: expected None"),
+    (dict(step_search=[float("nan")]), "step_search: expected None"),
+    (dict(step_search="0.5,2"), "step_search: expected None"),
+    (dict(step_search=(True,)), "step_search: expected None"),
     (dict(adapt_loss="L1"), r"adapt_loss: expected one of \('l1', 'charbonnier', 'mse'\), got 'L1'"),
 ])
 def test_bad_input(kwargs, match):
@@ -502,7 +502,8 @@ def test_step_search_keeps_the_multiple_with_the_lowest_loss_after_the_step():
     (1.0,) is no search, bit for bit. The model: direct_x2_1step with an L1
     step of 0.13 in layers 0-5 (on it these crops choose differently)."""
     net, info = load_model("direct_x2_1step")
-    info = dataclasses.replace(info, adapt_loss="l1", own_schedule=((0.13,) * 12 + (0.065, 0.065, 0.0325, 0.0325),))
+    info = dataclasses.replace(info, adapt_loss="l1", own_schedule=((0.13,) * 12 + (0.065, 0.065, 0.0325, 0.0325),),
+                               step_search=())
     net.model_info = info
     crops, kernels = _example_crops(), torch.stack([mzsr_fast.preset(n).kernel.float() for n in ("g_d_2.0", "g_d_0.2")])
     first = info.schedule[0]
@@ -526,6 +527,24 @@ def test_step_search_keeps_the_multiple_with_the_lowest_loss_after_the_step():
     assert torch.equal(mzsr_fast.adapt(crops, kernels, 2, 1, model=net, step_search=(1.0,)), plain)
     # a multiple that diverges (weights of 1e30 times the step: a non-finite loss) is never kept
     assert torch.equal(mzsr_fast.adapt(crops, kernels, 2, 1, model=net, step_search=(1e30, 1.0)), plain)
+
+
+def test_the_models_step_search_is_the_default_and_false_turns_it_off():
+    """A model whose info asks for a step search adapts with it unless
+    step_search=False; the adapted network records the loss and search its
+    steps used."""
+    net, info = load_model("direct_x2_1step")
+    crop = _example_crops()[1]
+    net.model_info = dataclasses.replace(info, step_search=())
+    plain = mzsr_fast.adapt(crop, "g_d_0.2", 2, 1, model=net)
+    searched = mzsr_fast.adapt(crop, "g_d_0.2", 2, 1, model=net, step_search=(0.5, 2.0))
+    assert not torch.equal(plain, searched)
+    net.model_info = dataclasses.replace(info, step_search=(0.5, 2.0))
+    assert torch.equal(mzsr_fast.adapt(crop, "g_d_0.2", 2, 1, model=net), searched)
+    assert torch.equal(mzsr_fast.adapt(crop, "g_d_0.2", 2, 1, model=net, step_search=False), plain)
+    assert mzsr_fast.adapt_model(crop, "g_d_0.2", 2, 1, model=net).model_info.step_search == (0.5, 2.0)
+    adapted = mzsr_fast.adapt_model(crop, "g_d_0.2", 2, 1, model=net, step_search=False, adapt_loss="mse")
+    assert (adapted.model_info.step_search, adapted.model_info.adapt_loss) == ((), "mse")
 
 
 def test_step_search_compares_the_multiples_by_the_adaptation_loss(monkeypatch):

@@ -29,18 +29,23 @@ def test_scaled_and_layer_scaled_schedules():
     assert script.largest_rate(again) == 0.02
 
 
-def test_write_stores_the_best_schedule_and_the_adaptation_loss(tmp_path):
+def _tiny_data(tmp_path):
     import numpy as np
     from PIL import Image
-
-    from mzsr_fast.model import MZSRNet
-    from mzsr_fast.pretrained import ModelInfo, load_model, save_model
 
     data = tmp_path / "train"
     data.mkdir()
     gen = np.random.default_rng(0)
     for name in ("a.png", "b.png"):
         Image.fromarray(gen.integers(0, 256, (46, 50, 3), dtype=np.uint8)).save(data / name)
+    return data
+
+
+def test_write_stores_the_best_schedule_and_the_adaptation_loss(tmp_path):
+    from mzsr_fast.model import MZSRNet
+    from mzsr_fast.pretrained import ModelInfo, load_model, save_model
+
+    data = _tiny_data(tmp_path)
     model = tmp_path / "m.safetensors"
     save_model(model, MZSRNet(), ModelInfo("m", own_schedule=(0.01,)))
     assert _script().main([str(model), str(data), "--holdout", "1", "--val-crop", "0", "--steps", "1",
@@ -48,3 +53,23 @@ def test_write_stores_the_best_schedule_and_the_adaptation_loss(tmp_path):
     _, info = load_model(str(model))
     assert info.adapt_loss == "charbonnier" and info.schedule in ((0.005,), (0.01,))
     assert "calibration" in info.notes
+
+
+def test_step_search_is_scored_and_written_and_no_step_search_clears_it(tmp_path, capsys):
+    from mzsr_fast.adapt import STEP_SEARCH
+    from mzsr_fast.model import MZSRNet
+    from mzsr_fast.pretrained import ModelInfo, load_model, save_model
+
+    data = _tiny_data(tmp_path)
+    model = tmp_path / "m.safetensors"
+    save_model(model, MZSRNet(), ModelInfo("m", own_schedule=(0.01,)))
+    common = [str(model), str(data), "--holdout", "1", "--val-crop", "0", "--steps", "1", "--multipliers", "1"]
+    assert _script().main(common) == 0
+    plain = capsys.readouterr().out
+    assert _script().main(common + ["--step-search", "0.5,2", "--write"]) == 0
+    assert capsys.readouterr().out.split("MZSR(1)")[1] != plain.split("MZSR(1)")[1]  # scored with the search
+    assert load_model(str(model))[1].step_search == (0.5, 2.0)
+    assert _script().main(common + ["--step-search", "--write"]) == 0
+    assert load_model(str(model))[1].step_search == STEP_SEARCH
+    assert _script().main(common + ["--no-step-search", "--write"]) == 0
+    assert load_model(str(model))[1].step_search == ()

@@ -48,10 +48,12 @@ def test_info(capsys):
         if shipped:
             info = load_model(name)[1]
             assert f"{info.notes['step']} meta-training iterations" in line, line
-            assert line.endswith(f", {info.adapt_loss} adaptation loss"), line
+            search = f"step search {','.join(f'{m:g}' for m in info.step_search)}" if info.step_search \
+                else "no step search"
+            assert line.endswith(f", {info.adapt_loss} adaptation loss, {search}"), line
         else:
             assert line == "not trained yet"
-    assert report["bundled_models"]["direct_x2_1step"].endswith("charbonnier adaptation loss")
+    assert "charbonnier adaptation loss" in report["bundled_models"]["direct_x2_1step"]
 
 
 @pytest.mark.parametrize("args,message", [
@@ -475,8 +477,29 @@ def test_sr_step_search_default_list_and_bad_values(tmp_path, model_file, capsys
     assert f"default {','.join(f'{m:g}' for m in STEP_SEARCH)}" in sr_help
     capsys.readouterr()
     assert main(base + ["-o", str(tmp_path / "bad"), "--step-search", "0,1"]) == 2
-    assert "--step-search: expected comma-separated positive multiples of the step, got '0,1'" in \
+    assert "--step-search: expected positive finite multiples of the step separated by commas, got '0,1'" in \
         capsys.readouterr().err
+
+
+def test_no_step_search_turns_off_the_models_own(tmp_path):
+    """A model file that asks for a step search: sr uses it, --no-step-search
+    gives the plain step (what the same weights without it give)."""
+    from mzsr_fast import MZSRNet
+    from mzsr_fast.pretrained import ModelInfo, save_model
+
+    net = MZSRNet()
+    net.reset_parameters(torch.Generator().manual_seed(0))
+    for name, search in (("searching", (0.5, 2.0)), ("plain", ())):
+        save_model(tmp_path / f"{name}.safetensors", net, ModelInfo(name, step_search=search))
+    _rgb(tmp_path / "a.png", 40, 44)
+    base = ["sr", str(tmp_path / "a.png"), "--steps", "1", "--kernel", "g_d_2.0"]
+    runs = {"own": ("searching", []), "off": ("searching", ["--no-step-search"]), "plain": ("plain", []),
+            "asked": ("plain", ["--step-search", "0.5,2"])}
+    for out, (model, extra) in runs.items():
+        assert main(base + ["--model", str(tmp_path / f"{model}.safetensors"), "-o", str(tmp_path / out)] + extra) == 0
+    image = {out: read_image(tmp_path / out / "a_x2_mzsr1.png") for out in runs}
+    assert torch.equal(image["own"], image["asked"]) and torch.equal(image["off"], image["plain"])
+    assert not torch.equal(image["own"], image["plain"])
 
 
 def test_adapt_loss_option_of_sr_and_eval(tmp_path, model_file, capsys):

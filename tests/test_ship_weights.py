@@ -29,11 +29,11 @@ def _weights(path, **info):
 def test_ships_a_checkpoint_with_its_iteration_schedule_and_loss(tmp_path):
     source = tmp_path / "step-00000300.safetensors"
     net = _weights(source, kind="direct_x4", mode="direct", scales=(4,), notes={"step": "300"},
-                   own_schedule=(0.02, 0.01), adapt_loss="charbonnier")
+                   own_schedule=(0.02, 0.01), adapt_loss="charbonnier", step_search=(0.5, 1.0))
     assert _script()([str(source), "direct_x4", "--out", str(tmp_path)]) == 0
     shipped, info = load_model(tmp_path / "direct_x4.safetensors")
     assert (info.name, info.kind, info.scales, info.notes["step"]) == ("direct_x4", "direct_x4", (4,), "300")
-    assert info.own_schedule == (0.02, 0.01) and info.adapt_loss == "charbonnier"
+    assert info.own_schedule == (0.02, 0.01) and info.adapt_loss == "charbonnier" and info.step_search == (0.5, 1.0)
     for a, b in zip(shipped.parameters(), net.parameters()):
         assert torch.equal(a, b)
 

@@ -74,12 +74,13 @@ def pretrain_psnr(model: torch.nn.Module, images, scale: int, device) -> float:
 
 
 def mzsr_psnr(model: torch.nn.Module, images, kernels: list[str], scale: int, steps=(1, 10), schedule=None,
-              mode: str | None = None, device=None, adapt_loss: str | None = None) -> dict[str, float]:
+              mode: str | None = None, device=None, adapt_loss: str | None = None,
+              step_search=None) -> dict[str, float]:
     """{"psnr_<kernel>_mzsr<n>": mean PSNR} for each kernel preset and number of steps,
     by the evaluation protocol (mzsr_fast.evaluation: the LR degraded with the
     kernel in mode, default the preset's, and rounded to 8 bits; SR by MZSR(n)
-    with a copy of model, schedule and adapt_loss (None: the model's),
-    rounded to 8 bits).
+    with a copy of model, schedule, adapt_loss and step_search (None: the
+    model's; adapt's arguments), rounded to 8 bits).
     """
     net = copy.deepcopy(model).eval()
     out = {}
@@ -93,7 +94,7 @@ def mzsr_psnr(model: torch.nn.Module, images, kernels: list[str], scale: int, st
             lr = degraded_lr(gt, kernel, scale, subsample)
             for n in steps:
                 sr = super_resolve(lr, kernel, scale, n, model=net, mode=subsample, schedule=schedule,
-                                   adapt_loss=adapt_loss)
+                                   adapt_loss=adapt_loss, step_search=step_search)
                 scores[n].append(psnr(sr, gt.double(), scale))
         for n in steps:
             out[f"psnr_{name}_mzsr{n}"] = sum(scores[n]) / len(scores[n])
