@@ -32,7 +32,8 @@ from .degradation import degrade, load_kernel
 from .losses import check_loss, task_losses
 from .maml import sgd_update_, stacked_forward
 from .model import PARAMETER_NAMES, MZSRNet
-from .pretrained import ModelInfo, mode_mismatch, resolve_model, unadapted_warning
+from .catalogue import ONE_STEP, kind_of
+from .pretrained import ModelInfo, check_scale, mode_mismatch, resolve_model, unadapted_warning
 from .resize import imresize
 
 __all__ = ["adapt", "adapt_model", "UnadaptedModelWarning", "learning_rates", "forward_tiled", "upscale_tiled",
@@ -570,11 +571,42 @@ def _images(lr) -> tuple[list[torch.Tensor], str]:
                 raise ValueError(f"lr[{i}]: expected an image [C, H, W], got "
                                  f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}")
             images.append(_checks.as_batched_image(image, f"lr[{i}]")[0][0])
-        if len({(im.shape[0], im.device) for im in images}) > 1:
-            raise ValueError("lr: expected images with the same number of channels on one device")
+        if len({im.device for im in images}) > 1:
+            raise ValueError("lr: expected images on one device")
+        for i, image in enumerate(images):
+            _check_rgb(image, f"lr[{i}]")
         return images, "list"
     y, was_3d = _checks.as_batched_image(lr, "lr")
+    _check_rgb(y[0], "lr")
     return list(y.unbind(0)), "image" if was_3d else "batch"
+
+
+def _check_rgb(image: torch.Tensor, name: str) -> None:
+    """The network takes RGB images [3, H, W]."""
+    if image.shape[0] != 3:
+        hint = " (an [H, W, 3] image? permute it to [3, H, W])" if image.shape[-1] == 3 else \
+            " (a grey image: repeat its channel, image.expand(3, -1, -1))" if image.shape[0] == 1 else ""
+        raise ValueError(f"{name}: expected 3 channels (RGB) [3, H, W], got {image.shape[0]} in shape "
+                         f"{tuple(image.shape)}{hint}")
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+        raise ValueError(f"seed: expected an integer in [0, 2**63), got {seed!r}")
+    return seed
+
+
+def _check_tile(tile) -> None:
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
+        raise ValueError(f"tile: expected a positive integer or None, got {tile!r}")
+
+
+def check_options(adapt_pixels: int = ADAPT_PIXELS, seed: int = 0, tile: int | None = None) -> None:
+    """adapt's checks of these arguments (a ValueError naming the argument),
+    for a caller that wants them made before any work (the command line)."""
+    _check_pixels(adapt_pixels)
+    _check_seed(seed)
+    _check_tile(tile)
 
 
 def _check_pixels(adapt_pixels) -> int:
@@ -607,6 +639,7 @@ def _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, 
     scale = _checks.integer_scale(scale)
     steps = _check_steps(steps)
     adapt_pixels = _check_pixels(adapt_pixels)
+    seed = _check_seed(seed)
     step_search = _check_search(step_search)
     if adapt_loss is not None:
         check_loss(adapt_loss, "adapt_loss")
@@ -635,8 +668,10 @@ def _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, 
                              f"{kernel.shape[0]} kernels")
         kernels, kernel_mode = _kernels(kernel, len(images))
         net, info = resolve_model(model, mode or kernel_mode, scale, steps=steps)
-    if info.scales and scale not in info.scales:
-        raise ValueError(f"scale: the model {info.name!r} was trained for scales {info.scales}, got {scale}")
+    check_scale(model, info, scale)
+    if steps > 1 and info.name.endswith(ONE_STEP) and schedule is None:
+        warnings.warn(f"steps={steps}: the model {info.name!r} is sized for one step; for more use "
+                      f"{kind_of(info.name)!r}", UserWarning, stacklevel=3)
     mismatch = mode_mismatch(kernel_mode, info) if mode is None and steps > 0 else None
     if mismatch:
         warnings.warn(mismatch, UserWarning, stacklevel=3)
@@ -752,8 +787,7 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
     with share or for a [C, H, W] image, else a list of one per image.
     return_losses and return_model add to a tuple in that order.
     """
-    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
-        raise ValueError(f"tile: expected a positive integer or None, got {tile!r}")
+    _check_tile(tile)
     if not isinstance(return_model, bool):
         raise TypeError(f"return_model: expected True or False, got {return_model!r}")
     images, form = _images(lr)

@@ -38,6 +38,10 @@ def _report(args, message: str) -> None:
     print(f"mzsr-fast {args.command}: error: {message}", file=sys.stderr)
 
 
+class ImageError(Exception):
+    """An input image that adaptation cannot take (its message names the file)."""
+
+
 def _skip(args, message: str) -> None:
     """Report an input that cannot be read; the command goes on without it and exits 2."""
     _report(args, message)
@@ -263,23 +267,43 @@ def _adapt_options(args) -> dict:
     return {name: value for name, value in given.items() if value is not None}
 
 
+# The command-line options of adapt's arguments, for its errors.
+_OPTIONS = {"adapt_pixels": "--adapt-pixels", "seed": "--seed", "tile": "--tile"}
+
+
+def _check_adapt_options(args, names: tuple[str, ...]) -> None:
+    """adapt's checks of the options `names` (keys of _OPTIONS), before any work, in the options' names."""
+    from .adapt import check_options
+
+    try:
+        check_options(**{name: getattr(args, name) for name in names if getattr(args, name) is not None})
+    except ValueError as error:
+        name, _, reason = str(error).partition(": ")
+        raise UsageError(f"{_OPTIONS.get(name, name)}: {reason}") from None
+
+
 def cmd_sr(args) -> None:
     from ._checks import size_text
     from .adapt import UnadaptedModelWarning, adapt
     from .blind import estimate_kernel, joint_estimate
     from .degradation import PRESETS
     from .io import write_like
-    from .pretrained import resolve_model, unadapted_warning
+    from .pretrained import check_scale, resolve_model, unadapted_warning
 
     steps = _steps_list(args.steps)
     device = _device(args.device)
+    _check_adapt_options(args, ("adapt_pixels", "seed", "tile"))
+    if args.cuda_graph and device.type != "cuda":
+        raise UsageError(f"--cuda-graph: needs a CUDA device, got {device}")
     preset = PRESETS.get(args.kernel)
     # the model of each n: with no --model, the kind's one-step model for n = 1 where it is shipped
     models = {n: resolve_model(args.model, preset.mode if preset else None, args.scale, device=device, steps=n)
               for n in steps}
-    for net, info in models.values():
-        if info.scales and args.scale not in info.scales:  # before any estimate: the model cannot do this scale
-            raise UsageError(f"scale: the model {info.name!r} was trained for scales {info.scales}, got {args.scale}")
+    for net, info in models.values():  # before any estimate: the model cannot do this scale
+        try:
+            check_scale(args.model, info, args.scale, "--scale")
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     mode = models[steps[0]][1].mode  # a kind's models share their subsampling mode
     paths = _input_paths(args)
     if not paths:
@@ -295,8 +319,19 @@ def cmd_sr(args) -> None:
         warnings.warn(unadapted, UnadaptedModelWarning, stacklevel=1)
     progress = _Progress()
 
-    def super_resolve(lr, kernel, n: int, label: str, **options):
-        """adapt's SR, and the seconds of its two phases: "adaptation" (the son and the steps) and "inference"."""
+    def named(message: str, names: list[str]) -> str:  # "lr[i]: ..." / "lr: ..." -> "FILE: ..."
+        head, _, rest = message.partition(": ")
+        if head == "lr" and len(names) == 1:
+            return f"{names[0]}: {rest}"
+        if head.startswith("lr[") and head.endswith("]") and head[3:-1].isdigit() and int(head[3:-1]) < len(names):
+            return f"{names[int(head[3:-1])]}: {rest}"
+        return message
+
+    def super_resolve(lr, kernel, n: int, names: list[str], **options):
+        """adapt's SR of the images from the files `names`, and the seconds of
+        its two phases: "adaptation" (the son and the steps) and "inference";
+        ImageError, naming the file, for an image it cannot take."""
+        label = names[0] if len(names) == 1 else f"{len(names)} images"
         start = adapted = time.perf_counter()
 
         def on_step(done, total):
@@ -313,17 +348,22 @@ def cmd_sr(args) -> None:
                            on_tile=lambda done, total: progress(f"{label} MZSR({n})", done, total, "tile"),
                            **_adapt_options(args), **options)
         except ValueError as error:  # name the image
-            raise UsageError(f"{label}: {str(error).removeprefix('lr: ')}") from None
+            raise ImageError(named(str(error), names)) from None
         return sr, {"adaptation": adapted - start, "inference": time.perf_counter() - adapted}
 
     def phases(seconds: dict) -> str:
         return f"{sum(seconds.values()):.2f} s: " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items())
 
-    def estimated(lr, label: str, shared: bool = False) -> torch.Tensor:
+    def estimated(lr, label: str, names: list[str], shared: bool = False) -> torch.Tensor:
         """The kernel of lr (an image, or a list whose one kernel is joined:
-        shared) estimated for the model's subsampling mode, said with its time."""
+        shared) estimated for the model's subsampling mode, said with its
+        time; its warnings name the files."""
         start = time.perf_counter()
-        estimate = estimate_kernel(lr, args.scale, mode=mode)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            estimate = estimate_kernel(lr, args.scale, mode=mode)
+        for warning in caught:
+            warnings.warn(named(str(warning.message), names), warning.category, stacklevel=1)
         estimate = joint_estimate(estimate) if shared else estimate
         print(f"{label}: estimated {'shared ' if shared else ''}kernel {estimate} in "
               f"{time.perf_counter() - start:.2f} s")
@@ -333,10 +373,14 @@ def cmd_sr(args) -> None:
         read = [(path, lr.to(device)) for path in paths if (lr := _read_input(args, path)) is not None]
         if not read:
             return
-        label = f"{len(read)} images"
-        kernel = estimated([lr for _, lr in read], label, shared=True) if args.kernel == "auto" else args.kernel
+        label, names = f"{len(read)} images", [path for path, _ in read]
+        kernel = estimated([lr for _, lr in read], label, names, shared=True) if args.kernel == "auto" \
+            else args.kernel
         for n in steps:
-            srs, seconds = super_resolve([lr for _, lr in read], kernel, n, label, share=True)
+            try:
+                srs, seconds = super_resolve([lr for _, lr in read], kernel, n, names, share=True)
+            except ImageError as error:  # one adaptation for all: an image it cannot take stops it
+                raise UsageError(str(error)) from None
             start = time.perf_counter()
             for index, ((path, _), sr) in enumerate(zip(read, srs), 1):
                 write_like(out_path(path, n), sr, path)
@@ -349,9 +393,13 @@ def cmd_sr(args) -> None:
         if lr is None:
             continue
         lr = lr.to(device)
-        kernel = estimated(lr, f"[{index}/{len(paths)}] {path}") if args.kernel == "auto" else args.kernel
+        kernel = estimated(lr, f"[{index}/{len(paths)}] {path}", [path]) if args.kernel == "auto" else args.kernel
         for n in steps:
-            sr, seconds = super_resolve(lr, kernel, n, path)
+            try:
+                sr, seconds = super_resolve(lr, kernel, n, [path])
+            except ImageError as error:  # e.g. smaller than the kernel: reported, the other images still run
+                _skip(args, str(error))
+                break
             out = out_path(path, n)
             start = time.perf_counter()
             write_like(out, sr, path)
@@ -380,6 +428,7 @@ def cmd_eval(args) -> None:
 
     steps = _steps_list(args.steps)
     device = _device(args.device)
+    _check_adapt_options(args, ("adapt_pixels",))
     if args.output:
         _check_outputs([(args.gt, os.path.join(_output_folder(args.output), f"results.{ext}"))
                         for ext in ("md", "csv", "json")], args.force)
@@ -499,8 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--steps", default="10",
                     help="adaptation steps n of MZSR(n) (default 10: the shipped x2 models are meta-trained for "
                          "adaptation and poor without it); comma-separated for one output per n, e.g. 0,1,10")
-    sr.add_argument("--model", help="bundled model name or .safetensors path (default: the shipped model for "
-                                    "the kernel's subsampling mode and the scale; direct_x2 when none fits)")
+    model_help = ("bundled model name or .safetensors path (default: the shipped model for the kernel's "
+                  "subsampling mode and the scale, for --steps 1 its one-step model where one is shipped)")
+    sr.add_argument("--model", help=model_help)
     precision_help = ("fp32 (default): float32, the adaptation steps' forward and input-gradient convolutions "
                       "in the original's arithmetic; tf32: the fast float32 mode (TF32 convolutions on CUDA, "
                       "Winograd for every convolution of the CPU's adaptation steps: a step in about 0.85x the "
@@ -547,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--steps", default="0,1,10",
                           help="comma-separated n of MZSR(n); for zssr its maximum steps (ZSSR: 3000)")
     evaluate.add_argument("--method", choices=("mzsr", "bicubic", "zssr"), default="mzsr")
-    evaluate.add_argument("--model", help="bundled model name or .safetensors path")
+    evaluate.add_argument("--model", help=model_help)
     evaluate.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32", help=precision_help)
     evaluate.add_argument("--adapt-pixels", type=_adapt_pixels, default=0, metavar="N|all",
                           help=budget_help + " (default all: the paper's protocol)")

@@ -116,7 +116,13 @@ def load_kernel(spec, size: int = 21) -> tuple[torch.Tensor, str | None]:
                 raise ValueError(f"kernel: {path}: expected a MATLAB file with a variable 'kernel' ({error})") from None
         else:
             raise ValueError(f"kernel: {path}: expected a .npy or .mat file")
-    kernel = torch.as_tensor(np.asarray(spec) if not isinstance(spec, torch.Tensor) else spec)
+    if not isinstance(spec, (torch.Tensor, np.ndarray, list, tuple)):
+        raise ValueError(f"kernel: expected a preset name, 'theta,lambda1,lambda2', a (theta, lambda1, lambda2) "
+                         f"triple, a [k, k] tensor or array or a .npy/.mat path, got {type(spec).__name__}")
+    try:
+        kernel = torch.as_tensor(np.asarray(spec) if not isinstance(spec, torch.Tensor) else spec)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"kernel: expected a [k, k] array of numbers, got {spec!r}") from None
     if kernel.dim() != 2 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 == 0:
         raise ValueError(f"kernel: expected a square kernel of odd size, got shape {tuple(kernel.shape)}{source}")
     kernel = kernel.to(torch.float64)

@@ -164,6 +164,17 @@ def resolve_model(model, mode: str | None, scale: int | None, device=None,
     return load_model(default_model(mode, scale, steps) if model is None else model, device=device)
 
 
+def check_scale(model, info: "ModelInfo", scale: int, name: str = "scale") -> None:
+    """ValueError when the model (None: the one picked for the scale) does not serve scale."""
+    if not info.scales or scale in info.scales:
+        return
+    if model is None:
+        shipped = [name for name, is_shipped in bundled_models().items() if is_shipped]
+        served = sorted({s for name in shipped for s in CATALOGUE[kind_of(name)].scales})
+        raise ValueError(f"{name}: the shipped models serve scales {', '.join(map(str, served))}, got {scale}")
+    raise ValueError(f"{name}: the model {info.name!r} was trained for scales {info.scales}, got {scale}")
+
+
 def is_meta_learned(info: "ModelInfo") -> bool:
     """Whether the model was meta-trained for test-time adaptation (a bundled
     model, or a file written by the meta-trainer): poor until adapted."""

@@ -308,12 +308,40 @@ def _nan_net():
     (dict(step_search="0.5,2"), "step_search: expected None"),
     (dict(step_search=(True,)), "step_search: expected None"),
     (dict(adapt_loss="L1"), r"adapt_loss: expected one of \('l1', 'charbonnier', 'mse'\), got 'L1'"),
+    (dict(lr=torch.rand(1, 24, 24)), r"lr: expected 3 channels \(RGB\) \[3, H, W\], got 1 .* repeat its channel"),
+    (dict(lr=torch.rand(2, 4, 24, 24)), r"lr: expected 3 channels \(RGB\) \[3, H, W\], got 4"),
+    (dict(lr=torch.rand(24, 24, 3)), r"got 24 in shape \(24, 24, 3\) \(an \[H, W, 3\] image\? permute it"),
+    (dict(lr=[torch.rand(3, 24, 24), torch.rand(1, 24, 24)]), r"lr\[1\]: expected 3 channels"),
+    (dict(kernel=None), "kernel: expected a preset name, .* got NoneType"),
+    (dict(kernel=[[1, "a"], [2, 3]]), r"kernel: expected a \[k, k\] array of numbers"),
+    (dict(seed=2 ** 70), r"seed: expected an integer in \[0, 2\*\*63\)"),
+    (dict(seed=1.5), r"seed: expected an integer in \[0, 2\*\*63\)"),
+    (dict(seed=-1), r"seed: expected an integer in \[0, 2\*\*63\)"),
+    (dict(tile=0), "tile: expected a positive integer"),
 ])
 def test_bad_input(kwargs, match):
     call = dict(lr=torch.rand(3, 24, 24), kernel="g_d_2.0", scale=2, steps=1, model=_small_net())
     call.update(kwargs)
     with pytest.raises((ValueError, TypeError), match=match):
         mzsr_fast.adapt(**call)
+
+
+def test_a_scale_no_shipped_model_serves_says_so():
+    with pytest.raises(ValueError, match="scale: the shipped models serve scales 2, 3, 4, got 5"):
+        mzsr_fast.adapt(torch.rand(3, 24, 24), "g_d_2.0", 5, steps=1)
+    with pytest.raises(ValueError, match="scale: the model 'direct_x2' was trained for scales"):
+        mzsr_fast.adapt(torch.rand(3, 24, 24), "g_d_2.0", 5, steps=1, model="direct_x2")
+
+
+def test_a_one_step_model_asked_for_more_steps_warns_and_names_the_kinds_model():
+    lr = torch.rand(3, 24, 24)
+    with pytest.warns(UserWarning, match="steps=2: the model 'direct_x2_1step' is sized for one step; for more "
+                                         "use 'direct_x2'"):
+        mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=2, model="direct_x2_1step")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=1, model="direct_x2_1step")
+        mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=2, model="direct_x2_1step", schedule=[0.01])  # rates of its own
 
 
 def test_zssr_baseline_learns_from_the_image_alone():

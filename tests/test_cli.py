@@ -1,5 +1,6 @@
 """The mzsr-fast command: subcommands and bad input."""
 import json
+import os
 import subprocess
 import sys
 
@@ -130,7 +131,7 @@ def test_sr_warning_is_one_line(tmp_path, model_file):
     (["--steps", "-1"], "--steps: expected integers >= 0"),
     (["--scale", "4"], "scale: the model 'tiny' was trained for scales (2,), got 4"),
     (["--kernel", "1,2"], "kernel: '1,2' is neither a preset"),
-    (["--cuda-graph", "--device", "cpu"], "cuda_graph: needs lr on a CUDA device, got cpu"),
+    (["--cuda-graph", "--device", "cpu"], "--cuda-graph: needs a CUDA device, got cpu"),
 ])
 def test_sr_bad_input(tmp_path, model_file, capsys, extra, message):
     assert main(["sr", "example-lr", "-o", str(tmp_path), "--model", model_file] + extra) == 2
@@ -144,6 +145,41 @@ def test_sr_bad_images(tmp_path, model_file, capsys):
     assert "smaller than the 21x21 kernel" in capsys.readouterr().err
     for scale in ("0", "1.5"):
         assert main(["sr", "example-lr", "-o", str(tmp_path), "--model", model_file, "--scale", scale]) == 2
+
+
+@pytest.mark.parametrize("kernel", ["g_d_2.0", "auto"])
+def test_sr_skips_an_image_smaller_than_the_kernel_and_runs_the_others(tmp_path, model_file, capsys, kernel):
+    _rgb(tmp_path / "tiny.png", 8, 8)
+    _rgb(tmp_path / "good.png", 40, 44)
+    inputs = [str(tmp_path / "tiny.png"), str(tmp_path / "good.png")]
+    assert main(["sr", *inputs, "-o", str(tmp_path / "out"), "--model", model_file, "--kernel", kernel,
+                 "--steps", "1"]) == 2
+    assert os.listdir(tmp_path / "out") == ["good_x2_mzsr1.png"]
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'tiny.png'}: image of 8x8 (height x width) is smaller than the 21x21 kernel" in err
+    assert "lr:" not in err  # the estimate's warning names the file too
+
+
+def test_sr_share_adaptation_names_the_file_an_image_error_comes_from(tmp_path, model_file, capsys):
+    _rgb(tmp_path / "a.png", 40, 44)
+    _rgb(tmp_path / "strip.png", 5, 60)
+    assert main(["sr", str(tmp_path / "a.png"), str(tmp_path / "strip.png"), "-o", str(tmp_path / "out"),
+                 "--model", model_file, "--kernel", "g_d_2.0", "--steps", "1", "--share-adaptation"]) == 2
+    assert f"error: {tmp_path / 'strip.png'}: image of 5x60" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option,message", [
+    (["--adapt-pixels", "5"], "--adapt-pixels: expected 0 (whole images) or an integer >= 1024, got 5"),
+    (["--tile", "0"], "--tile: expected a positive integer"),
+    (["--seed", "99999999999999999999999"], "--seed: expected an integer in [0, 2**63)"),
+    (["--scale", "5"], "--scale: the shipped models serve scales 2, 3, 4, got 5"),
+])
+def test_sr_checks_its_options_before_any_work(tmp_path, capsys, option, message):
+    _rgb(tmp_path / "a.png", 40, 44)
+    assert main(["sr", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--steps", "1", *option]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and "estimated" not in captured.out
+    assert not (tmp_path / "out").exists()
 
 
 def test_sr_main_job_with_shipped_default_model(tmp_path):
@@ -457,7 +493,7 @@ def test_sr_adapt_pixels_all_or_a_budget_and_bad_values(tmp_path, model_file, ca
     assert main(base + ["-o", str(tmp_path / "bad"), "--adapt-pixels", "many"]) == 2
     assert "--adapt-pixels: expected a number of pixels or 'all', got 'many'" in capsys.readouterr().err
     assert main(base + ["-o", str(tmp_path / "bad"), "--adapt-pixels", "100"]) == 2
-    assert "adapt_pixels: expected 0 (whole images) or an integer >= 1024, got 100" in capsys.readouterr().err
+    assert "--adapt-pixels: expected 0 (whole images) or an integer >= 1024, got 100" in capsys.readouterr().err
 
 
 def test_sr_step_search_default_list_and_bad_values(tmp_path, model_file, capsys):

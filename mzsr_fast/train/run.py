@@ -108,7 +108,6 @@ class Run:
             if self.config.resume:
                 raise ValueError(f"--resume: {self.run_dir} has no checkpoint to resume from; pass "
                                  f"--resume-or-start to start a new run when there is none")
-            self._write_settings()
             return None
         checkpoint, weights, state = found
         if not resume:
@@ -133,7 +132,6 @@ class Run:
             warnings.warn(f"resuming a run made with {state.get('world_size')} process(es) on "
                           f"{self.dist.world_size}: the same global batch, but sums are taken in another "
                           f"order, so results are not bitwise those of an uninterrupted run", stacklevel=2)
-        self._write_settings()
         self.saved_step = checkpoint.step
         return checkpoint.step, weights, state
 
@@ -144,7 +142,8 @@ class Run:
         self.lock.acquire()
         self.checkpoints.clean()  # only now: another process's temporary files are not leftovers
 
-    def _write_settings(self) -> None:
+    def write_settings(self) -> None:
+        """config.json: the settings the run goes on with (once its checkpoint has been restored)."""
         text = json.dumps({"kind": self.kind, **self.settings}, indent=2, sort_keys=True)
         self.dist.on_main(lambda: atomic_write(os.path.join(self.run_dir, "config.json"), text.encode()))
 
@@ -267,6 +266,7 @@ def train(kind: str, config, make_trainer, on_step=None) -> TrainResult:
                 set_rng_state(state["rng"])
             else:
                 dist.broadcast_parameters(p for group in trainer.optimizer.param_groups for p in group["params"])
+            run.write_settings()  # only now: a resume that fails leaves the run's own settings
             result = run.loop(trainer, start, resumed is not None, on_step)
         finished = True
         return result

@@ -70,6 +70,19 @@ def test_resume_refuses_a_changed_setting(image_dir, tmp_path):
     assert [c.step for c in CheckpointManager(tmp_path).list()] == [1]  # nothing was written
 
 
+def test_a_resume_that_fails_leaves_config_json_as_it_was(image_dir, tmp_path):
+    """An allowed change that the checkpoint cannot take (learnable rates of
+    another shape) fails without rewriting config.json."""
+    import json
+
+    metatrain(tiny_meta(image_dir, tmp_path, iterations=1, inner_steps=1, learn_inner_lr=True))
+    before = (tmp_path / "config.json").read_text()
+    with pytest.raises(ValueError, match="no learnable inner rates of shape"):
+        metatrain(tiny_meta(image_dir, tmp_path, iterations=2, inner_steps=2, learn_inner_lr=True, resume=True,
+                            allow_config_change=True))
+    assert (tmp_path / "config.json").read_text() == before and json.loads(before)["inner_steps"] == 1
+
+
 def test_an_allowed_change_of_the_meta_rate_takes_effect(image_dir, tmp_path):
     """The optimiser's saved state holds the rate it ran at; a resume with a
     new meta_lr steps at the new one (and logs it): two runs resumed from one
