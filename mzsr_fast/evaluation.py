@@ -30,7 +30,8 @@ METHODS = ("mzsr", "bicubic", "zssr")
 class Score:
     """One result. kernel: the kernel the LR was made with ("theta,lambda1,lambda2" for
     `kernel="random"`), or for method "mzsr-est" the estimated one; kernel_l1: the
-    estimate's sum |k_est - k_true| over the kernel grid (None without an estimate)."""
+    estimate's sum |k_est - k_true| over the kernel grid (None without an estimate);
+    model: the network MZSR(steps) adapted ("" for the other methods)."""
 
     image: str
     method: str
@@ -40,6 +41,7 @@ class Score:
     seconds: float
     kernel: str = ""
     kernel_l1: float | None = None
+    model: str = ""
 
 
 def modcrop(x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -227,7 +229,8 @@ def _score_image(gt_path, lr_path, image_kernel, scale, steps, method, models, d
                                **adapt_options)
             psnr, ssim = metrics.psnr_ssim(sr, gt, scale)
             now = time.perf_counter()
-            score = Score(name, run_method, n, psnr, ssim, now - start, run_label, run_l1)
+            model = models[n].model_info.name if method == "mzsr" else ""
+            score = Score(name, run_method, n, psnr, ssim, now - start, run_label, run_l1, model)
             start = now
             scores.append(score)
             if on_image is not None:
@@ -242,23 +245,25 @@ def _means(scores: list[Score]) -> list[Score]:
         errors = [s.kernel_l1 for s in group if s.kernel_l1 is not None]
         out.append(Score("mean", method, steps, *(sum(getattr(s, f) for s in group) / len(group)
                                                   for f in ("psnr", "ssim", "seconds")),
-                         kernel_l1=sum(errors) / len(errors) if errors else None))
+                         kernel_l1=sum(errors) / len(errors) if errors else None, model=group[0].model))
     return out
 
 
 def format_markdown(scores: list[Score], title: str = "") -> str:
     """Per-image rows and the mean: PSNR with two decimals, SSIM with four; the
-    kernel and kernel L1 columns when the scores carry them."""
+    model, kernel and kernel L1 columns when the scores carry them."""
+    models = any(s.model for s in scores)
     kernels = any(s.kernel for s in scores)
     errors = any(s.kernel_l1 is not None for s in scores)
-    header = ["image", "method", "steps", "PSNR (dB)", "SSIM", "seconds"]
+    header = ["image", "method"] + (["model"] if models else []) + ["steps", "PSNR (dB)", "SSIM", "seconds"]
     header += ["kernel (theta,l1,l2)"] if kernels else []
     header += ["kernel L1"] if errors else []
     lines = [f"### {title}", ""] if title else []
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in scores + _means(scores):
         label = f"**{s.image}**" if s.image == "mean" else s.image
-        row = [label, s.method, str(s.steps), f"{s.psnr:.2f}", f"{s.ssim:.4f}", f"{s.seconds:.2f}"]
+        row = [label, s.method] + ([s.model] if models else []) + [str(s.steps), f"{s.psnr:.2f}", f"{s.ssim:.4f}",
+                                                                   f"{s.seconds:.2f}"]
         row += [s.kernel] if kernels else []
         row += ["" if s.kernel_l1 is None else f"{s.kernel_l1:.3f}"] if errors else []
         lines.append("| " + " | ".join(row) + " |")

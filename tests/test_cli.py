@@ -245,7 +245,11 @@ def test_eval_mzsr_steps(tmp_path, model_file, capsys):
     Image.fromarray(np.random.randint(0, 255, (52, 48, 3), np.uint8)).save(gt / "a.png")
     assert main(["eval", "--gt", str(gt), "--steps", "0,1", "--model", model_file]) == 0
     out = capsys.readouterr().out
-    assert "| mzsr | 0 |" in out and "| mzsr | 1 |" in out
+    assert "| mzsr | tiny | 0 |" in out and "| mzsr | tiny | 1 |" in out
+    # with no model named each row says which shipped model made it
+    assert main(["eval", "--gt", str(gt), "--steps", "0,1", "--kernel", "g_d_2.0"]) == 0
+    out = capsys.readouterr().out
+    assert "| **mean** | mzsr | direct_x2 | 0 |" in out and "| **mean** | mzsr | direct_x2_1step | 1 |" in out
     scores = {}
     for name, extra in (("plain", []), ("two", ["--step-search", "2"])):
         assert main(["eval", "--gt", str(gt), "--steps", "1", "--model", model_file, "-o", str(tmp_path / name)]
