@@ -2,7 +2,11 @@
 `mzsr-fast eval` runs), next to bicubic and the paper's numbers (docs/method.md section 10).
 
 Usage: python scripts/model_card_tables.py --model PATH [--pretrained PATH]
-       [--data ../shared/data] [--sets Set5,Set14] [--presets g_d_2.0,...] [--scale 2] > tables.md
+       [--data ../shared/data] [--sets Set5,Set14] [--presets g_d_2.0,...] [--scale 2] [--no-step-search]
+       > tables.md
+
+The model adapts as `mzsr-fast eval` adapts it (its own loss and step search);
+--no-step-search scores its scheduled steps alone.
 """
 import argparse
 import sys
@@ -41,7 +45,10 @@ def main(argv=None):
     parser.add_argument("--presets", default="g_d_0.2,g_d_2.0,g_d_ani,g_b_1.3")
     parser.add_argument("--steps", default="0,1,10")
     parser.add_argument("--scale", type=int, default=2)
+    parser.add_argument("--no-step-search", dest="step_search", action="store_const", const=False,
+                        help="the scheduled steps alone, also for a model that searches by default")
     args = parser.parse_args(argv)
+    options = {} if args.step_search is None else {"step_search": args.step_search}
     steps = [int(s) for s in args.steps.split(",")]
     columns = ["Bicubic"] + [f"MZSR({n})" for n in steps]
     if args.pretrained:
@@ -55,11 +62,11 @@ def main(argv=None):
         for kernel in args.presets.split(","):
             gt = f"{args.data}/{dataset}"
             row = [cell(mean(evaluate(gt, kernel, args.scale, [0], method="bicubic"), 0))]
-            ours = evaluate(gt, kernel, args.scale, steps, model=args.model)
+            ours = evaluate(gt, kernel, args.scale, steps, model=args.model, **options)
             row += [cell(mean(ours, n)) for n in steps]
             if args.pretrained:
                 base = evaluate(gt, kernel, args.scale, [n for n in steps if n > 0],
-                                model=args.pretrained)
+                                model=args.pretrained, **options)
                 row += [cell(mean(base, n)) for n in steps if n > 0]
             published = PAPER_SET5.get((args.scale, kernel)) if dataset == "Set5" else None
             paper = " / ".join(f"{p:.2f}" for p in published) if published else "n/a"
