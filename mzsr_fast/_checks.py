@@ -7,6 +7,7 @@ to learn what they passed wrong.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 
 import torch
@@ -34,7 +35,7 @@ def as_batched_image(x, name: str = "x") -> tuple[torch.Tensor, bool]:
 
 def integer_scale(scale, name: str = "scale") -> int:
     """An integer scale factor >= 1 (floats like 2.0 are accepted)."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"{name}: expected an integer >= 1, got {scale!r}")
     if not math.isfinite(scale) or scale < 1 or int(scale) != scale:
         raise ValueError(f"{name}: expected an integer >= 1, got {scale!r}")

@@ -249,9 +249,9 @@ def _estimated_kernels(images: list[torch.Tensor], scale: int, mode: str, share:
 
 
 def _check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
         raise ValueError(f"steps: expected an integer >= 0, got {steps!r}")
-    return steps
+    return int(steps)
 
 
 def _is_rate(r) -> bool:
@@ -591,9 +591,9 @@ def _check_rgb(image: torch.Tensor, name: str) -> None:
 
 
 def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 63:
         raise ValueError(f"seed: expected an integer in [0, 2**63), got {seed!r}")
-    return seed
+    return int(seed)
 
 
 def _check_tile(tile) -> None:
@@ -610,11 +610,11 @@ def check_options(adapt_pixels: int = ADAPT_PIXELS, seed: int = 0, tile: int | N
 
 
 def _check_pixels(adapt_pixels) -> int:
-    if isinstance(adapt_pixels, bool) or not isinstance(adapt_pixels, int) or \
+    if isinstance(adapt_pixels, bool) or not isinstance(adapt_pixels, numbers.Integral) or \
             (adapt_pixels != 0 and adapt_pixels < MIN_PIXELS):
         raise ValueError(f"adapt_pixels: expected 0 (whole images) or an integer >= {MIN_PIXELS}, got "
                          f"{adapt_pixels!r}")
-    return adapt_pixels
+    return int(adapt_pixels)
 
 
 @dataclass
@@ -672,7 +672,7 @@ def _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, 
     if steps > 1 and info.name.endswith(ONE_STEP) and schedule is None:
         warnings.warn(f"steps={steps}: the model {info.name!r} is sized for one step; for more use "
                       f"{kind_of(info.name)!r}", UserWarning, stacklevel=3)
-    mismatch = mode_mismatch(kernel_mode, info) if mode is None and steps > 0 else None
+    mismatch = mode_mismatch(kernel_mode, info, scale, steps) if mode is None and steps > 0 else None
     if mismatch:
         warnings.warn(mismatch, UserWarning, stacklevel=3)
     unadapted = unadapted_warning(info) if steps == 0 else None

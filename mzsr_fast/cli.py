@@ -236,7 +236,8 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
 
 
 def _steps_list(text: str) -> list[int]:
-    steps = list(_int_list(text, "--steps"))
+    """--steps N,N,...: each number of steps once, in the order given."""
+    steps = list(dict.fromkeys(_int_list(text, "--steps")))
     if any(n < 0 for n in steps):
         raise UsageError(f"--steps: expected integers >= 0, got {text!r}")
     return steps

@@ -165,7 +165,7 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
     if method == "mzsr":  # once, not per image; None: the bundled model for the kernel's mode, scale and steps
         models = {n: resolve_model(model, kernel_mode, scale, device=device, steps=n)[0] for n in steps}
         info = models[max(steps)].model_info
-        mismatch = mode_mismatch(kernel_mode, info) if max(steps) > 0 else None
+        mismatch = mode_mismatch(kernel_mode, info, scale, max(steps)) if max(steps) > 0 else None
         if mismatch:
             warnings.warn(mismatch, UserWarning, stacklevel=2)
         estimate_mode = info.mode if estimate_kernel else None

@@ -191,14 +191,16 @@ def unadapted_warning(info: "ModelInfo") -> str | None:
             f"best quality), or bicubic upsampling if no adaptation is wanted")
 
 
-def mode_mismatch(kernel_mode: str | None, info: "ModelInfo") -> str | None:
+def mode_mismatch(kernel_mode: str | None, info: "ModelInfo", scale: int | None = None,
+                  steps: int | None = None) -> str | None:
     """Why a kernel preset's subsampling mode does not fit the model (which
-    degrades the son with its own mode), or None when it fits."""
+    degrades the son with its own mode), or None when it fits; the hint names
+    the shipped model for that mode, scale and number of steps, if any."""
     if kernel_mode in (None, info.mode):
         return None
-    fitting = [name for name, shipped in bundled_models().items()
-               if shipped and name in CATALOGUE and CATALOGUE[name].mode == kernel_mode]
-    hint = f"the shipped {fitting[0]!r} fits it" if fitting else f"no {kernel_mode} model is shipped yet"
+    fitting = default_model(kernel_mode, scale, steps)
+    hint = f"the shipped {fitting!r} fits it" if CATALOGUE[kind_of(fitting)].mode == kernel_mode else \
+        f"no {kernel_mode} model is shipped" + (f" for x{scale}" if scale else "")
     return (f"kernel: the preset comes with {kernel_mode} subsampling, but the model {info.name!r} adapts with "
             f"{info.mode} subsampling; {hint}")
 

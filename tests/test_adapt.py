@@ -237,8 +237,14 @@ def test_preset_of_another_subsampling_mode_warns():
     net.model_info = ModelInfo("mine", "direct_x2", "direct", (2,))
     lr = torch.rand(3, 24, 24)
     with pytest.warns(UserWarning, match=r"kernel: the preset comes with bicubic subsampling, but the model 'mine' "
-                                         r"adapts with direct subsampling"):
+                                         r"adapts with direct subsampling; the shipped 'bicubic_x2_1step' fits it"):
         mzsr_fast.adapt(lr, "g_b_1.3", 2, steps=1, model=net)
+    with pytest.warns(UserWarning, match="the shipped 'bicubic_x2' fits it"):  # the hint follows steps and scale
+        mzsr_fast.adapt(lr, "g_b_1.3", 2, steps=2, model=net)
+    net.model_info = ModelInfo("mine", "direct_x4", "direct", (4,))
+    with pytest.warns(UserWarning, match="; no bicubic model is shipped for x4"):
+        mzsr_fast.adapt(lr, "g_b_1.3", 4, steps=1, model=net)
+    net.model_info = ModelInfo("mine", "direct_x2", "direct", (2,))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mzsr_fast.adapt(lr, "g_b_1.3", 2, steps=1, model=net, mode="bicubic")  # explicit: no warning
@@ -324,6 +330,16 @@ def test_bad_input(kwargs, match):
     call.update(kwargs)
     with pytest.raises((ValueError, TypeError), match=match):
         mzsr_fast.adapt(**call)
+
+
+def test_numpy_integers_count_as_integers():
+    import numpy as np
+
+    lr, net = torch.rand(3, 24, 24), _small_net()
+    plain = mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=1, model=net, adapt_pixels=0)
+    same = mzsr_fast.adapt(lr, "g_d_2.0", np.int64(2), steps=np.int64(1), model=net, adapt_pixels=np.int32(0),
+                           seed=np.int64(3))
+    assert torch.equal(plain, same)
 
 
 def test_a_scale_no_shipped_model_serves_says_so():

@@ -160,6 +160,13 @@ def test_sr_skips_an_image_smaller_than_the_kernel_and_runs_the_others(tmp_path,
     assert "lr:" not in err  # the estimate's warning names the file too
 
 
+def test_sr_computes_each_number_of_steps_once(tmp_path, model_file, capsys):
+    _rgb(tmp_path / "a.png", 40, 44)
+    assert main(["sr", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--model", model_file, "--kernel",
+                 "g_d_2.0", "--steps", "1,0,1"]) == 0
+    assert capsys.readouterr().out.count("a_x2_mzsr1.png") == 1
+
+
 def test_sr_share_adaptation_names_the_file_an_image_error_comes_from(tmp_path, model_file, capsys):
     _rgb(tmp_path / "a.png", 40, 44)
     _rgb(tmp_path / "strip.png", 5, 60)
