@@ -279,12 +279,23 @@ def _schedule(schedule, info: ModelInfo, steps: int) -> list:
     return learning_rates(rates, steps)
 
 
-def _check_converged(losses: torch.Tensor, srs: list[torch.Tensor], rates: list[float]) -> None:
+# A loss before the last step this many times the first one's: the steps diverged.
+DIVERGED_GROWTH = 4.0
+
+
+def _check_converged(losses: torch.Tensor, srs: list[torch.Tensor], rates: list[float],
+                     same_pixels: bool = True) -> None:
     """Raise ValueError when the adaptation diverged: a loss ([T, steps]) or an
-    output pixel (srs, before clipping) that is not finite."""
-    if bool(torch.isfinite(losses).all()) and all(bool(torch.isfinite(sr).all()) for sr in srs):
-        return
+    output pixel (srs, before clipping) that is not finite; warn when the
+    loss grew DIVERGED_GROWTH-fold over steps that saw the same pixels (finite,
+    but far off)."""
     trace = ", ".join(f"{v:.3g}" for v in losses.amax(0).tolist())
+    if bool(torch.isfinite(losses).all()) and all(bool(torch.isfinite(sr).all()) for sr in srs):
+        if same_pixels and losses.shape[1] > 1 and bool((losses[:, -1] > DIVERGED_GROWTH * losses[:, 0]).any()):
+            warnings.warn(f"the adaptation diverged: loss before each step {trace} with learning rates {rates}; "
+                          f"the output is likely far off; expected smaller learning rates", UserWarning,
+                          stacklevel=3)
+        return
     raise ValueError(f"the adaptation diverged: loss before each step {trace} with learning rates {rates}, "
                      f"and the output is not finite; expected smaller learning rates or a model whose outputs stay "
                      f"in range")
@@ -621,7 +632,8 @@ def _check_pixels(adapt_pixels) -> int:
 class _Adapted:
     """What _adapt gives: the adapted weights {name: [T, ...]}, the loss before
     each step [T, steps], the model's info, the float images [C, H, W] (task
-    by task), the form lr came in (see _images) and the steps' rates."""
+    by task), the form lr came in (see _images), the steps' rates and whether
+    every step saw the same pixels (no budget windows: losses comparable)."""
 
     weights: dict[str, torch.Tensor]
     losses: torch.Tensor
@@ -629,6 +641,7 @@ class _Adapted:
     images: list[torch.Tensor]
     form: str
     rates: list
+    same_pixels: bool = True
 
 
 def _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, cuda_graph, on_step, adapt_pixels,
@@ -707,7 +720,7 @@ def _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, 
         inputs = _step_inputs(tasks, kernels, scale, mode, backend, plan, seed) if steps else None
         adapted, losses = _adapt_weights(params, len(tasks), inputs, rates, precision, cuda_graph, on_step,
                                          info.step_search, info.adapt_loss)
-    return _Adapted(adapted, losses, info, [im for task in tasks for im in task], form, rates)
+    return _Adapted(adapted, losses, info, [im for task in tasks for im in task], form, rates, plan is None)
 
 
 def _precision(precision: str):
@@ -810,7 +823,7 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
     if any(_more_than_one_tile(im.shape[-2] * scale, im.shape[-1] * scale, tile or AUTO_TILE) for im in done.images):
         give_back()  # a tiled image's maps, kept by malloc, would lie under its large output
     if steps and not torch.compiler.is_compiling():
-        _check_converged(done.losses, srs, done.rates)
+        _check_converged(done.losses, srs, done.rates, done.same_pixels)
     srs = [sr.clamp_(0, 1) for sr in srs]
     if backprojection:
         srs = [back_projection(sr[None], im[None], scale)[0] for sr, im in zip(srs, done.images)]
@@ -841,5 +854,5 @@ def adapt_model(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: s
     done = _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, False, on_step,
                   adapt_pixels, seed, True, None, step_search, adapt_loss)
     if steps:
-        _check_converged(done.losses, [], done.rates)
+        _check_converged(done.losses, [], done.rates, done.same_pixels)
     return _adapted_net(done.weights, 0, done.info, steps)
