@@ -76,6 +76,8 @@ def check_writable_folder(path) -> None:
     first, then a trial temporary file (removed at once), which also catches
     what access() cannot see (read-only mounts, full quotas, ACLs)."""
     path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(2, "no such folder", path)
     if not os.access(path, os.W_OK | os.X_OK):
         raise PermissionError(13, "permission denied", path)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path)

@@ -121,9 +121,10 @@ class KernelEstimate:
         return f"{self.theta:.6g},{self.lambda1:.6g},{self.lambda2:.6g}"
 
     def as_dict(self) -> dict:
+        """The fields as JSON values (a fallback's NaN spread as None: JSON has no NaN)."""
         return {"theta": self.theta, "lambda1": self.lambda1, "lambda2": self.lambda2, "mode": self.mode,
-                "method": self.method, "confidence": self.confidence, "spread": self.spread,
-                "fallback": self.fallback}
+                "method": self.method, "confidence": self.confidence,
+                "spread": self.spread if math.isfinite(self.spread) else None, "fallback": self.fallback}
 
     def __str__(self) -> str:
         text = (f"theta={self.theta:.3f} lambda1={self.lambda1:.3f} lambda2={self.lambda2:.3f} "

@@ -102,6 +102,8 @@ def _device(name: str | None) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UsageError(f"--device: not a device name: {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device: expected cpu, cuda or cuda:N, got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device: CUDA was asked for but no CUDA device is available")
     return device
@@ -203,6 +205,10 @@ def cmd_degrade(args) -> None:
     from .degradation import degrade, load_kernel
     from .io import write_like
 
+    if not 0 <= args.noise < float("inf"):
+        raise UsageError(f"--noise: expected a number >= 0, got {args.noise}")
+    if args.kernel_size < 1 or args.kernel_size % 2 == 0:
+        raise UsageError(f"--kernel-size: expected an odd positive integer, got {args.kernel_size}")
     kernel, preset_mode = load_kernel(args.kernel, size=args.kernel_size)
     mode = args.mode or preset_mode or "direct"
     device = _device(args.device)
@@ -444,6 +450,8 @@ def cmd_eval(args) -> None:
         raise UsageError("--kernel random: degrades the GT images itself; drop --lr")
     if args.seed is not None and args.kernel != "random":
         raise UsageError("--seed: only used with --kernel random")
+    if args.seed is not None and not 0 <= args.seed < 2 ** 63:
+        raise UsageError(f"--seed: expected an integer in [0, 2**63), got {args.seed}")
     if args.estimate_kernel and args.method != "mzsr":
         raise UsageError(f"--estimate-kernel: only with --method mzsr, got {args.method}")
     scores = evaluate(args.gt, args.kernel, args.scale, steps, method=args.method, lr_dir=args.lr,

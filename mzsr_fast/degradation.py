@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +68,11 @@ def degrade(x: torch.Tensor, kernel: torch.Tensor, scale: int, mode: str = "dire
     return y.clamp(0, 1)
 
 
+# How far from 1 a loaded kernel's sum may be before load_kernel normalises it
+# (float32 files sum to 1 within about 1e-7).
+KERNEL_SUM_TOLERANCE = 1e-3
+
+
 def load_kernel(spec, size: int = 21) -> tuple[torch.Tensor, str | None]:
     """A blur kernel from what a user can type or pass: (kernel [k, k] float64, mode).
 
@@ -75,7 +81,9 @@ def load_kernel(spec, size: int = 21) -> tuple[torch.Tensor, str | None]:
     of the given size), or a .npy / .mat file (MATLAB variable "kernel").
     mode is the preset's subsampling mode, None where spec does not say.
     A blur kernel's weights are finite, non-negative and not all zero:
-    anything else is a ValueError naming the file it came from.
+    anything else is a ValueError naming the file it came from. Weights whose
+    sum is off 1 by more than KERNEL_SUM_TOLERANCE are divided by it, with a
+    warning.
     """
     import os
 
@@ -111,9 +119,14 @@ def load_kernel(spec, size: int = 21) -> tuple[torch.Tensor, str | None]:
             except ImportError:
                 raise ValueError(f"kernel: reading {path} needs scipy (pip install scipy)") from None
             try:
-                spec = loadmat(path)["kernel"]
-            except (KeyError, ValueError, OSError) as error:
-                raise ValueError(f"kernel: {path}: expected a MATLAB file with a variable 'kernel' ({error})") from None
+                variables = loadmat(path)
+            except Exception as error:  # scipy's MatReadError and the errors of damaged files
+                raise ValueError(f"kernel: {path}: not a readable MATLAB file ({error})") from None
+            if "kernel" not in variables:
+                held = sorted(k for k in variables if not k.startswith("__"))
+                raise ValueError(f"kernel: {path}: expected a MATLAB file with a variable 'kernel', it holds "
+                                 f"{', '.join(held) or 'no variables'}")
+            spec = variables["kernel"]
         else:
             raise ValueError(f"kernel: {path}: expected a .npy or .mat file")
     if not isinstance(spec, (torch.Tensor, np.ndarray, list, tuple)):
@@ -123,6 +136,8 @@ def load_kernel(spec, size: int = 21) -> tuple[torch.Tensor, str | None]:
         kernel = torch.as_tensor(np.asarray(spec) if not isinstance(spec, torch.Tensor) else spec)
     except (TypeError, ValueError, RuntimeError):
         raise ValueError(f"kernel: expected a [k, k] array of numbers, got {spec!r}") from None
+    if kernel.is_complex() or kernel.dtype == torch.bool:
+        raise ValueError(f"kernel: expected real numbers, got dtype {kernel.dtype}{source}")
     if kernel.dim() != 2 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 == 0:
         raise ValueError(f"kernel: expected a square kernel of odd size, got shape {tuple(kernel.shape)}{source}")
     kernel = kernel.to(torch.float64)
@@ -132,6 +147,11 @@ def load_kernel(spec, size: int = 21) -> tuple[torch.Tensor, str | None]:
     if negative:
         raise ValueError(f"kernel: expected non-negative weights (a blur kernel), got {negative} negative of "
                          f"{kernel.numel()} (the smallest {float(kernel.min()):.4g}){source}")
-    if float(kernel.sum()) < 1e-12:
-        raise ValueError(f"kernel: expected weights with a positive sum, got {float(kernel.sum()):.4g}{source}")
+    total = float(kernel.sum())
+    if total < 1e-12:
+        raise ValueError(f"kernel: expected weights with a positive sum, got {total:.4g}{source}")
+    if abs(total - 1) > KERNEL_SUM_TOLERANCE:  # a blur keeps the image's brightness
+        warnings.warn(f"kernel: weights summing to {total:.6g}{source}; divided by their sum", UserWarning,
+                      stacklevel=2)
+        kernel = kernel / total
     return kernel, mode

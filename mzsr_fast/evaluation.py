@@ -106,6 +106,17 @@ def _matching_lr(gt_path: str, lr_files: list[str], lr_dir: str, scale: int) -> 
     return found[0]
 
 
+def _check_lr_size(lr_path: str, lr_size: tuple[int, int], gt_size: tuple[int, int], scale: int) -> None:
+    """ValueError naming the LR file unless each side is the GT's divided by
+    scale (rounded down: the GT cropped to a multiple of scale; or up: degraded
+    whole, as `mzsr-fast degrade` does)."""
+    if all(side in (g // scale, -(-g // scale)) for side, g in zip(lr_size, gt_size)):
+        return
+    expected = f"{gt_size[0] // scale}x{gt_size[1] // scale}"
+    raise ValueError(f"{lr_path}: --lr image of {lr_size[0]}x{lr_size[1]} (height x width) does not fit its GT of "
+                     f"{gt_size[0]}x{gt_size[1]} at x{scale}; expected {expected}")
+
+
 def _lr_kernels(gt_paths: list[str], kernel, seed: int | None, lr_dir: str | None, scale: int):
     """[(kernel [k, k] float64, kernel mode, label)] per GT image: one shared
     kernel, or for kernel="random" each image's own draw of the blind benchmark's
@@ -150,7 +161,9 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
     file is found and opened before any work; errors name the image.
     on_bad_input(error): called, instead of raising, for each image file that
     cannot be read (its header, checked before any work, or its data, when
-    read); that GT image is then left out and the others are scored.
+    read) and each LR file whose size does not fit its GT (each side the GT's
+    divided by the scale, rounded down or up); that GT image is then left out
+    and the others are scored.
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
@@ -176,14 +189,15 @@ def evaluate(gt_dir: str, kernel, scale: int, steps: list[int], method: str = "m
              for gt_path in gt_files]
     unreadable = set()
     for gt_path, lr_path in pairs:
-        for path in (gt_path, lr_path) if lr_path is not None else (gt_path,):
-            try:
-                check_image(path)
-            except (ValueError, OSError) as error:
-                if on_bad_input is None:
-                    raise
-                on_bad_input(error)
-                unreadable.add(gt_path)
+        try:
+            gt_size = check_image(gt_path)
+            if lr_path is not None:
+                _check_lr_size(lr_path, check_image(lr_path), gt_size, scale)
+        except (ValueError, OSError) as error:
+            if on_bad_input is None:
+                raise
+            on_bad_input(error)
+            unreadable.add(gt_path)
     scores = []
     for (gt_path, lr_path), image_kernel in zip(pairs, kernels):
         if gt_path in unreadable:

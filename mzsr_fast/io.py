@@ -133,12 +133,15 @@ def _opened(path: str):
         raise ValueError(f"{path}: corrupt or truncated image ({error})") from None
 
 
-def check_image(path) -> None:
+def check_image(path) -> tuple[int, int]:
     """Open the image's header only (fast): FileNotFoundError or ValueError
     naming the path for a missing, non-image or decompression-bomb file.
-    Damage past the header shows only when read_image decodes the file."""
-    with _opened(os.fspath(path)):
-        pass
+    Damage past the header shows only when read_image decodes the file.
+    Returns the (height, width) read_image will give (EXIF orientation applied)."""
+    with _opened(os.fspath(path)) as image:
+        width, height = image.size
+        turned = image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # a quarter turn swaps the sides
+    return (width, height) if turned else (height, width)
 
 
 def read_image(path, dtype: torch.dtype = torch.float32) -> torch.Tensor:

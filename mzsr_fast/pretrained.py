@@ -207,8 +207,22 @@ def mode_mismatch(kernel_mode: str | None, info: "ModelInfo", scale: int | None 
 
 def save_model(path, net: MZSRNet, info: ModelInfo) -> None:
     """Write the weights and info to a safetensors file (no pickle), atomically:
-    a crash leaves the old file or the new one, never a torn one."""
+    a crash leaves the old file or the new one, never a torn one. Weights that
+    are not finite are refused (load_model would refuse the file)."""
+    if not isinstance(net, MZSRNet):
+        raise TypeError(f"net: expected an MZSRNet, got {type(net).__name__}")
+    if not isinstance(info, ModelInfo):
+        raise TypeError(f"info: expected a ModelInfo, got {type(info).__name__}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a file path, got {type(path).__name__}")
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if os.path.isdir(path) or not os.path.isdir(folder):
+        raise ValueError(f"path: {os.fspath(path)!r} is a folder" if os.path.isdir(path) else
+                         f"path: the folder {folder!r} does not exist")
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    for key, tensor in state.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"net: {key} holds NaN or infinite values")
     atomic_write(path, save_safetensors(state, metadata=info.metadata()))
 
 

@@ -121,6 +121,9 @@ def imresize(x: torch.Tensor, scale=None, size=None, antialias: bool = True) -> 
         size = _pair(size, "size", integer=True)
     if scale is None:
         scale = tuple(o / i for o, i in zip(size, in_size))
+    elif any(s * i < 1 for s, i in zip(scale, in_size)):  # the antialiasing kernel would span 4 / scale pixels
+        raise ValueError(f"scale: expected at least 1 / the input's side (an output of at least one pixel), got "
+                         f"{scale} for an input of {in_size[0]}x{in_size[1]}")
     if size is None:
         # ceil with a guard against float noise such as 48 * (1 / 3) = 15.999...
         size = tuple(max(1, math.ceil(i * s - 1e-9)) for i, s in zip(in_size, scale))

@@ -160,6 +160,50 @@ def test_sr_skips_an_image_smaller_than_the_kernel_and_runs_the_others(tmp_path,
     assert "lr:" not in err  # the estimate's warning names the file too
 
 
+@pytest.mark.parametrize("args,message", [
+    (["sr", "example-lr", "-o", "OUT", "--device", "meta"], "--device: expected cpu, cuda or cuda:N, got 'meta'"),
+    (["degrade", "example", "-o", "OUT", "--noise", "-1"], "--noise: expected a number >= 0, got -1.0"),
+    (["degrade", "example", "-o", "OUT", "--kernel", "0,2,1", "--kernel-size", "4"],
+     "--kernel-size: expected an odd positive integer, got 4"),
+    (["eval", "--gt", "GT", "--kernel", "random", "--seed", str(2 ** 70)], "--seed: expected an integer in [0, 2**63)"),
+    (["import-tf", "prefix", "-o", "MISSING/x.safetensors"], "-o: cannot write to the folder"),
+])
+def test_option_errors_name_the_option(tmp_path, capsys, args, message):
+    args = [a.replace("OUT", str(tmp_path / "out")).replace("GT", str(tmp_path)).replace("MISSING", str(tmp_path / "no"))
+            for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    if args[0] == "import-tf":
+        assert "(no such folder)" in err
+
+
+def test_estimate_kernel_json_of_a_fallback_is_valid_json(tmp_path, capsys):
+    Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(tmp_path / "flat.png")
+    assert main(["estimate-kernel", str(tmp_path / "flat.png"), "--json"]) == 0
+
+    def no_constants(name):
+        raise ValueError(f"not JSON: {name}")
+
+    [result] = json.loads(capsys.readouterr().out, parse_constant=no_constants)
+    assert result["fallback"] and result["spread"] is None
+
+
+def test_eval_reports_an_lr_file_that_does_not_fit_its_gt_and_scores_the_others(tmp_path, model_file, capsys):
+    for folder in ("gt", "lr"):
+        (tmp_path / folder).mkdir()
+    _rgb(tmp_path / "gt" / "a.png", 48, 50)
+    _rgb(tmp_path / "gt" / "b.png", 48, 50, seed=1)
+    _rgb(tmp_path / "lr" / "a.png", 24, 25)
+    _rgb(tmp_path / "lr" / "b.png", 28, 25)  # should be 24x25
+    assert main(["eval", "--gt", str(tmp_path / "gt"), "--lr", str(tmp_path / "lr"), "--steps", "0", "--model",
+                 model_file]) == 2
+    captured = capsys.readouterr()
+    assert f"{tmp_path / 'lr' / 'b.png'}: --lr image of 28x25 (height x width) does not fit its GT of 48x50 at x2; " \
+           f"expected 24x25" in captured.err
+    assert "| a.png |" in captured.out and "| b.png |" not in captured.out
+
+
 def test_sr_computes_each_number_of_steps_once(tmp_path, model_file, capsys):
     _rgb(tmp_path / "a.png", 40, 44)
     assert main(["sr", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--model", model_file, "--kernel",

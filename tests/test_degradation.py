@@ -153,3 +153,40 @@ def test_degrade_command_refuses_a_negative_kernel_file(tmp_path, capsys):
     assert err.count("\n") == 1 and err.endswith(f"kernel: expected non-negative weights (a blur kernel), got 9 "
                                                   f"negative of 9 (the smallest -0.1111) in {tmp_path / 'neg.npy'}\n")
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_load_kernel_divides_weights_that_do_not_sum_to_one_and_says_so():
+    from mzsr_fast.degradation import load_kernel
+
+    with pytest.warns(UserWarning, match="kernel: weights summing to 9; divided by their sum"):
+        kernel, _ = load_kernel(np.ones((3, 3), dtype=np.int64))
+    assert torch.equal(kernel, torch.full((3, 3), 1 / 9, dtype=torch.float64))
+    nearly = np.full((3, 3), 1 / 9, dtype=np.float32)  # a float32 file: left as it is
+    assert torch.equal(load_kernel(nearly)[0], torch.from_numpy(nearly).double())
+
+
+@pytest.mark.parametrize("weights,message", [
+    (np.full((3, 3), 1 / 9, dtype=complex), "kernel: expected real numbers, got dtype torch.complex128"),
+    (np.eye(3, dtype=bool), "kernel: expected real numbers, got dtype torch.bool"),
+    (None, "kernel: expected a preset name, .* got NoneType"),
+    ([[1, "a"], [2, 3]], r"kernel: expected a \[k, k\] array of numbers"),
+])
+def test_load_kernel_refuses_what_is_not_numbers(weights, message):
+    from mzsr_fast.degradation import load_kernel
+
+    with pytest.raises(ValueError, match=message):
+        load_kernel(weights)
+
+
+def test_load_kernel_names_what_a_mat_file_holds_or_that_it_is_unreadable(tmp_path):
+    from scipy.io import savemat
+
+    from mzsr_fast.degradation import load_kernel
+
+    savemat(tmp_path / "psf.mat", {"psf": np.ones((3, 3)) / 9, "other": np.zeros(2)})
+    with pytest.raises(ValueError, match=r"psf.mat: expected a MATLAB file with a variable 'kernel', it holds "
+                                         r"other, psf$"):
+        load_kernel(str(tmp_path / "psf.mat"))
+    (tmp_path / "garbage.mat").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"garbage.mat: not a readable MATLAB file"):
+        load_kernel(str(tmp_path / "garbage.mat"))

@@ -166,3 +166,25 @@ def test_default_models_ten_steps_beat_one_step_and_one_step_beats_bicubic(share
     mean = {n: sum(s.psnr for s in scores if s.steps == n) / 5 for n in (1, 10)}
     bicubic = sum(s.psnr for s in evaluate(set5, kernel, scale, [0], method="bicubic")) / 5
     assert mean[10] >= mean[1] > bicubic, (mean, bicubic)
+
+
+def test_save_model_checks_its_arguments_and_refuses_non_finite_weights(tmp_path):
+    import torch
+
+    from mzsr_fast.model import MZSRNet
+    from mzsr_fast.pretrained import save_model
+
+    net, info = MZSRNet(), ModelInfo("m")
+    for args, error, message in (((net.state_dict(), info), TypeError, "net: expected an MZSRNet, got OrderedDict"),
+                                 ((net, "m"), TypeError, "info: expected a ModelInfo, got str")):
+        with pytest.raises(error, match=message):
+            save_model(tmp_path / "m.safetensors", *args)
+    with pytest.raises(ValueError, match="path: .* is a folder"):
+        save_model(tmp_path, net, info)
+    with pytest.raises(ValueError, match="path: the folder .*missing' does not exist"):
+        save_model(tmp_path / "missing" / "m.safetensors", net, info)
+    with torch.no_grad():
+        net.layers[0].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="net: layers.0.weight holds NaN or infinite values"):
+        save_model(tmp_path / "m.safetensors", net, info)
+    assert not list(tmp_path.iterdir())

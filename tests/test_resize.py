@@ -96,3 +96,13 @@ def test_gather_path_for_long_axes_equals_dense(shared_dir, monkeypatch):
     g = torch.rand_like(dense)
     torch.testing.assert_close(torch.autograd.grad(gathered, x, g)[0], torch.autograd.grad(dense, x, g)[0])
     resize._device_weights.cache_clear()
+
+
+def test_a_scale_below_one_output_pixel_is_refused():
+    """The antialiasing kernel spans 4 / scale input pixels: a scale of 1e-9
+    asked numpy for 30 GiB; an output under one pixel is refused instead."""
+    from mzsr_fast import imresize
+
+    with pytest.raises(ValueError, match=r"scale: expected at least 1 / the input's side"):
+        imresize(torch.rand(3, 64, 64), scale=1e-9)
+    assert imresize(torch.rand(3, 64, 64), scale=1 / 64).shape == (3, 1, 1)
