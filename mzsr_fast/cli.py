@@ -290,10 +290,12 @@ def _check_adapt_options(args, names: tuple[str, ...]) -> None:
 
 
 def cmd_sr(args) -> None:
+    import torch
+
     from ._checks import size_text
     from .adapt import UnadaptedModelWarning, adapt
     from .blind import estimate_kernel, joint_estimate
-    from .degradation import PRESETS
+    from .degradation import PRESETS, load_kernel
     from .io import write_like
     from .pretrained import check_scale, resolve_model, unadapted_warning
 
@@ -383,6 +385,14 @@ def cmd_sr(args) -> None:
         label, names = f"{len(read)} images", [path for path, _ in read]
         kernel = estimated([lr for _, lr in read], label, names, shared=True) if args.kernel == "auto" \
             else args.kernel
+        size = (kernel if isinstance(kernel, torch.Tensor) else load_kernel(kernel)[0]).shape[-1]
+        for path, lr in read:  # an image smaller than the kernel is left out, the others share the adaptation
+            if min(lr.shape[-2:]) < size:
+                _skip(args, f"{path}: image of {size_text(lr.shape)} is smaller than the {size}x{size} kernel")
+        read = [(path, lr) for path, lr in read if min(lr.shape[-2:]) >= size]
+        if not read:
+            return
+        label, names = f"{len(read)} images", [path for path, _ in read]
         for n in steps:
             try:
                 srs, seconds = super_resolve([lr for _, lr in read], kernel, n, names, share=True)

@@ -211,12 +211,15 @@ def test_sr_computes_each_number_of_steps_once(tmp_path, model_file, capsys):
     assert capsys.readouterr().out.count("a_x2_mzsr1.png") == 1
 
 
-def test_sr_share_adaptation_names_the_file_an_image_error_comes_from(tmp_path, model_file, capsys):
+@pytest.mark.parametrize("kernel", ["g_d_2.0", "auto"])
+def test_sr_share_adaptation_leaves_out_an_image_smaller_than_the_kernel(tmp_path, model_file, capsys, kernel):
     _rgb(tmp_path / "a.png", 40, 44)
     _rgb(tmp_path / "strip.png", 5, 60)
     assert main(["sr", str(tmp_path / "a.png"), str(tmp_path / "strip.png"), "-o", str(tmp_path / "out"),
-                 "--model", model_file, "--kernel", "g_d_2.0", "--steps", "1", "--share-adaptation"]) == 2
-    assert f"error: {tmp_path / 'strip.png'}: image of 5x60" in capsys.readouterr().err
+                 "--model", model_file, "--kernel", kernel, "--steps", "1", "--share-adaptation"]) == 2
+    assert f"error: {tmp_path / 'strip.png'}: image of 5x60 (height x width) is smaller than the 21x21 kernel" in \
+        capsys.readouterr().err
+    assert os.listdir(tmp_path / "out") == ["a_x2_mzsr1.png"]
 
 
 @pytest.mark.parametrize("option,message", [

@@ -24,6 +24,7 @@ trainer.Trainer, their shared setup) and provides:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -38,7 +39,7 @@ from . import distributed
 from .checkpoints import CheckpointManager, NonFiniteError, atomic_write, rng_state, set_rng_state
 from .data import Prefetcher
 from .distributed import Distributed
-from .lock import RunLock
+from .lock import LOCK_NAME, RunLock
 from .progress import MetricsLog, ProgressBar
 from .settings import ConfigMismatchError, config_dict, config_differences, field_defaults
 from .signals import StopSignals
@@ -75,6 +76,7 @@ class Run:
         self.changes: list[str] = []
         self.elapsed_before = 0.0  # training seconds of earlier sessions of a resumed run
         self.saved_step: int | None = None  # iteration of the newest good checkpoint
+        self.made_folder = False  # whether open() made RUN_DIR
         self.t0 = time.perf_counter()
 
     def __enter__(self):
@@ -83,6 +85,11 @@ class Run:
 
     def __exit__(self, *exc):
         self.signals.__exit__(*exc)
+        if exc[0] is not None and self.made_folder:  # a failed start leaves no folder of only its .lock
+            with contextlib.suppress(OSError):
+                if os.listdir(self.run_dir) == [LOCK_NAME]:
+                    os.unlink(self.lock.path)
+                    os.rmdir(self.run_dir)
         self.lock.release()
 
     @property
@@ -138,6 +145,7 @@ class Run:
     def _prepare_folder(self) -> None:
         if os.path.exists(self.run_dir) and not os.path.isdir(self.run_dir):
             raise ValueError(f"--out: {self.run_dir} exists and is not a folder")
+        self.made_folder = not os.path.exists(self.run_dir)
         os.makedirs(self.run_dir, exist_ok=True)
         self.lock.acquire()
         self.checkpoints.clean()  # only now: another process's temporary files are not leftovers

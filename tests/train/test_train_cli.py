@@ -76,12 +76,18 @@ def test_bad_data_folder_exits_with_code_2(tmp_path, capsys):
     assert main(["metatrain", str(tmp_path / "empty"), "--init", str(tmp_path), "--out", str(tmp_path / "run2"),
                  "--no-progress"]) == 2
     assert "error:" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run2").exists()  # no folder of only a .lock
 
 
 def test_bad_settings_exit_with_code_2(image_dir, tmp_path, capsys):
     assert main(["metatrain", str(image_dir), "--init", str(tmp_path / "none.safetensors"), "--out",
                  str(tmp_path / "r"), "--no-progress", "--threads", "1"]) == 2
     assert "no such weights file" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    (tmp_path / "kept").mkdir()  # a folder that was there before is left, lock file and all
+    assert main(["metatrain", str(image_dir), "--init", str(tmp_path / "none.safetensors"), "--out",
+                 str(tmp_path / "kept"), "--no-progress", "--threads", "1"]) == 2
+    assert (tmp_path / "kept").is_dir()
     assert main(["pretrain", str(image_dir), "--out", str(tmp_path / "r2"), "--validate-every", "5"]) == 2
     assert "--val-dir" in capsys.readouterr().err
     if not torch.cuda.is_available():
