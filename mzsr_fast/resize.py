@@ -103,6 +103,11 @@ def _pair(value, name: str, integer: bool):
     return tuple(int(v) for v in pair) if integer else tuple(float(v) for v in pair)
 
 
+# The longest antialiasing kernel imresize builds, in input lengths (its
+# weights take memory in proportion; MATLAB's would too).
+MAX_SPAN = 100
+
+
 def imresize(x: torch.Tensor, scale=None, size=None, antialias: bool = True) -> torch.Tensor:
     """Bicubic resize as MATLAB's imresize, up or down.
 
@@ -121,9 +126,10 @@ def imresize(x: torch.Tensor, scale=None, size=None, antialias: bool = True) -> 
         size = _pair(size, "size", integer=True)
     if scale is None:
         scale = tuple(o / i for o, i in zip(size, in_size))
-    elif any(s * i < 1 for s, i in zip(scale, in_size)):  # the antialiasing kernel would span 4 / scale pixels
-        raise ValueError(f"scale: expected at least 1 / the input's side (an output of at least one pixel), got "
-                         f"{scale} for an input of {in_size[0]}x{in_size[1]}")
+    elif any(4 / s > MAX_SPAN * i for s, i in zip(scale, in_size)):  # the antialiasing kernel spans 4 / scale
+        raise ValueError(f"scale: {scale} is too small for an input of {in_size[0]}x{in_size[1]} (its antialiasing "
+                         f"kernel would span more than {MAX_SPAN} times the input); expected at least "
+                         f"{4 / (MAX_SPAN * min(in_size)):.3g}")
     if size is None:
         # ceil with a guard against float noise such as 48 * (1 / 3) = 15.999...
         size = tuple(max(1, math.ceil(i * s - 1e-9)) for i, s in zip(in_size, scale))

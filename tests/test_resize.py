@@ -98,11 +98,12 @@ def test_gather_path_for_long_axes_equals_dense(shared_dir, monkeypatch):
     resize._device_weights.cache_clear()
 
 
-def test_a_scale_below_one_output_pixel_is_refused():
+def test_a_scale_whose_kernel_spans_far_beyond_the_input_is_refused():
     """The antialiasing kernel spans 4 / scale input pixels: a scale of 1e-9
-    asked numpy for 30 GiB; an output under one pixel is refused instead."""
+    asked numpy for 30 GiB; a kernel over MAX_SPAN inputs long is refused."""
     from mzsr_fast import imresize
 
-    with pytest.raises(ValueError, match=r"scale: expected at least 1 / the input's side"):
+    with pytest.raises(ValueError, match=r"scale: \(1e-09, 1e-09\) is too small for an input of 64x64"):
         imresize(torch.rand(3, 64, 64), scale=1e-9)
     assert imresize(torch.rand(3, 64, 64), scale=1 / 64).shape == (3, 1, 1)
+    assert imresize(torch.rand(3, 35, 1), scale=0.25).shape == (3, 9, 1)
