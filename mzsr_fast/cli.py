@@ -491,7 +491,7 @@ def cmd_import_tf(args) -> None:
         check_writable_folder(folder)
     except OSError as error:
         raise UsageError(f"-o: cannot write to the folder {folder} ({error.strerror or error})") from None
-    schedule = parse_schedule(args.schedule, "--schedule") if args.schedule else None
+    schedule = parse_schedule(args.schedule, "--schedule") if args.schedule is not None else None
     info = import_tf_checkpoint(args.prefix, args.output, mode=args.mode, scales=_int_list(args.scales, "--scales"),
                                 schedule=schedule)
     print(f"{args.prefix} -> {args.output} ({info.mode}, scales {','.join(map(str, info.scales))}, "

@@ -43,7 +43,7 @@ def parse_schedule(text: str, what: str = "schedule") -> Schedule:
     rates in (0, 1) (per-tensor ones in [0, 1)). ValueError naming what."""
     if ";" not in text:
         try:
-            values = tuple(float(v) for v in text.split(",") if v.strip())
+            values = tuple(float(v) for v in text.split(","))
         except ValueError:
             raise ValueError(f"{what}: expected numbers separated by commas, got {text!r}") from None
         if not values or not all(0 < v < 1 for v in values):

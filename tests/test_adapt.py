@@ -419,6 +419,9 @@ def test_model_file_round_trips_a_per_tensor_schedule(tmp_path):
     assert pretrained.parse_schedule(pretrained.format_schedule(table)) == table
     with pytest.raises(ValueError, match="a per-tensor step needs 16 rates"):
         pretrained.parse_schedule("0.1,0.2;0.1,0.2")
+    for text in ("0.01,,0.02", ""):  # an empty field is an error, not dropped
+        with pytest.raises(ValueError, match="schedule: expected numbers separated by commas"):
+            pretrained.parse_schedule(text)
 
 
 def test_model_file_round_trips_its_adaptation_loss(tmp_path):

@@ -231,6 +231,8 @@ def test_import_tf_cli_defaults_to_the_kinds_reference_schedule(tmp_path, bundle
 @pytest.mark.parametrize("extra,message", [
     (["--schedule", "0.02,x"], "--schedule: expected numbers"),
     (["--schedule", "2"], "--schedule: expected learning rates in (0, 1)"),
+    (["--schedule", ""], "--schedule: expected numbers"),
+    (["--schedule", "0.01,,0.02"], "--schedule: expected numbers"),
     (["--scales", "a"], "--scales: expected integers"),
     (["--scales", "1"], "scales: expected integers >= 2"),
     (["--mode", "bicubic", "--scales", "4"], "the reference released no bicubic model for scales 4; expected one of: "
