@@ -272,6 +272,9 @@ def train(kind: str, config, make_trainer, on_step=None) -> TrainResult:
                 start, weights, state = resumed
                 trainer.restore(weights, state)
                 set_rng_state(state["rng"])
+                if start >= config.iterations and dist.is_main:
+                    print(f"{kind}: {run.run_dir} is at iteration {start}, at or past --iterations "
+                          f"{config.iterations}: nothing to train (raise --iterations to go on)", file=sys.stderr)
             else:
                 dist.broadcast_parameters(p for group in trainer.optimizer.param_groups for p in group["params"])
             run.write_settings()  # only now: a resume that fails leaves the run's own settings

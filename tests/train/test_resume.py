@@ -70,6 +70,13 @@ def test_resume_refuses_a_changed_setting(image_dir, tmp_path):
     assert [c.step for c in CheckpointManager(tmp_path).list()] == [1]  # nothing was written
 
 
+def test_a_resume_already_past_its_iterations_says_so(image_dir, tmp_path, capsys):
+    metatrain(tiny_meta(image_dir, tmp_path, iterations=2))
+    capsys.readouterr()
+    assert metatrain(tiny_meta(image_dir, tmp_path, iterations=1, resume=True)).step == 2
+    assert "is at iteration 2, at or past --iterations 1: nothing to train" in capsys.readouterr().err
+
+
 def test_a_resume_that_fails_leaves_config_json_as_it_was(image_dir, tmp_path):
     """An allowed change that the checkpoint cannot take (learnable rates of
     another shape) fails without rewriting config.json."""
