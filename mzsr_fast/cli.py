@@ -328,13 +328,15 @@ def cmd_sr(args) -> None:
         warnings.warn(unadapted, UnadaptedModelWarning, stacklevel=1)
     progress = _Progress()
 
-    def named(message: str, names: list[str]) -> str:  # "lr[i]: ..." / "lr: ..." -> "FILE: ..."
+    def named(message: str, names: list[str]) -> str:
+        """The message of the images from the files `names` naming the file:
+        "lr[i]: ..." / "lr: ..." -> "FILE: ...", anything else prefixed."""
         head, _, rest = message.partition(": ")
         if head == "lr" and len(names) == 1:
             return f"{names[0]}: {rest}"
         if head.startswith("lr[") and head.endswith("]") and head[3:-1].isdigit() and int(head[3:-1]) < len(names):
             return f"{names[int(head[3:-1])]}: {rest}"
-        return message
+        return f"{names[0] if len(names) == 1 else f'{len(names)} images'}: {message}"
 
     def super_resolve(lr, kernel, n: int, names: list[str], **options):
         """adapt's SR of the images from the files `names`, and the seconds of
