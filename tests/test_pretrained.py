@@ -107,7 +107,7 @@ SET5_FLOORS = {  # name: (kernel preset, scale, steps n the model is for, MZSR(n
     "bicubic_x2": ("g_b_1.3", 2, 10, 36.02),
     "direct_x4": ("g_d_2.0", 4, 10, 30.16),
     "multiscale": ("g_d_2.0", 3, 10, 32.32),
-    "direct_x2_1step": ("g_d_2.0", 2, 1, 34.56),
+    "direct_x2_1step": ("g_d_2.0", 2, 1, 35.18),
     "bicubic_x2_1step": ("g_b_1.3", 2, 1, 34.60),
     "direct_x4_1step": ("g_d_2.0", 4, 1, 29.90),
 }
@@ -135,8 +135,8 @@ def test_shipped_model_scores_what_its_card_says_and_adaptation_never_hurts(shar
 
 
 # The other presets of a one-step model: (its card's Set5 MZSR(1) less 0.05 dB, bicubic).
-SET5_ONE_STEP_PRESETS = {("direct_x2_1step", "g_d_0.2"): (32.42, 30.24),
-                         ("direct_x2_1step", "g_d_ani"): (32.74, 28.15)}
+SET5_ONE_STEP_PRESETS = {("direct_x2_1step", "g_d_0.2"): (32.84, 30.24),
+                         ("direct_x2_1step", "g_d_ani"): (33.55, 28.15)}
 
 
 @pytest.mark.slow
@@ -153,7 +153,11 @@ def test_one_step_model_scores_its_card_on_its_other_presets_and_beats_bicubic(s
 
 # The paper's Set5 presets with the models the CLI picks when none is named (a one-step
 # model for --steps 1 where one is shipped, the ten-step model for --steps 10).
-DEFAULT_MODEL_PRESETS = [("g_d_0.2", 2), ("g_d_2.0", 2), ("g_d_ani", 2), ("g_b_1.3", 2), ("g_d_2.0", 4)]
+DEFAULT_MODEL_PRESETS = [("g_d_0.2", 2), ("g_d_2.0", 2), ("g_b_1.3", 2), ("g_d_2.0", 4),
+                         # issue 24's ordering, unmet: the one-step model's 33.60 dB is over the ten-step
+                         # direct_x2's 33.55 (strict: the test says when a new ten-step model meets it)
+                         pytest.param("g_d_ani", 2, marks=pytest.mark.xfail(
+                             strict=True, reason="direct_x2_1step's Set5 MZSR(1) beats direct_x2's MZSR(10) on g_d_ani"))]
 
 
 @pytest.mark.slow
