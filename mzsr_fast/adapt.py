@@ -52,10 +52,10 @@ RECEPTIVE_RADIUS = 8
 AUTO_TILE = 1024
 # The default pixel budget of an adaptation step (adapt_pixels): see budget.py and the README.
 ADAPT_PIXELS = 32768
-# The step lengths step_search tries by default (multiples of the scheduled
-# step), chosen on held-out training images with the one-step model: the
-# image's own choice among them gains 0.10 dB over the fixed step with the
-# shipped direct_x2_1step (README).
+# The step lengths step_search=True tries (multiples of the scheduled step),
+# chosen on held-out training images with a one-step model: the image's own
+# choice among them gained 0.10 dB over the fixed step (README). A model file
+# may name its own (ModelInfo.step_search).
 STEP_SEARCH = (0.5, 1.0, 2.0)
 # Peak bytes per LR pixel an adaptation step sees (what autograd keeps of the
 # eight 64-channel layers for the backward pass): 2.2 KB measured (peak RSS,
