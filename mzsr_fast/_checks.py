@@ -63,6 +63,13 @@ def unit_range(x: torch.Tensor, name: str, stacklevel: int = 3) -> None:
                       f"they are clipped to [0, 1]", UserWarning, stacklevel=stacklevel)
 
 
+def seed(value, name: str = "seed") -> int:
+    """A generator seed: an integer in [0, 2**63) (what torch.Generator.manual_seed takes)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < 2 ** 63:
+        raise ValueError(f"{name}: expected an integer in [0, 2**63), got {value!r}")
+    return int(value)
+
+
 def size_text(shape) -> str:
     """The size of an image of shape [..., H, W] as the messages print it: "HxW (height x width)"."""
     return f"{shape[-2]}x{shape[-1]} (height x width)"

@@ -289,14 +289,16 @@ def _check_converged(losses: torch.Tensor, srs: list[torch.Tensor], rates: list[
     output pixel (srs, before clipping) that is not finite; warn when the
     loss grew DIVERGED_GROWTH-fold over steps that saw the same pixels (finite,
     but far off)."""
-    trace = ", ".join(f"{v:.3g}" for v in losses.amax(0).tolist())
+    def trace() -> str:
+        return ", ".join(f"{v:.3g}" for v in losses.amax(0).tolist())
+
     if bool(torch.isfinite(losses).all()) and all(bool(torch.isfinite(sr).all()) for sr in srs):
         if same_pixels and losses.shape[1] > 1 and bool((losses[:, -1] > DIVERGED_GROWTH * losses[:, 0]).any()):
-            warnings.warn(f"the adaptation diverged: loss before each step {trace} with learning rates {rates}; "
+            warnings.warn(f"the adaptation diverged: loss before each step {trace()} with learning rates {rates}; "
                           f"the output is likely far off; expected smaller learning rates", UserWarning,
                           stacklevel=3)
         return
-    raise ValueError(f"the adaptation diverged: loss before each step {trace} with learning rates {rates}, "
+    raise ValueError(f"the adaptation diverged: loss before each step {trace()} with learning rates {rates}, "
                      f"and the output is not finite; expected smaller learning rates or a model whose outputs stay "
                      f"in range")
 
@@ -601,12 +603,6 @@ def _check_rgb(image: torch.Tensor, name: str) -> None:
                          f"{tuple(image.shape)}{hint}")
 
 
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 63:
-        raise ValueError(f"seed: expected an integer in [0, 2**63), got {seed!r}")
-    return int(seed)
-
-
 def _check_tile(tile) -> None:
     if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
         raise ValueError(f"tile: expected a positive integer or None, got {tile!r}")
@@ -616,7 +612,7 @@ def check_options(adapt_pixels: int = ADAPT_PIXELS, seed: int = 0, tile: int | N
     """adapt's checks of these arguments (a ValueError naming the argument),
     for a caller that wants them made before any work (the command line)."""
     _check_pixels(adapt_pixels)
-    _check_seed(seed)
+    _checks.seed(seed)
     _check_tile(tile)
 
 
@@ -652,7 +648,7 @@ def _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, 
     scale = _checks.integer_scale(scale)
     steps = _check_steps(steps)
     adapt_pixels = _check_pixels(adapt_pixels)
-    seed = _check_seed(seed)
+    seed = _checks.seed(seed)
     step_search = _check_search(step_search)
     if adapt_loss is not None:
         check_loss(adapt_loss, "adapt_loss")

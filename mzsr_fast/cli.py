@@ -202,11 +202,13 @@ def cmd_degrade(args) -> None:
     import torch
 
     from ._checks import size_text
-    from .degradation import degrade, load_kernel
+    from .degradation import check_noise_sigma, degrade, load_kernel
     from .io import write_like
 
-    if not 0 <= args.noise < float("inf"):
-        raise UsageError(f"--noise: expected a number >= 0, got {args.noise}")
+    try:
+        check_noise_sigma(args.noise, "--noise")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if args.kernel_size < 1 or args.kernel_size % 2 == 0:
         raise UsageError(f"--kernel-size: expected an odd positive integer, got {args.kernel_size}")
     kernel, preset_mode = load_kernel(args.kernel, size=args.kernel_size)
@@ -328,6 +330,9 @@ def cmd_sr(args) -> None:
         warnings.warn(unadapted, UnadaptedModelWarning, stacklevel=1)
     progress = _Progress()
 
+    def label_of(names: list[str]) -> str:  # how messages name the images from the files `names`
+        return names[0] if len(names) == 1 else f"{len(names)} images"
+
     def named(message: str, names: list[str]) -> str:
         """The message of the images from the files `names` naming the file:
         "lr[i]: ..." / "lr: ..." -> "FILE: ...", anything else prefixed."""
@@ -336,13 +341,13 @@ def cmd_sr(args) -> None:
             return f"{names[0]}: {rest}"
         if head.startswith("lr[") and head.endswith("]") and head[3:-1].isdigit() and int(head[3:-1]) < len(names):
             return f"{names[int(head[3:-1])]}: {rest}"
-        return f"{names[0] if len(names) == 1 else f'{len(names)} images'}: {message}"
+        return f"{label_of(names)}: {message}"
 
     def super_resolve(lr, kernel, n: int, names: list[str], **options):
         """adapt's SR of the images from the files `names`, and the seconds of
         its two phases: "adaptation" (the son and the steps) and "inference";
         ImageError, naming the file, for an image it cannot take."""
-        label = names[0] if len(names) == 1 else f"{len(names)} images"
+        label = label_of(names)
         start = adapted = time.perf_counter()
 
         def on_step(done, total):
@@ -384,8 +389,8 @@ def cmd_sr(args) -> None:
         read = [(path, lr.to(device)) for path in paths if (lr := _read_input(args, path)) is not None]
         if not read:
             return
-        label, names = f"{len(read)} images", [path for path, _ in read]
-        kernel = estimated([lr for _, lr in read], label, names, shared=True) if args.kernel == "auto" \
+        names = [path for path, _ in read]
+        kernel = estimated([lr for _, lr in read], label_of(names), names, shared=True) if args.kernel == "auto" \
             else args.kernel
         size = (kernel if isinstance(kernel, torch.Tensor) else load_kernel(kernel)[0]).shape[-1]
         for path, lr in read:  # an image smaller than the kernel is left out, the others share the adaptation
@@ -394,7 +399,7 @@ def cmd_sr(args) -> None:
         read = [(path, lr) for path, lr in read if min(lr.shape[-2:]) >= size]
         if not read:
             return
-        label, names = f"{len(read)} images", [path for path, _ in read]
+        names = [path for path, _ in read]
         for n in steps:
             try:
                 srs, seconds = super_resolve([lr for _, lr in read], kernel, n, names, share=True)
@@ -405,7 +410,7 @@ def cmd_sr(args) -> None:
                 write_like(out_path(path, n), sr, path)
                 print(f"[{index}/{len(read)}] {path} -> {out_path(path, n)} ({size_text(sr.shape)})")
             seconds["writing"] = time.perf_counter() - start
-            print(f"{label} MZSR({n}): {phases(seconds)}")
+            print(f"{label_of(names)} MZSR({n}): {phases(seconds)}")
         return
     for index, path in enumerate(paths, 1):
         lr = _read_input(args, path)
@@ -443,6 +448,7 @@ def cmd_estimate_kernel(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    from . import _checks
     from .evaluation import evaluate, format_markdown, write_report
 
     steps = _steps_list(args.steps)
@@ -462,8 +468,11 @@ def cmd_eval(args) -> None:
         raise UsageError("--kernel random: degrades the GT images itself; drop --lr")
     if args.seed is not None and args.kernel != "random":
         raise UsageError("--seed: only used with --kernel random")
-    if args.seed is not None and not 0 <= args.seed < 2 ** 63:
-        raise UsageError(f"--seed: expected an integer in [0, 2**63), got {args.seed}")
+    if args.seed is not None:
+        try:
+            _checks.seed(args.seed, "--seed")
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     if args.estimate_kernel and args.method != "mzsr":
         raise UsageError(f"--estimate-kernel: only with --method mzsr, got {args.method}")
     scores = evaluate(args.gt, args.kernel, args.scale, steps, method=args.method, lr_dir=args.lr,

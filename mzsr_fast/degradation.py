@@ -58,14 +58,19 @@ def degrade(x: torch.Tensor, kernel: torch.Tensor, scale: int, mode: str = "dire
     returns [(B,) C, ceil(H / scale), ceil(W / scale)].
     """
     y = blur_downsample(x, kernel, scale, mode=mode, backend=backend)
-    if isinstance(noise_sigma, bool) or not isinstance(noise_sigma, (int, float)) \
-            or not math.isfinite(noise_sigma) or noise_sigma < 0:
-        raise ValueError(f"noise_sigma: expected a number >= 0, got {noise_sigma!r}")
+    check_noise_sigma(noise_sigma)
     if noise_sigma > 0:
         noise = torch.randn(y.shape, generator=generator, dtype=y.dtype,
                             device=generator.device if generator is not None else y.device)
         y = y + noise_sigma * noise.to(y.device)
     return y.clamp(0, 1)
+
+
+def check_noise_sigma(noise_sigma, name: str = "noise_sigma") -> None:
+    """degrade's noise: a finite number >= 0."""
+    if isinstance(noise_sigma, bool) or not isinstance(noise_sigma, (int, float)) \
+            or not math.isfinite(noise_sigma) or noise_sigma < 0:
+        raise ValueError(f"{name}: expected a number >= 0, got {noise_sigma!r}")
 
 
 # How far from 1 a loaded kernel's sum may be before load_kernel normalises it

@@ -130,6 +130,13 @@ class ModelInfo:
 
 
 
+def as_bundled(info: ModelInfo, name: str) -> ModelInfo:
+    """info under the bundled name: the kind, mode and scales the name stands
+    for, with info's own notes, schedule, loss and step search."""
+    want = bundled_info(name)
+    return replace(info, name=want.name, kind=want.kind, mode=want.mode, scales=want.scales)
+
+
 def bundled_info(name: str) -> ModelInfo:
     """What the bundled model `name` (one of BUNDLED) stands for."""
     kind = CATALOGUE[kind_of(name)]
@@ -264,9 +271,8 @@ def load_model(model=None, device=None) -> tuple[MZSRNet, ModelInfo]:
         raise ValueError(f"model: {path}: weights do not fit MZSRNet: {mismatch}")
     net.load_state_dict(state)
     info = ModelInfo.from_metadata(meta, os.path.splitext(os.path.basename(path))[0], source=path)
-    if name in BUNDLED:  # what the name stands for, with the file's notes, schedule, loss and search
-        info = replace(bundled_info(name), notes=info.notes, own_schedule=info.own_schedule,
-                       adapt_loss=info.adapt_loss, step_search=info.step_search)
+    if name in BUNDLED:
+        info = as_bundled(info, name)
     net.model_info = info  # lets a loaded net be passed around without losing its info
     return (net.to(device) if device is not None else net), info
 

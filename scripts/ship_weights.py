@@ -22,7 +22,7 @@ import sys
 
 from safetensors import safe_open
 
-from mzsr_fast.pretrained import BUNDLED, bundled_info, load_model, save_model
+from mzsr_fast.pretrained import BUNDLED, as_bundled, bundled_info, load_model, save_model
 
 
 def main(argv=None) -> int:
@@ -69,9 +69,7 @@ def main(argv=None) -> int:
             return 2
         notes.update(step=str(args.init_iterations + int(notes["step"])), init_iterations=str(args.init_iterations))
     target = os.path.join(args.out, f"{args.name}.safetensors")
-    # the name's kind, with the weights' own notes and adaptation (schedule, loss, step search)
-    save_model(target, net, dataclasses.replace(info, name=args.name, kind=want.kind, mode=want.mode,
-                                                scales=want.scales, notes=notes))
+    save_model(target, net, dataclasses.replace(as_bundled(info, args.name), notes=notes))
     print(f"{args.name}: iteration {notes.get('step', '?')} of {path} -> {os.path.normpath(target)}")
     return 0
 
