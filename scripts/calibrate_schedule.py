@@ -4,10 +4,13 @@ images (never on the test sets), and optionally store the best in the file.
 Usage:
   python scripts/calibrate_schedule.py MODEL.safetensors DATA_DIR [--holdout N] [--val-crop 192]
       [--kernels g_d_2.0] [--scale S] [--steps 10] [--multipliers 0.25,0.5,1,2,4] [--per-layer]
-      [--adapt-loss LOSS] [--step-search [M,...] | --no-step-search] [--write]
+      [--keep-steps K] [--adapt-loss LOSS] [--step-search [M,...] | --no-step-search] [--write]
 
 The candidates are the model's current schedule scaled by each multiplier
-(candidates with a rate of 1 or more are left out). With --per-layer, the best
+(candidates with a rate of 1 or more are left out); with --keep-steps K the
+first K steps keep their rates and only the steps after them are scaled and
+refined (so a one-step model's learned step stays, and with it its
+MZSR(1), while its later steps are calibrated). With --per-layer, the best
 of them is then refined one layer at a time, in order: that layer's rates
 (weight and bias, every step) times 0.5 and times 2, each kept when it scores
 higher (a per-tensor schedule results). Each is scored by the mean
@@ -35,19 +38,27 @@ from mzsr_fast.train.data import holdout_paths
 from mzsr_fast.train.validation import load_images, mzsr_psnr
 
 
-def scaled(schedule, factor: float):
-    """Every rate of a schedule (scalar or per-tensor entries) times factor."""
-    if is_per_tensor(schedule):
-        return tuple(tuple(v * factor for v in row) for row in schedule)
-    return tuple(r * factor for r in schedule)
+def _rows(schedule, count: int) -> list:
+    """At least `count` rows of a schedule, its last entry repeated."""
+    return learning_rates(schedule, max(len(schedule), count))
 
 
-def layer_scaled(schedule, steps: int, layer: int, factor: float):
+def scaled(schedule, factor: float, keep: int = 0):
+    """Every rate of a schedule (scalar or per-tensor entries) after its first
+    `keep` steps times factor (the kept steps are written out, so the scaled
+    rate also covers the steps after them)."""
+    rows = _rows(schedule, keep + 1)
+    times = (lambda row: tuple(v * factor for v in row)) if is_per_tensor(schedule) else (lambda r: r * factor)
+    return tuple(rows[:keep]) + tuple(times(row) for row in rows[keep:])
+
+
+def layer_scaled(schedule, steps: int, layer: int, factor: float, keep: int = 0):
     """A per-tensor schedule of `steps` rows (the last entry repeated) with
-    layer's weight and bias rates times factor."""
-    rows = [row if is_per_tensor(schedule) else (row,) * len(PARAMETER_NAMES) for row in learning_rates(schedule, steps)]
+    layer's weight and bias rates after the first `keep` steps times factor."""
+    rows = [tuple(row) if is_per_tensor(schedule) else (row,) * len(PARAMETER_NAMES) for row in _rows(schedule, steps)]
     names = (f"layers.{layer}.weight", f"layers.{layer}.bias")
-    return tuple(tuple(v * factor if name in names else v for name, v in zip(PARAMETER_NAMES, row)) for row in rows)
+    return tuple(row if step < keep else tuple(v * factor if name in names else v for name, v in zip(PARAMETER_NAMES, row))
+                 for step, row in enumerate(rows))
 
 
 def largest_rate(schedule) -> float:
@@ -66,6 +77,9 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--multipliers", default="0.25,0.5,1,2,4")
     parser.add_argument("--per-layer", action="store_true", help="then refine the best one layer at a time")
+    parser.add_argument("--keep-steps", type=int, default=0, metavar="K",
+                        help="leave the rates of the first K steps as they are (e.g. 1: a one-step model's "
+                             "learned step, calibrating only the steps after it)")
     parser.add_argument("--adapt-loss", choices=LOSSES, help="the loss of the adaptation steps (default: the model's)")
     search = parser.add_mutually_exclusive_group()
     search.add_argument("--step-search", nargs="?", const=",".join(map(str, STEP_SEARCH)), metavar="M,M,...",
@@ -75,6 +89,8 @@ def main(argv=None) -> int:
     parser.add_argument("--write", action="store_true",
                         help="store the best schedule (and --adapt-loss, --step-search) in MODEL")
     args = parser.parse_args(argv)
+    if not 0 <= args.keep_steps < args.steps:
+        parser.error(f"--keep-steps: expected 0 <= K < --steps ({args.steps}), got {args.keep_steps}")
     try:  # None: the model's; False: none
         step_search = () if args.step_search is False else \
             None if args.step_search is None else parse_multiples(args.step_search, "--step-search", allow_empty=False)
@@ -101,12 +117,13 @@ def main(argv=None) -> int:
                            adapt_loss=adapt_loss, step_search=step_search)
         one = sum(v for k, v in scores.items() if k.endswith("_mzsr1")) / len(kernels)
         many = sum(v for k, v in scores.items() if k.endswith(f"_mzsr{args.steps}")) / len(kernels)
-        print(f"{label:<18} MZSR(1) {one:.3f} dB  MZSR({args.steps}) {many:.3f} dB", flush=True)
+        each = " ".join(f"{scores[f'psnr_{k}_mzsr{args.steps}']:.3f}" for k in kernels) if len(kernels) > 1 else ""
+        print(f"{label:<18} MZSR(1) {one:.3f} dB  MZSR({args.steps}) {many:.3f} dB  {each}".rstrip(), flush=True)
         return many, one, label, schedule
 
     results = []
     for factor in (float(m) for m in args.multipliers.split(",")):
-        schedule = scaled(info.schedule, factor)
+        schedule = scaled(info.schedule, factor, args.keep_steps)
         if largest_rate(schedule) >= 1:
             print(f"x{factor:<5g} left out: a rate of 1 or more")
             continue
@@ -116,7 +133,7 @@ def main(argv=None) -> int:
         for layer in range(len(PARAMETER_NAMES) // 2):
             base = best
             for factor in (0.5, 2.0):
-                schedule = layer_scaled(base[3], args.steps, layer, factor)
+                schedule = layer_scaled(base[3], args.steps, layer, factor, args.keep_steps)
                 if largest_rate(schedule) < 1:
                     best = max(best, score(f"{base[2]}, layer {layer} x{factor:g}", schedule), key=lambda r: r[0])
     print(f"best: {best[2]} ({format_schedule(best[3])}), MZSR({args.steps}) {best[0]:.3f} dB on "

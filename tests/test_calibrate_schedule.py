@@ -2,6 +2,8 @@
 import importlib.util
 import os
 
+import pytest
+
 from mzsr_fast.model import PARAMETER_NAMES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,6 +29,17 @@ def test_scaled_and_layer_scaled_schedules():
     assert again[0][PARAMETER_NAMES.index("layers.7.bias")] == 0.02
     assert again[0][PARAMETER_NAMES.index("layers.1.weight")] == 0.005
     assert script.largest_rate(again) == 0.02
+
+
+def test_keep_steps_leaves_the_first_steps_as_they_are():
+    script = _script()
+    assert script.scaled((0.01,), 0.5, keep=1) == (0.01, 0.005)  # the one learned step, then half of it
+    assert script.scaled((0.04, 0.02, 0.01), 2, keep=1) == (0.04, 0.04, 0.02)
+    first = tuple(0.001 * (i + 1) for i in range(len(PARAMETER_NAMES)))
+    assert script.scaled((first,), 0.5, keep=1) == (first, tuple(v * 0.5 for v in first))
+    rows = script.layer_scaled((first,), 3, 2, 2.0, keep=1)
+    assert rows[0] == first and rows[1] == rows[2]
+    assert [a == b for a, b in zip(rows[1], first)] == [not name.startswith("layers.2.") for name in PARAMETER_NAMES]
 
 
 def _tiny_data(tmp_path):
@@ -73,3 +86,18 @@ def test_step_search_is_scored_and_written_and_no_step_search_clears_it(tmp_path
     assert load_model(str(model))[1].step_search == STEP_SEARCH
     assert _script().main(common + ["--no-step-search", "--write"]) == 0
     assert load_model(str(model))[1].step_search == ()
+
+
+def test_keep_steps_writes_a_schedule_that_keeps_the_first_step(tmp_path):
+    from mzsr_fast.model import MZSRNet
+    from mzsr_fast.pretrained import ModelInfo, load_model, save_model
+
+    data = _tiny_data(tmp_path)
+    model = tmp_path / "m.safetensors"
+    save_model(model, MZSRNet(), ModelInfo("m", own_schedule=(0.01,)))
+    common = [str(model), str(data), "--holdout", "1", "--val-crop", "0", "--steps", "2"]
+    with pytest.raises(SystemExit):
+        _script().main(common + ["--keep-steps", "2"])
+    assert _script().main(common + ["--keep-steps", "1", "--multipliers", "0.5", "--write"]) == 0
+    assert load_model(str(model))[1].schedule == (0.01, 0.005)
+

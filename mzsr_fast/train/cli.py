@@ -171,7 +171,8 @@ def register_train_commands(commands) -> None:
                       help="first order for iterations < I, then --order (default 0)")
     meta.add_argument("--no-msl", dest="msl", action="store_false", default=None,
                       help="meta loss after the last inner step only (no MAML++ multi-step loss)")
-    meta.add_argument("--msl-decay", type=float, help="per-iteration fall of the early MSL weights (default 1/K/3333)")
+    meta.add_argument("--msl-decay", type=float, help="per-iteration fall of the early MSL weights (default 1/K/3333; "
+                                                         "0 keeps them all at 1/K, the first step's loss included)")
     meta.add_argument("--adapt-loss", choices=ADAPT_LOSSES,
                       help="the loss the inner steps descend, and the trained model's test-time loss (default l1, "
                            "the paper's; charbonnier: smooth, for large first steps; see docs/method.md)")

@@ -28,7 +28,7 @@ from .checkpoints import weights_bytes
 from .data import ImageBank, TaskBatch, task_pairs
 from .precision import autocast
 from .run import TrainResult, train
-from .settings import RunSettings, non_negative_int, positive_float, positive_int
+from .settings import RunSettings, non_negative_float, non_negative_int, positive_float, positive_int
 from .trainer import Trainer
 
 __all__ = ["MetatrainConfig", "MetaLearner", "metatrain"]
@@ -46,7 +46,9 @@ class MetatrainConfig(RunSettings):
     schedule (pretrained.ModelInfo.schedule) instead of inner_lr.
     msl_decay: per-iteration fall of the first K-1 MSL weights (None: the
     reference's 1 / K / (10000 / 3), 6e-5 for K = 5); they stop at 0.03 / K
-    and the last weight takes the rest (docs/method.md section 7).
+    and the last weight takes the rest (docs/method.md section 7). 0 keeps
+    every step's weight at 1 / K, so the first step's query loss stays in the
+    meta-objective (a model meant for one step and for K).
     adapt_loss: the loss the inner steps descend on the support set, and the
     trained model's test-time loss (ModelInfo.adapt_loss); one of
     mzsr_fast.losses.LOSSES. The query loss is L1 whatever it is.
@@ -101,7 +103,7 @@ class MetatrainConfig(RunSettings):
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size: expected an odd size, got {self.kernel_size}")
         if self.msl_decay is not None:
-            positive_float(self, "msl_decay")
+            non_negative_float(self, "msl_decay")
         if self.patch_size < 2 * max(CATALOGUE[self.variant].task_scales):
             raise ValueError(f"patch_size: {self.patch_size} is too small for the scales of {self.variant}")
         for name in self.val_kernels or ():

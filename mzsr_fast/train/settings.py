@@ -9,7 +9,8 @@ import os
 from .data import FLAT_THRESHOLD
 
 __all__ = ["RunSettings", "RUNTIME_FIELDS", "ConfigMismatchError", "config_dict", "field_defaults",
-           "config_differences", "positive_int", "non_negative_int", "positive_float"]
+           "config_differences", "positive_int", "non_negative_int", "positive_float",
+           "non_negative_float"]
 
 # Settings that may change between a run and its resumption without notice:
 # how long, where, how often to save/log/validate, and on what hardware; and
@@ -124,8 +125,19 @@ def non_negative_int(config, *names):
             raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
 
 
+def _finite(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def positive_float(config, *names):
     for name in names:
         value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        if not _finite(value) or value <= 0:
             raise ValueError(f"{name}: expected a positive number, got {value!r}")
+
+
+def non_negative_float(config, *names):
+    for name in names:
+        value = getattr(config, name)
+        if not _finite(value) or value < 0:
+            raise ValueError(f"{name}: expected a number >= 0, got {value!r}")

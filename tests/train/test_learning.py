@@ -156,9 +156,18 @@ def test_task_kernels_reach_down_to_the_smallest_variance(image_dir, tmp_path):
     assert torch.equal(paper.theta, batch.theta)  # the same draws, mapped to another range
 
 
+def test_msl_decay_zero_keeps_the_first_steps_loss_in_the_objective(image_dir, tmp_path):
+    learner = MetaLearner(tiny_meta(image_dir, tmp_path, inner_steps=4, msl_decay=0.0).check())
+    assert learner.loss_weights(100_000).tolist() == [0.25] * 4
+    default = MetaLearner(tiny_meta(image_dir, tmp_path / "default", inner_steps=4))
+    assert default.loss_weights(100_000)[0] < 0.25 / 10
+
+
 @pytest.mark.parametrize("setting,match", [
     (dict(adapt_loss="L2"), r"adapt_loss: expected one of \('l1', 'charbonnier', 'mse'\), got 'L2'"),
     (dict(kernel_min_variance=0), "kernel_min_variance: expected a positive number, got 0"),
+    (dict(msl_decay=-1e-5), "msl_decay: expected a number >= 0, got -1e-05"),
+    (dict(msl_decay=float("nan")), "msl_decay: expected a number >= 0, got nan"),
     (dict(kernel_min_variance=5.0), r"kernel_min_variance: expected less than 5 \(2.5 x the smallest scale of "
                                     r"direct_x2\), got 5.0"),
 ])
