@@ -476,7 +476,7 @@ def _son_up(image: torch.Tensor, kernel: torch.Tensor, scale: int, mode: str, ba
     (degraded once more with kernel [k, k]) upsampled to its size; [1, C, H, W]
     channels-last (the convolutions run about 1.3x (fp32) to 2x (bf16) faster
     on the CPU in that layout)."""
-    son = degrade(image[None], kernel.to(image.device), scale, mode=mode, backend=backend)
+    son = degrade(image[None], kernel.to(image.device), scale, mode=mode, backend=backend, check=False)
     return imresize(son, scale=scale, size=image.shape[-2:]).contiguous(memory_format=torch.channels_last)
 
 

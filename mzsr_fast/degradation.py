@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import _checks
 from .gaussian import gaussian_kernel
 from .ops.blur_downsample import blur_downsample
 
@@ -51,13 +52,19 @@ def preset(name: str) -> Preset:
 
 def degrade(x: torch.Tensor, kernel: torch.Tensor, scale: int, mode: str = "direct",
             noise_sigma: float = 0.0, generator: torch.Generator | None = None,
-            backend: str | None = None) -> torch.Tensor:
+            backend: str | None = None, *, check: bool = True) -> torch.Tensor:
     """HR -> LR: blur_downsample, optional Gaussian noise, clip to [0, 1].
 
-    x: [C, H, W] or [B, C, H, W]; kernel: [k, k] or [B, k, k];
-    returns [(B,) C, ceil(H / scale), ceil(W / scale)].
+    x: [C, H, W] or [B, C, H, W], an image in [0, 1]; kernel: [k, k] or
+    [B, k, k]; returns [(B,) C, ceil(H / scale), ceil(W / scale)].
+    check: look at x first (one pass; NaN or infinity is a ValueError, values
+    far outside [0, 1], such as 8-bit ones, warn, the clip flattening them);
+    callers that have checked x already pass False.
     """
     y = blur_downsample(x, kernel, scale, mode=mode, backend=backend)
+    if check and not torch.compiler.is_compiling():
+        _checks.finite_tensor(x, "x")
+        _checks.unit_range(x, "x")
     check_noise_sigma(noise_sigma)
     if noise_sigma > 0:
         noise = torch.randn(y.shape, generator=generator, dtype=y.dtype,

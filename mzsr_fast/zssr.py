@@ -81,7 +81,8 @@ def zssr(lr: torch.Tensor, kernel, scale: int = 2, steps: int | None = None, mod
         top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
         left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
         father = _augment(y[..., top:top + ch, left:left + cw], int(torch.randint(0, 8, (1,), generator=generator)))
-        son = imresize(degrade(father, kernel_tensor, scale, mode=mode), scale=scale, size=father.shape[-2:])
+        son = imresize(degrade(father, kernel_tensor, scale, mode=mode, check=False), scale=scale,
+                       size=father.shape[-2:])
         loss = F.l1_loss(functional_forward(params, son), father)
         optimizer.zero_grad()
         loss.backward()

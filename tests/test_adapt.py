@@ -463,8 +463,9 @@ def test_images_on_the_0_to_255_scale_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mzsr_fast.adapt(lr, "g_d_2.0", steps=1, model=_small_net())
-    with pytest.warns(UserWarning, match=r"lr: values from .* expected an image in \[0, 1\] \(8-bit values\? divide"):
+    with pytest.warns(UserWarning, match=r"lr: values from .* expected an image in \[0, 1\] \(8-bit values\? divide") as seen:
         mzsr_fast.adapt(lr * 255, "g_d_2.0", steps=1, model=_small_net())
+    assert len([w for w in seen if "values from" in str(w.message)]) == 1  # said once, of lr, not again of its son
 
 
 def test_zssr_warns_for_images_on_the_0_to_255_scale():

@@ -101,6 +101,7 @@ def test_gradcheck_image_and_kernel():
     (dict(x=torch.rand(8, 8)), ValueError, r"x: expected an image \[C, H, W\] or a batch"),
     (dict(x=torch.rand(1, 2, 3, 8, 8)), ValueError, r"x: expected an image \[C, H, W\] or a batch"),
     (dict(x=torch.ones(2, 3, 8, 8, dtype=torch.int32)), TypeError, "x: expected a floating-point tensor"),
+    (dict(x=torch.full((2, 3, 8, 8), float("nan"))), ValueError, "x: expected finite values"),
     (dict(mode="nearest"), ValueError, "mode: expected one of"),
     (dict(backend="opencl"), ValueError, "backend: expected one of"),
 ])
@@ -190,3 +191,10 @@ def test_load_kernel_names_what_a_mat_file_holds_or_that_it_is_unreadable(tmp_pa
     (tmp_path / "garbage.mat").write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"garbage.mat: not a readable MATLAB file"):
         load_kernel(str(tmp_path / "garbage.mat"))
+
+
+def test_eight_bit_values_warn_that_the_clip_would_flatten_them():
+    x = torch.rand(3, 9, 8, dtype=torch.float64) * 255
+    with pytest.warns(UserWarning, match=r"x: values from .* expected an image in \[0, 1\] \(8-bit values\? divide by 255\)"):
+        mzsr_fast.degrade(x, mzsr_fast.PRESETS["g_d_2.0"].kernel, 2)
+

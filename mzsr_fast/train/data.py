@@ -350,7 +350,7 @@ def degrade_tasks(x: torch.Tensor, kernels: torch.Tensor, scale: float, mode: st
     rounded linspace grid (direct) or bicubic-resize by 1 / scale.
     """
     if float(scale).is_integer():
-        return degrade(x, kernels, int(scale), mode=mode)
+        return degrade(x, kernels, int(scale), mode=mode, check=False)  # patches of images read from files
     blurred = blur_downsample(x, kernels, 1)
     h, w = x.shape[-2:]
     if mode == "direct":
