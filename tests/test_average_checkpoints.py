@@ -1,22 +1,15 @@
 """scripts/average_checkpoints.py: the mean of a run's checkpoints."""
-import importlib.util
-import os
 
 import pytest
 import torch
 
 from mzsr_fast.model import PARAMETER_NAMES, MZSRNet
 from mzsr_fast.pretrained import ModelInfo, load_model, save_model
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from scripts_module import load_script
 
 
 def _script():
-    path = os.path.join(ROOT, "scripts", "average_checkpoints.py")
-    spec = importlib.util.spec_from_file_location("average_checkpoints", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("average_checkpoints")
 
 
 def _checkpoint(path, seed, step, rate, **info):

@@ -1,20 +1,13 @@
 """scripts/calibrate_schedule.py: the candidate schedules it scores."""
-import importlib.util
-import os
 
 import pytest
 
 from mzsr_fast.model import PARAMETER_NAMES
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from scripts_module import load_script
 
 
 def _script():
-    path = os.path.join(ROOT, "scripts", "calibrate_schedule.py")
-    spec = importlib.util.spec_from_file_location("calibrate_schedule", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("calibrate_schedule")
 
 
 def test_scaled_and_layer_scaled_schedules():

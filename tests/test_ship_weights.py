@@ -1,22 +1,16 @@
 """scripts/ship_weights.py: what it ships, and what it refuses (exit 2, the
 argument named), into a temporary folder (never the package's weights)."""
-import importlib.util
-import os
 
 import pytest
 import torch
 
 from mzsr_fast.model import MZSRNet
 from mzsr_fast.pretrained import ModelInfo, load_model, save_model
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from scripts_module import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("ship_weights", os.path.join(ROOT, "scripts", "ship_weights.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("ship_weights").main
 
 
 def _weights(path, **info):
