@@ -53,10 +53,14 @@ def finite_tensor(t: torch.Tensor, name: str) -> None:
 UNIT_RANGE_SLACK = 0.5
 
 
-def unit_range(x: torch.Tensor, name: str, stacklevel: int = 3) -> None:
+def unit_range(x: torch.Tensor, name: str, stacklevel: int = 3, *, require_finite: bool = False) -> None:
     """Warn when an image meant to be in [0, 1] reaches beyond [-0.5, 1.5]
-    (e.g. 8-bit values 0..255 not divided by 255)."""
+    (e.g. 8-bit values 0..255 not divided by 255). require_finite: NaN or
+    infinity is a ValueError (finite_tensor's, from the same single pass:
+    the extremes propagate NaN)."""
     low, high = (float(v) for v in torch.aminmax(x.detach()))
+    if require_finite and not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{name}: expected finite values, got NaN or infinity")
     if high > 1 + UNIT_RANGE_SLACK or low < -UNIT_RANGE_SLACK:
         hint = " (8-bit values? divide by 255)" if high > 2 else ""
         warnings.warn(f"{name}: values from {low:.4g} to {high:.4g}, expected an image in [0, 1]{hint}; "

@@ -663,8 +663,7 @@ def _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, 
     if not torch.compiler.is_compiling():
         for i, image in enumerate(images):
             name = f"lr[{i}]" if form == "list" else "lr"
-            _checks.finite_tensor(image, name)
-            _checks.unit_range(image, name, stacklevel=4)
+            _checks.unit_range(image, name, stacklevel=4, require_finite=True)
     if share and adapt_pixels == 0 and len({im.shape for im in images}) > 1:
         raise ValueError("adapt_pixels: 0 (whole images) with share=True needs images of one size; give a pixel "
                          "budget, e.g. the default")

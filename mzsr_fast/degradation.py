@@ -57,14 +57,14 @@ def degrade(x: torch.Tensor, kernel: torch.Tensor, scale: int, mode: str = "dire
 
     x: [C, H, W] or [B, C, H, W], an image in [0, 1]; kernel: [k, k] or
     [B, k, k]; returns [(B,) C, ceil(H / scale), ceil(W / scale)].
-    check: look at x first (one pass; NaN or infinity is a ValueError, values
-    far outside [0, 1], such as 8-bit ones, warn, the clip flattening them);
-    callers that have checked x already pass False.
+    check: look at x once blur_downsample has taken it (one pass; NaN or
+    infinity is a ValueError, values far outside [0, 1], such as 8-bit ones,
+    warn, the clip flattening them); callers that have checked x already
+    pass False.
     """
     y = blur_downsample(x, kernel, scale, mode=mode, backend=backend)
     if check and not torch.compiler.is_compiling():
-        _checks.finite_tensor(x, "x")
-        _checks.unit_range(x, "x")
+        _checks.unit_range(x, "x", require_finite=True)
     check_noise_sigma(noise_sigma)
     if noise_sigma > 0:
         noise = torch.randn(y.shape, generator=generator, dtype=y.dtype,

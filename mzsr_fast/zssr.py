@@ -63,8 +63,7 @@ def zssr(lr: torch.Tensor, kernel, scale: int = 2, steps: int | None = None, mod
     steps = config.max_steps if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps: expected an integer >= 0, got {steps!r}")
-    _checks.finite_tensor(y, "lr")
-    _checks.unit_range(y, "lr")
+    _checks.unit_range(y, "lr", require_finite=True)
     y = y.float()
     kernel_tensor = load_kernel(kernel)[0].to(y.device)
     if min(y.shape[-2:]) < kernel_tensor.shape[-1]:
