@@ -669,7 +669,9 @@ def _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, 
                          "budget, e.g. the default")
     if isinstance(kernel, str) and kernel == "auto":
         net, info = resolve_model(model, mode, scale, steps=steps)
-        kernels, kernel_mode = _estimated_kernels(images, scale, mode or info.mode, share), None
+        # MZSR(0) never degrades the image: no kernel is estimated for it
+        kernels = _estimated_kernels(images, scale, mode or info.mode, share) if steps else None
+        kernel_mode = None
     else:
         if share and isinstance(kernel, torch.Tensor) and kernel.dim() == 3:
             raise ValueError(f"kernel: share=True adapts all images with one kernel [k, k], got "
@@ -689,7 +691,7 @@ def _adapt(lr, kernel, scale, steps, model, mode, schedule, precision, backend, 
     mode = mode or info.mode
     if mode not in ("direct", "bicubic"):
         raise ValueError(f"mode: expected 'direct' or 'bicubic', got {mode!r}")
-    k = kernels.shape[-1]
+    k = 0 if kernels is None else kernels.shape[-1]
     for i, image in enumerate(images):
         if min(image.shape[-2:]) < k:
             name = f"lr[{i}]" if form == "list" else "lr"
@@ -744,7 +746,8 @@ def adapt(lr, kernel, scale: int = 2, steps: int = 10, model=None, mode: str | N
     kernel: [k, k] tensor, [B, k, k] (one per image), a preset name, a
     (theta, lambda1, lambda2) triple, a .npy/.mat path, or "auto": each
     image's kernel estimated from the image (mzsr_fast.blind.estimate_kernel,
-    x2, x3 or x4, for the subsampling mode of the son). model: None (the
+    x2, x3 or x4, for the subsampling mode of the son; with steps=0, which
+    reads no kernel, none is estimated). model: None (the
     shipped bundled model for the preset's subsampling mode and the scale,
     pretrained.default_model), a bundled name, a .safetensors path or an
     MZSRNet (left unchanged). mode: "direct" or "bicubic" subsampling of the son

@@ -385,14 +385,17 @@ def cmd_sr(args) -> None:
               f"{time.perf_counter() - start:.2f} s")
         return estimate.kernel
 
+    blind = args.kernel == "auto" and any(steps)  # MZSR(0) alone reads no kernel: none is estimated for it
     if args.share_adaptation:  # one kernel and one adaptation for all of them, then each image's inference
         read = [(path, lr.to(device)) for path in paths if (lr := _read_input(args, path)) is not None]
         if not read:
             return
         names = [path for path, _ in read]
-        kernel = estimated([lr for _, lr in read], label_of(names), names, shared=True) if args.kernel == "auto" \
-            else args.kernel
-        size = (kernel if isinstance(kernel, torch.Tensor) else load_kernel(kernel)[0]).shape[-1]
+        kernel = estimated([lr for _, lr in read], label_of(names), names, shared=True) if blind else args.kernel
+        if blind:
+            size = kernel.shape[-1]
+        else:  # MZSR(0) alone with "auto" reads no kernel
+            size = 0 if kernel == "auto" else load_kernel(kernel)[0].shape[-1]
         for path, lr in read:  # an image smaller than the kernel is left out, the others share the adaptation
             if min(lr.shape[-2:]) < size:
                 _skip(args, f"{path}: image of {size_text(lr.shape)} is smaller than the {size}x{size} kernel")
@@ -417,7 +420,7 @@ def cmd_sr(args) -> None:
         if lr is None:
             continue
         lr = lr.to(device)
-        kernel = estimated(lr, f"[{index}/{len(paths)}] {path}", [path]) if args.kernel == "auto" else args.kernel
+        kernel = estimated(lr, f"[{index}/{len(paths)}] {path}", [path]) if blind else args.kernel
         for n in steps:
             try:
                 sr, seconds = super_resolve(lr, kernel, n, [path])
@@ -574,7 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     sr.add_argument("--scale", type=int, default=2)
     sr.add_argument("--kernel", default="auto",
-                    help=kernel_help + ", or 'auto' (default): estimate each image's kernel (x2, x3, x4) and print it")
+                    help=kernel_help + ", or 'auto' (default): estimate each image's kernel (x2, x3, x4) and print it "
+                         "(none for --steps 0 alone, which reads no kernel)")
     sr.add_argument("--steps", default="10",
                     help="adaptation steps n of MZSR(n) (default 10: the shipped x2 models are meta-trained for "
                          "adaptation and poor without it); comma-separated for one output per n, e.g. 0,1,10")

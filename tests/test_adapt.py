@@ -475,6 +475,21 @@ def test_zssr_warns_for_images_on_the_0_to_255_scale():
         zssr(torch.rand(3, 24, 24) * 255, "g_d_2.0", 2, steps=0)
 
 
+def test_steps_0_with_kernel_auto_estimates_nothing(monkeypatch):
+    """MZSR(0) never degrades the image, so kernel="auto" estimates no kernel
+    for it: the same SR as with any kernel."""
+    from mzsr_fast import blind
+
+    def refused(*args, **kwargs):
+        raise AssertionError("estimate_kernel called for steps=0")
+
+    monkeypatch.setattr(blind, "estimate_kernel", refused)
+    net = _small_net()
+    lr = torch.rand(3, 40, 36)
+    torch.testing.assert_close(mzsr_fast.adapt(lr, "auto", 2, steps=0, model=net),
+                               mzsr_fast.adapt(lr, "g_d_2.0", 2, steps=0, model=net), rtol=0, atol=0)
+
+
 def test_final_inference_is_tiled_by_default(monkeypatch):
     net = _small_net()
     lr = torch.rand(1, 3, 40, 36)

@@ -222,6 +222,23 @@ def test_sr_share_adaptation_leaves_out_an_image_smaller_than_the_kernel(tmp_pat
     assert os.listdir(tmp_path / "out") == ["a_x2_mzsr1.png"]
 
 
+@pytest.mark.parametrize("share", [[], ["--share-adaptation"]])
+def test_sr_steps_0_alone_estimates_no_kernel(tmp_path, model_file, capsys, monkeypatch, share):
+    """MZSR(0) reads no kernel: --kernel auto estimates one only when a step count needs it."""
+    from mzsr_fast import blind
+
+    estimate = blind.estimate_kernel
+    calls = []
+    monkeypatch.setattr(blind, "estimate_kernel", lambda *a, **k: calls.append(1) or estimate(*a, **k))
+    _rgb(tmp_path / "a.png", 40, 44)
+    base = ["sr", str(tmp_path / "a.png"), "--model", model_file, "--kernel", "auto", *share]
+    assert main(base + ["-o", str(tmp_path / "zero"), "--steps", "0"]) == 0
+    assert not calls and "estimated" not in capsys.readouterr().out
+    assert os.listdir(tmp_path / "zero") == ["a_x2_mzsr0.png"]
+    assert main(base + ["-o", str(tmp_path / "both"), "--steps", "0,1"]) == 0
+    assert len(calls) == 1 and "estimated" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("option,message", [
     (["--adapt-pixels", "5"], "--adapt-pixels: expected 0 (whole images) or an integer >= 1024, got 5"),
     (["--tile", "0"], "--tile: expected a positive integer"),
