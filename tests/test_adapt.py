@@ -567,12 +567,13 @@ def _example_crops():
 
 def test_step_search_keeps_the_multiple_with_the_lowest_loss_after_the_step():
     """MZSR(1) with step_search: each image's output is that of the scheduled
-    step times the multiple whose L1 loss on the son -> LR pair after the step
-    is lowest (found here by a second step of rate 0, whose loss is the one
-    after the first), to float rounding; per image in a batch (two kernels,
-    so the images choose differently); adapt_model keeps the same weights;
-    (1.0,) is no search, bit for bit. The model: direct_x2_1step with an L1
-    step of 0.13 in layers 0-5 (on it these crops choose differently)."""
+    step times the multiple whose L1 loss on the central 32x32 window of the
+    son -> LR pair after the step is lowest (SEARCH_MIN_SIDE: half of each
+    side of these 40x44 crops would be less), to float rounding; per image in
+    a batch (two kernels, so the images choose differently); adapt_model keeps
+    the same weights; (1.0,) is no search, bit for bit. The model:
+    direct_x2_1step with an L1 step of 0.13 in layers 0-5 (on it these crops
+    choose differently)."""
     net, info = load_model("direct_x2_1step")
     info = dataclasses.replace(info, adapt_loss="l1", own_schedule=((0.13,) * 12 + (0.065, 0.065, 0.0325, 0.0325),),
                                step_search=())
@@ -583,11 +584,14 @@ def test_step_search_keeps_the_multiple_with_the_lowest_loss_after_the_step():
     searched = mzsr_fast.adapt(crops, kernels, 2, 1, model=net, step_search=multiples)
     chosen = []
     for i in range(2):
+        son_up = adapt_module._son_up(crops[i], kernels[i], 2, "direct", None)  # [1, 3, 40, 44]
+        x, target = son_up[..., 4:36, 6:38], crops[i][None, :, 4:36, 6:38]
         tries = {}
         for m in multiples:
-            schedule = [tuple(m * r for r in first), tuple(0.0 for _ in first)]
-            out, losses = mzsr_fast.adapt(crops[i], kernels[i], 2, 2, model=net, schedule=schedule, return_losses=True)
-            tries[m] = (float(losses[0, 1]), out)
+            stepped = mzsr_fast.adapt_model(crops[i], kernels[i], 2, 1, model=net, schedule=[tuple(m * r for r in first)])
+            with torch.no_grad():
+                window_loss = float((stepped(x) - target).abs().mean())
+            tries[m] = (window_loss, mzsr_fast.adapt(crops[i], kernels[i], 2, 0, model=stepped))
         best = min(multiples, key=lambda m: tries[m][0])
         chosen.append(best)
         torch.testing.assert_close(searched[i], tries[best][1], rtol=0, atol=1e-5)
@@ -599,6 +603,16 @@ def test_step_search_keeps_the_multiple_with_the_lowest_loss_after_the_step():
     assert torch.equal(mzsr_fast.adapt(crops, kernels, 2, 1, model=net, step_search=(1.0,)), plain)
     # a multiple that diverges (weights of 1e30 times the step: a non-finite loss) is never kept
     assert torch.equal(mzsr_fast.adapt(crops, kernels, 2, 1, model=net, step_search=(1e30, 1.0)), plain)
+
+
+@pytest.mark.parametrize("h, w, window", [(96, 181, (48, 90)), (40, 44, (32, 32)), (20, 300, (20, 150)), (9, 9, (9, 9))])
+def test_search_window_is_the_central_half_of_each_side_but_no_less_than_32(h, w, window):
+    x, mask = torch.rand(2, 3, 3, h, w), torch.rand(2, 3, 1, h, w)
+    cropped_x, none, cropped_mask = adapt_module._search_window(x, None, mask)
+    assert none is None and cropped_x.shape[-2:] == cropped_mask.shape[-2:] == window
+    top, left = (h - window[0]) // 2, (w - window[1]) // 2
+    assert torch.equal(cropped_x, x[..., top:top + window[0], left:left + window[1]])
+    assert torch.equal(cropped_mask, mask[..., top:top + window[0], left:left + window[1]])
 
 
 def test_the_models_step_search_is_the_default_and_false_turns_it_off():
