@@ -106,11 +106,11 @@ def test_the_catalogue_states_each_model_once():
 SET5_FLOORS = {  # name: (kernel preset, scale, steps n the model is for, MZSR(n) floor)
     "direct_x2": ("g_d_2.0", 2, 10, 35.80),
     "bicubic_x2": ("g_b_1.3", 2, 10, 36.02),
-    "direct_x4": ("g_d_2.0", 4, 10, 30.16),
+    "direct_x4": ("g_d_2.0", 4, 10, 30.22),
     "multiscale": ("g_d_2.0", 3, 10, 32.32),
     "direct_x2_1step": ("g_d_2.0", 2, 1, 35.50),
     "bicubic_x2_1step": ("g_b_1.3", 2, 1, 34.60),
-    "direct_x4_1step": ("g_d_2.0", 4, 1, 30.11),
+    "direct_x4_1step": ("g_d_2.0", 4, 1, 30.16),
 }
 # What the ten steps must add at least (MZSR(10) - MZSR(0), dB), where the project
 # promises it: the default model on Set5 g_d_2.0 (0.5 dB).
@@ -137,7 +137,7 @@ def test_shipped_model_scores_what_its_card_says_and_adaptation_never_hurts(shar
 
 # The other presets of a one-step model: (its card's Set5 MZSR(1) less 0.05 dB, bicubic).
 SET5_ONE_STEP_PRESETS = {("direct_x2_1step", "g_d_0.2"): (34.57, 30.24),
-                         ("direct_x2_1step", "g_d_ani"): (34.16, 28.15)}
+                         ("direct_x2_1step", "g_d_ani"): (34.15, 28.15)}
 
 
 @pytest.mark.slow
