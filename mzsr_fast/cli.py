@@ -597,8 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--adapt-pixels", type=_adapt_pixels, metavar="N|all", help=budget_help + " (default 32768)")
     sr.add_argument("--seed", type=int, default=0, help="seed of the budget's window draw (default 0)")
     search_help = ("after each adaptation step, try these multiples of it (default 0.5,1,2) and keep the one "
-                   "whose loss on the image's own son -> LR pair is lowest: one forward pass per multiple "
-                   "(default: the model's; direct_x2_1step searches, see the README)")
+                   "whose loss on the image's own son -> LR pair is lowest: one forward pass per multiple over "
+                   "the central quarter of the step's input (default: the model's; see `mzsr-fast info` and the "
+                   "README)")
     no_search_help = "the scheduled step alone, also for a model that searches by default (the lowest latency)"
     sr.add_argument("--step-search", type=_multiples, nargs="?", const=True, metavar="M,M,...", help=search_help)
     sr.add_argument("--no-step-search", dest="step_search", action="store_const", const=False, help=no_search_help)
