@@ -109,7 +109,7 @@ SET5_FLOORS = {  # name: (kernel preset, scale, steps n the model is for, MZSR(n
     "direct_x4": ("g_d_2.0", 4, 10, 30.22),
     "multiscale": ("g_d_2.0", 3, 10, 32.32),
     "direct_x2_1step": ("g_d_2.0", 2, 1, 35.50),
-    "bicubic_x2_1step": ("g_b_1.3", 2, 1, 34.60),
+    "bicubic_x2_1step": ("g_b_1.3", 2, 1, 35.83),
     "direct_x4_1step": ("g_d_2.0", 4, 1, 30.16),
 }
 # What the ten steps must add at least (MZSR(10) - MZSR(0), dB), where the project
