@@ -226,7 +226,7 @@ def test_the_committed_runs_of_format_1_still_load(run):
 
 @pytest.mark.parametrize("run", ["metaref_multiscale_lr", "metaref_direct_x2_1step", "metaref_bicubic_x2_1step",
                                  "metaref_direct_x4_lr", "metaref_direct_x2_1step_sched",
-                                 "metaref_direct_x2_1step_charb"])
+                                 "metaref_direct_x2_1step_charb", "metaref_bicubic_x2_1step_charb"])
 def test_the_committed_runs_of_format_2_load_verified(run):
     folder = os.path.join(os.path.dirname(__file__), "..", "..", "training", run)
     with warnings.catch_warnings():
