@@ -11,8 +11,9 @@ With a step search (the model's, ModelInfo.step_search, unless the caller
 gives one), each step's length is chosen on the image itself: the
 step's weights are moved along the step to the multiple of it (of
 step_search) whose loss on the same son -> y pair is lowest (one forward
-pass per multiple over the central quarter of the step's input; no
-gradient beyond the step's own).
+pass per multiple over the central window of the step's input, a quarter
+of it where it is 64 pixels a side or more; no gradient beyond the step's
+own).
 """
 from __future__ import annotations
 
