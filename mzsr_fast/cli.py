@@ -391,10 +391,11 @@ def cmd_sr(args) -> None:
         if not read:
             return
         names = [path for path, _ in read]
-        kernel = estimated([lr for _, lr in read], label_of(names), names, shared=True) if blind else args.kernel
         if blind:
+            kernel = estimated([lr for _, lr in read], label_of(names), names, shared=True)
             size = kernel.shape[-1]
-        else:  # MZSR(0) alone with "auto" reads no kernel
+        else:  # a named kernel, or "auto" for MZSR(0) alone, which reads none
+            kernel = args.kernel
             size = 0 if kernel == "auto" else load_kernel(kernel)[0].shape[-1]
         for path, lr in read:  # an image smaller than the kernel is left out, the others share the adaptation
             if min(lr.shape[-2:]) < size:
